@@ -1,0 +1,244 @@
+"""Batched, per-sample-random two-view augmentation running on the data's device.
+
+Every transform draws an independent parameter per sample from an explicit
+``torch.Generator`` (on CPU, so the stream is identical whatever the training
+device is and its state can be checkpointed), then applies the whole batch in
+a few tensor ops. Operations follow torchvision's definitions:
+
+* random resized crop (area ``scale``, log-uniform aspect ``ratio``, 10
+  attempts then the full image, as torchvision does) fused with the
+  horizontal flip into one ``affine_grid``/``grid_sample`` call;
+* colour jitter (brightness, contrast, saturation, hue) applied with
+  probability ``jitter_prob``; the order of the four ops is drawn once per
+  batch (torchvision draws it per image — a deliberate simplification);
+* grayscale, Gaussian blur (sigma in [0.1, 2]), solarisation (threshold 0.5).
+
+Defaults are the CIFAR recipe of solo-learn (``scripts/pretrain/cifar/
+vicreg.yaml`` and ``augmentations/asymmetric.yaml``): crop scale (0.2, 1),
+jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2, no blur, flip p=0.5;
+solarisation p=0.0 on view 1 and p=0.2 on view 2 (asymmetric recipe).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ViewAugment", "TwoViewAugment", "prepare_eval", "DATASET_STATS"]
+
+DATASET_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+_GRAY = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class ViewAugment:
+    """Parameters of the augmentation of one view (all probabilities in [0, 1])."""
+
+    crop_size: int = 32
+    crop_min_scale: float = 0.2
+    crop_max_scale: float = 1.0
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    gray_prob: float = 0.2
+    blur_prob: float = 0.0
+    solarize_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "crop_size":
+                if not isinstance(v, int) or isinstance(v, bool) or v < 4:
+                    raise ValueError(f"crop_size: expected an int >= 4, got {v!r}")
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{f.name}: expected a finite number >= 0, got {v!r}")
+            if f.name.endswith("_prob") and v > 1:
+                raise ValueError(f"{f.name}: expected a probability in [0, 1], got {v!r}")
+        if not 0 < self.crop_min_scale <= self.crop_max_scale <= 1:
+            raise ValueError(f"crop_min_scale/crop_max_scale: expected 0 < min <= max <= 1, got "
+                             f"{self.crop_min_scale}, {self.crop_max_scale}")
+        if self.hue > 0.5:
+            raise ValueError(f"hue: expected a value in [0, 0.5], got {self.hue}")
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    w = x.new_tensor(_GRAY).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    dsafe = delta.clamp_min(1e-12)
+    h = torch.where(maxc == r, ((g - b) / dsafe) % 6,
+                    torch.where(maxc == g, (b - r) / dsafe + 2, (r - g) / dsafe + 4))
+    h = torch.where(delta > 0, h / 6.0, torch.zeros_like(h))
+    return torch.stack((h, s, maxc), 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + h * 6.0) % 6.0
+        out.append(v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, 1)
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (f * a + (1 - f) * b).clamp(0, 1)
+
+
+class TwoViewAugment:
+    """Callable producing augmented, normalised float views from a uint8 batch.
+
+    Args:
+        views: one ``ViewAugment`` (or dict of its fields) per view; two for
+            joint-embedding methods, asymmetric settings allowed.
+        mean, std: per-channel normalisation applied last.
+        seed: seeds the private generator (``generator`` state is checkpointed).
+    """
+
+    def __init__(self, views: Sequence[ViewAugment | dict], mean: Sequence[float], std: Sequence[float],
+                 seed: int = 0) -> None:
+        if not isinstance(views, (list, tuple)) or len(views) < 1:
+            raise ValueError(f"views: expected a non-empty list of view settings, got {views!r}")
+        self.views: List[ViewAugment] = [v if isinstance(v, ViewAugment) else ViewAugment(**v) for v in views]
+        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+            raise ValueError(f"mean/std: expected 3 values each and std > 0, got {mean!r}, {std!r}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    # ----------------------------------------------------------------- RNG helpers
+    def _u(self, n: int, lo: float = 0.0, hi: float = 1.0, k: int | None = None) -> torch.Tensor:
+        shape = (n,) if k is None else (n, k)
+        return torch.rand(shape, generator=self.generator) * (hi - lo) + lo
+
+    def _bern(self, n: int, p: float) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator) < p
+
+    # ----------------------------------------------------------------- ops
+    def _crop_flip(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
+        n, _, hgt, wid = x.shape
+        tries = 10
+        area = self._u(n, v.crop_min_scale, v.crop_max_scale, tries)
+        logr = self._u(n, math.log(3 / 4), math.log(4 / 3), tries)
+        ratio = torch.exp(logr) * (hgt / wid)  # ratio is in pixels; convert to fractions
+        w = torch.sqrt(area * ratio)
+        h = torch.sqrt(area / ratio)
+        ok = (w <= 1) & (h <= 1)
+        first = ok.float().argmax(1)
+        anyok = ok.any(1)
+        w = torch.where(anyok, w.gather(1, first[:, None])[:, 0], torch.ones(n))
+        h = torch.where(anyok, h.gather(1, first[:, None])[:, 0], torch.ones(n))
+        cx = torch.rand(n, generator=self.generator) * (1 - w) + w / 2
+        cy = torch.rand(n, generator=self.generator) * (1 - h) + h / 2
+        flip = self._bern(n, v.flip_prob)
+        sx = torch.where(flip, -w, w)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = sx
+        theta[:, 0, 2] = 2 * cx - 1
+        theta[:, 1, 1] = h
+        theta[:, 1, 2] = 2 * cy - 1
+        theta = theta.to(x.device, x.dtype)
+        grid = F.affine_grid(theta, [n, 3, v.crop_size, v.crop_size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _jitter(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
+        n = x.shape[0]
+        dev = x.device
+        apply = self._bern(n, v.jitter_prob).to(dev).view(n, 1, 1, 1)
+        bf = self._u(n, max(0.0, 1 - v.brightness), 1 + v.brightness).to(dev).view(n, 1, 1, 1)
+        cf = self._u(n, max(0.0, 1 - v.contrast), 1 + v.contrast).to(dev).view(n, 1, 1, 1)
+        sf = self._u(n, max(0.0, 1 - v.saturation), 1 + v.saturation).to(dev).view(n, 1, 1, 1)
+        hf = self._u(n, -v.hue, v.hue).to(dev).view(n, 1, 1)
+        order = torch.randperm(4, generator=self.generator).tolist()
+        y = x
+        for op in order:
+            if op == 0 and v.brightness > 0:
+                y = (y * bf).clamp(0, 1)
+            elif op == 1 and v.contrast > 0:
+                y = _blend(y, _gray(y).mean((2, 3), keepdim=True), cf)
+            elif op == 2 and v.saturation > 0:
+                y = _blend(y, _gray(y), sf)
+            elif op == 3 and v.hue > 0:
+                hsv = _rgb_to_hsv(y)
+                hsv = torch.stack(((hsv[:, 0] + hf) % 1.0, hsv[:, 1], hsv[:, 2]), 1)
+                y = _hsv_to_rgb(hsv).clamp(0, 1)
+        return torch.where(apply, y, x)
+
+    def _blur(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
+        n, c, hgt, wid = x.shape
+        apply = self._bern(n, v.blur_prob).to(x.device).view(n, 1, 1, 1)
+        sigma = self._u(n, 0.1, 2.0)
+        k = max(3, int(0.1 * v.crop_size) // 2 * 2 + 1)  # ~10% of the image, as in SimCLR/BYOL
+        r = torch.arange(k, dtype=torch.float32) - k // 2
+        ker = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
+        ker = (ker / ker.sum(1, keepdim=True)).to(x.device, x.dtype)
+        ker = ker.repeat_interleave(c, 0)  # (n*c, k)
+        y = x.reshape(1, n * c, hgt, wid)
+        y = F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect")
+        y = F.conv2d(y, ker.view(n * c, 1, 1, k), groups=n * c)
+        y = F.pad(y, (0, 0, k // 2, k // 2), mode="reflect")
+        y = F.conv2d(y, ker.view(n * c, 1, k, 1), groups=n * c)
+        return torch.where(apply, y.view(n, c, hgt, wid), x)
+
+    def augment_view(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
+        """One augmented view in [0, 1] (not normalised) of a float batch in [0, 1]."""
+        n = x.shape[0]
+        y = self._crop_flip(x, v)
+        if v.jitter_prob > 0:
+            y = self._jitter(y, v)
+        if v.gray_prob > 0:
+            g = self._bern(n, v.gray_prob).to(y.device).view(n, 1, 1, 1)
+            y = torch.where(g, _gray(y).expand_as(y), y)
+        if v.blur_prob > 0:
+            y = self._blur(y, v)
+        if v.solarize_prob > 0:
+            s = self._bern(n, v.solarize_prob).to(y.device).view(n, 1, 1, 1)
+            y = torch.where(s & (y >= 0.5), 1 - y, y)
+        return y
+
+    def __call__(self, images: torch.Tensor) -> List[torch.Tensor]:
+        """Return ``len(views)`` normalised float32 views of a uint8 (N, 3, H, W) batch."""
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
+                or images.shape[1] != 3:
+            raise ValueError(f"images: expected a uint8 tensor (N, 3, H, W), got "
+                             f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+        x = images.float().div_(255.0)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return [(self.augment_view(x, v) - mean) / std for v in self.views]
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def prepare_eval(images: torch.Tensor, crop_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Deterministic evaluation transform: resize to ``crop_size`` if needed, normalise."""
+    x = images.float().div_(255.0)
+    if x.shape[-1] != crop_size or x.shape[-2] != crop_size:
+        x = F.interpolate(x, size=(crop_size, crop_size), mode="bilinear", antialias=True, align_corners=False)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s

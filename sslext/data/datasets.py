@@ -1,0 +1,372 @@
+"""In-memory image datasets stored as uint8 tensors ``(N, 3, H, W)``.
+
+Everything is decoded once into a single contiguous uint8 tensor so that the
+training loop can index batches directly and move them to the device in one
+copy; augmentation then happens batched on the device (see ``augment.py``).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ImageDataset",
+    "DatasetError",
+    "load_cifar",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "build_dataset",
+    "FASHION_MNIST_DIRS",
+]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+
+# Debian's dataset-fashion-mnist installs here (checked with `dpkg -L`).
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, corrupt or not in the expected layout."""
+
+
+@dataclass
+class ImageDataset:
+    """Images as a uint8 tensor ``(N, 3, H, W)`` plus optional int64 labels.
+
+    ``labels`` is ``None`` for unlabeled data (e.g. an image folder without
+    class sub-folders), which is fine for pretraining but not for evaluation.
+    """
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor]
+    classes: List[str] = field(default_factory=list)
+    name: str = "dataset"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(
+                f"images: expected a uint8 tensor of shape (N, 3, H, W), got "
+                f"{getattr(self.images, 'dtype', type(self.images))} {tuple(getattr(self.images, 'shape', ()))}")
+        if self.labels is not None:
+            if self.labels.ndim != 1 or self.labels.shape[0] != self.images.shape[0]:
+                raise ValueError(
+                    f"labels: expected shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+            self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        if self.labels is None:
+            return 0
+        return max(len(self.classes), int(self.labels.max()) + 1 if len(self.labels) else 0)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, indices: torch.Tensor) -> "ImageDataset":
+        """A new dataset holding only ``indices`` (copies the pixels)."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return ImageDataset(self.images[indices].contiguous(),
+                            None if self.labels is None else self.labels[indices].clone(),
+                            list(self.classes), self.name)
+
+
+# --------------------------------------------------------------------------- CIFAR
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], label_key="labels", meta="batches.meta", names_key="label_names",
+                    tv="CIFAR10"),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], label_key="fine_labels",
+                     meta="meta", names_key="fine_label_names", tv="CIFAR100"),
+}
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated/garbled pickles raise many different types
+        raise DatasetError(f"{path}: cannot be read as a CIFAR pickle ({type(e).__name__}: {e}); "
+                           "the file is corrupt, re-create or re-download it") from e
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def _find_cifar_dir(root: Path, folder: str) -> Optional[Path]:
+    for cand in (root / folder, root):
+        if cand.is_dir() and (cand / ("test_batch" if folder.startswith("cifar-10-") else "test")).exists():
+            return cand
+    return None
+
+
+def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "train",
+               download: bool = False) -> ImageDataset:
+    """Load CIFAR-10/100 from the official *python* layout.
+
+    ``root`` may be the directory containing ``cifar-10-batches-py`` (what
+    torchvision downloads) or that folder itself. File checksums are NOT
+    verified, deliberately: re-encoded copies (e.g. the JPEG mirror in
+    ``/work/shared/data``) differ from the official md5 sums but are valid.
+    With ``download=True`` a missing dataset is fetched through torchvision.
+    """
+    if name not in _CIFAR:
+        raise ValueError(f"name: expected one of {sorted(_CIFAR)}, got {name!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    spec = _CIFAR[name]
+    root = Path(root).expanduser()
+    d = _find_cifar_dir(root, spec["folder"])
+    if d is None and download:
+        import torchvision
+        # torchvision verifies the archive md5 when downloading, which is right
+        # for a fresh download; loading below never re-checks it.
+        getattr(torchvision.datasets, spec["tv"])(str(root), train=True, download=True)
+        d = _find_cifar_dir(root, spec["folder"])
+    if d is None:
+        raise DatasetError(
+            f"{name}: no '{spec['folder']}' directory with the python-format batches under {root}. "
+            f"Pass the directory that contains '{spec['folder']}' (as torchvision downloads it), "
+            f"set data.download=true on a machine with internet, or for the offline CIFAR-10 copy run "
+            f"`python /work/shared/data/cifar10_from_jpeg.py {root}`.")
+    xs, ys = [], []
+    for fname in spec[split]:
+        path = d / fname
+        if not path.exists():
+            raise DatasetError(f"{name}: missing file {path} (expected files: {spec[split]})")
+        entry = _unpickle(path)
+        if "data" not in entry or spec["label_key"] not in entry:
+            raise DatasetError(f"{path}: expected keys 'data' and '{spec['label_key']}', found {sorted(entry)}")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry[spec["label_key"]], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+            raise DatasetError(f"{path}: expected 'data' of shape (n, 3072) and n labels, got "
+                               f"{data.shape} and {labels.shape}")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels)
+    classes: List[str] = []
+    meta = d / spec["meta"]
+    if meta.exists():
+        try:
+            classes = list(_unpickle(meta).get(spec["names_key"], []))
+        except DatasetError:
+            classes = []  # class names are cosmetic; pixels/labels are what matter
+    images = torch.from_numpy(np.ascontiguousarray(np.concatenate(xs)))
+    labels = torch.from_numpy(np.concatenate(ys))
+    return ImageDataset(images, labels, classes, f"{name}-{split}")
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot be read ({e}); the file is corrupt") from e
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    n = int(np.prod(dims))
+    if len(raw) - offset != n:
+        raise DatasetError(f"{path}: header says {dims} ({n} bytes) but the file holds {len(raw) - offset}; truncated?")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_idx(d: Path, stem: str) -> Optional[Path]:
+    for sub in ("", "FashionMNIST/raw", "raw"):
+        for ext in (".gz", ""):
+            p = d / sub / f"{stem}{ext}"
+            if p.exists():
+                return p
+    return None
+
+
+def load_fashion_mnist(root: Optional[str | os.PathLike] = None, split: str = "train") -> ImageDataset:
+    """Load Fashion-MNIST from gzipped (or raw) IDX files, grey replicated to RGB.
+
+    ``root`` may be Debian's ``/usr/share/datasets/fashion-mnist`` (package
+    ``dataset-fashion-mnist``), torchvision's root (``FashionMNIST/raw``) or
+    any folder holding the four IDX files. ``None`` searches the Debian path.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    stem = "train" if split == "train" else "t10k"
+    cands = [Path(root).expanduser()] if root else [Path(p) for p in FASHION_MNIST_DIRS]
+    for d in cands:
+        ip, lp = _find_idx(d, f"{stem}-images-idx3-ubyte"), _find_idx(d, f"{stem}-labels-idx1-ubyte")
+        if ip and lp:
+            x, y = _read_idx(ip), _read_idx(lp)
+            if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+                raise DatasetError(f"{ip}: expected (n, 28, 28) images matching {lp} labels, got {x.shape} / {y.shape}")
+            img = torch.from_numpy(x.copy()).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+            return ImageDataset(img, torch.from_numpy(y.astype(np.int64)), list(FASHION_MNIST_CLASSES),
+                                f"fashion_mnist-{split}")
+    raise DatasetError(
+        f"Fashion-MNIST: '{stem}-images-idx3-ubyte[.gz]' / '{stem}-labels-idx1-ubyte[.gz]' not found in "
+        f"{[str(c) for c in cands]}. Install the Debian package with "
+        "`apt-get update && apt-get install -y dataset-fashion-mnist` or set data.root to a folder with the IDX files.")
+
+
+# --------------------------------------------------------------------------- image folders
+def _list_folder(root: Path):
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: List[Path] = []
+    labels: List[int] = []
+    classes: List[str] = []
+    if subdirs:
+        for ci, sd in enumerate(subdirs):
+            classes.append(sd.name)
+            for p in sorted(sd.rglob("*")):
+                if p.suffix.lower() in IMG_EXTENSIONS and p.is_file():
+                    files.append(p)
+                    labels.append(ci)
+    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if loose and subdirs:
+        raise DatasetError(f"{root}: mixes images and class sub-folders; put every image in a class folder "
+                           "(labeled) or all images directly in the root (unlabeled)")
+    if loose:
+        return loose, None, []
+    return files, labels, classes
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            # Resize the short side then center-crop: keeps aspect, square tensor.
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            im = im.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file in the same directory then ``os.replace``.
+
+    A crash mid-write therefore never leaves a truncated file at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Optional[str] = None,
+                      cache_dir: Optional[str | os.PathLike] = None) -> ImageDataset:
+    """Load ``root/<class>/*.jpg|png`` (or ``root/*.jpg`` unlabeled) into memory.
+
+    Images are decoded, resized (short side) and center-cropped to
+    ``image_size`` once; the result is cached on disk (``cache_dir``, default
+    ``root/.sslext_cache``) keyed by the file list, sizes, mtimes and size, and
+    written atomically so an interrupted run never leaves a corrupt cache.
+    ``split`` selects ``root/<split>`` (Imagenette uses ``train``/``val``).
+    """
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+    root = Path(root).expanduser()
+    if split:
+        root = root / split
+    if not root.is_dir():
+        raise DatasetError(f"image folder: {root} is not a directory (expected root/<class>/*.jpg or root/*.jpg)")
+    files, labels, classes = _list_folder(root)
+    if not files:
+        raise DatasetError(f"image folder: no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
+    h = hashlib.sha1(f"v1|{image_size}".encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    cache_dir = Path(cache_dir) if cache_dir else root / ".sslext_cache"
+    cache = cache_dir / f"{root.name}-{image_size}-{h.hexdigest()[:16]}.pt"
+    if cache.exists():
+        try:
+            obj = torch.load(cache, weights_only=True)
+            return ImageDataset(obj["images"], obj["labels"], list(classes), f"folder:{root.name}")
+        except Exception:
+            pass  # unreadable cache: rebuild it below rather than fail
+    try:
+        from tqdm import tqdm
+        it = tqdm(files, desc=f"decoding {root.name}", leave=False, disable=len(files) < 500)
+    except ImportError:
+        it = files
+    arr = np.stack([_decode(p, image_size) for p in it])
+    images = torch.from_numpy(arr)
+    lab = None if labels is None else torch.tensor(labels, dtype=torch.int64)
+    try:
+        atomic_save({"images": images, "labels": lab}, cache)
+    except OSError:
+        pass  # read-only dataset dirs are common; caching is an optimisation
+    return ImageDataset(images, lab, list(classes), f"folder:{root.name}")
+
+
+# --------------------------------------------------------------------------- factory
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic")
+
+
+def synthetic_dataset(n: int = 256, num_classes: int = 4, image_size: int = 32, seed: int = 0) -> ImageDataset:
+    """Class-dependent coloured blobs: a tiny stand-in used by tests/smoke runs."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    base = torch.rand(num_classes, 3, 1, 1, generator=g) * 200
+    noise = torch.rand(n, 3, image_size, image_size, generator=g) * 55
+    img = (base[labels] + noise).clamp(0, 255).to(torch.uint8)
+    return ImageDataset(img, labels, [f"c{i}" for i in range(num_classes)], "synthetic")
+
+
+def build_dataset(name: str, split: str, root: Optional[str] = None, download: bool = False,
+                  image_size: int = 32, cache_dir: Optional[str] = None, limit: Optional[int] = None,
+                  seed: int = 0) -> ImageDataset:
+    """Build a dataset by name (``DATASETS``); ``limit`` keeps a seeded random subset."""
+    if name in ("cifar10", "cifar100"):
+        ds = load_cifar(root or "data", name, split, download)
+    elif name == "fashion_mnist":
+        ds = load_fashion_mnist(root, split)
+    elif name == "image_folder":
+        if not root:
+            raise ValueError("data.root: required for dataset 'image_folder'")
+        ds = load_image_folder(root, image_size, "val" if split == "test" and Path(root, "val").is_dir()
+                               else (split if Path(root, split).is_dir() else None), cache_dir)
+    elif name == "synthetic":
+        ds = synthetic_dataset(256 if split == "train" else 128, 4, image_size, seed + (split == "test"))
+    else:
+        raise ValueError(f"data.dataset: expected one of {list(DATASETS)}, got {name!r}")
+    if limit is not None and limit < len(ds):
+        g = torch.Generator().manual_seed(seed + 12345)
+        ds = ds.subset(torch.randperm(len(ds), generator=g)[:limit].sort().values)
+    return ds
