@@ -140,6 +140,8 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     _check_feats("test_x", test_x)
     _check_labels("train_y", train_y, train_x.shape[0])
     _check_labels("test_y", test_y, test_x.shape[0])
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"test_x: expected {train_x.shape[1]} features like train_x, got {test_x.shape[1]}")
     if not isinstance(k, int) or k <= 0:
         raise ValueError(f"k: expected a positive int, got {k!r}")
     if temperature <= 0:
