@@ -1,0 +1,79 @@
+// Host functions of the sslext ops. Each is written once for CPU and CUDA: it
+// checks its arguments, runs GEMMs through ATen and its O(N D) passes through
+// the kernels of sslext/kernels.h. Schemas live in csrc/ops.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace sslext {
+
+// Output tuples: the first tensor is what the user sees; the rest are what
+// the backward needs, so the forward's work is not redone.
+using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
+using Tensor5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensor6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                           at::Tensor, at::Tensor>;
+using Tensor7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                           at::Tensor, at::Tensor, at::Tensor>;
+
+// csrc/ops/covariance.cpp
+at::Tensor batch_covariance(const at::Tensor& z);
+at::Tensor cross_correlation(const at::Tensor& z_a, const at::Tensor& z_b,
+                             double eps);
+at::Tensor off_diagonal_penalty(const at::Tensor& c, double off_weight,
+                                std::optional<double> diag_target);
+void tico_ema_update_(at::Tensor& c, const at::Tensor& z, double beta);
+
+// csrc/ops/vicreg_loss.cpp
+Tensor7 vicreg_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+                    double inv_coeff, double var_coeff, double cov_coeff,
+                    double eps, int64_t strategy);
+Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a,
+                             const at::Tensor& z_b, const at::Tensor& centered_a,
+                             const at::Tensor& centered_b, const at::Tensor& var_a,
+                             const at::Tensor& var_b, const at::Tensor& mat_a,
+                             const at::Tensor& mat_b, double inv_coeff,
+                             double var_coeff, double cov_coeff, double eps,
+                             int64_t strategy);
+Tensor5 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+                         const at::Tensor& c, double inv_coeff, double var_coeff,
+                         double cov_coeff, double beta, double eps,
+                         int64_t strategy);
+Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
+                                  const at::Tensor& z_a, const at::Tensor& z_b,
+                                  const at::Tensor& centered,
+                                  const at::Tensor& var_a,
+                                  const at::Tensor& var_b,
+                                  const at::Tensor& proj, double inv_coeff,
+                                  double var_coeff, double cov_coeff,
+                                  double eps);
+
+// csrc/ops/barlow_twins_loss.cpp
+Tensor6 barlow_twins_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+                          double lambd, double eps, int64_t strategy);
+Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms,
+                                   const at::Tensor& norm_a,
+                                   const at::Tensor& norm_b,
+                                   const at::Tensor& inv_std_a,
+                                   const at::Tensor& inv_std_b,
+                                   const at::Tensor& mat, double lambd,
+                                   int64_t strategy, at::ScalarType out_dtype);
+
+// csrc/ops/tico_loss.cpp
+Tensor6 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+                  const at::Tensor& c, double beta, double rho, int64_t strategy);
+Tensor2 tico_loss_backward(const at::Tensor& grad_terms, const at::Tensor& zhat_a,
+                           const at::Tensor& zhat_b, const at::Tensor& norm_a,
+                           const at::Tensor& norm_b, const at::Tensor& proj,
+                           double rho, at::ScalarType out_dtype);
+
+// Shared by TiCo and VICReg-TiCo (csrc/ops/tico_loss.cpp): P = Y C_new with
+// C_new = beta C + (1 - beta) Y^T Y / M, never materialising C_new on the Gram
+// path: P = beta Y C + (1 - beta) / M (Y Y^T) Y.
+at::Tensor tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
+                                 double beta, int64_t strategy);
+
+}  // namespace sslext

@@ -1,0 +1,107 @@
+// Every sslext schema, in one place, and the CPU / CUDA bindings of the host
+// functions (each written once for both devices; see sslext/ops.h).
+//
+// Conventions: `strategy` is 0 for the D x D covariance path and 1 for the
+// N x N Gram path (Python resolves "auto"). Fused losses return the terms
+// vector first, then the tensors their backward reuses; outputs are float32
+// for float16 / bfloat16 / float32 inputs and float64 for float64 inputs.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "sslext/ops.h"
+
+#ifndef SSLEXT_CUDA_ARCHS
+#define SSLEXT_CUDA_ARCHS ""
+#endif
+#ifndef SSLEXT_CUDA_VERSION
+#define SSLEXT_CUDA_VERSION ""
+#endif
+#ifndef SSLEXT_TORCH_VERSION
+#define SSLEXT_TORCH_VERSION ""
+#endif
+
+namespace sslext {
+
+// Describes the loaded binary itself, so it cannot disagree with what runs.
+std::string build_info() {
+#ifdef SSLEXT_WITH_CUDA
+  const char* with_cuda = "true";
+#else
+  const char* with_cuda = "false";
+#endif
+  return std::string("{\"with_cuda\": ") + with_cuda +
+         ", \"cuda_archs\": \"" SSLEXT_CUDA_ARCHS "\", \"cuda_version\": \"" SSLEXT_CUDA_VERSION
+         "\", \"torch_version\": \"" SSLEXT_TORCH_VERSION "\"}";
+}
+
+}  // namespace sslext
+
+TORCH_LIBRARY(sslext, m) {
+  m.def("build_info() -> str", &sslext::build_info);
+
+  // Low-level ops.
+  m.def("batch_covariance(Tensor z) -> Tensor");
+  m.def("cross_correlation(Tensor z_a, Tensor z_b, float eps) -> Tensor");
+  m.def("off_diagonal_penalty(Tensor c, float off_weight, float? diag_target) -> Tensor");
+  m.def("tico_ema_update_(Tensor(a!) c, Tensor z, float beta) -> ()");
+
+  // Fused losses and their backwards.
+  m.def(
+      "vicreg_loss(Tensor z_a, Tensor z_b, float inv_coeff, float var_coeff, "
+      "float cov_coeff, float eps, int strategy) -> (Tensor terms, Tensor "
+      "centered_a, Tensor centered_b, Tensor var_a, Tensor var_b, Tensor mat_a, "
+      "Tensor mat_b)");
+  m.def(
+      "vicreg_loss_backward(Tensor grad_terms, Tensor z_a, Tensor z_b, Tensor "
+      "centered_a, Tensor centered_b, Tensor var_a, Tensor var_b, Tensor mat_a, "
+      "Tensor mat_b, float inv_coeff, float var_coeff, float cov_coeff, float "
+      "eps, int strategy) -> (Tensor, Tensor)");
+  m.def(
+      "vicreg_tico_loss(Tensor z_a, Tensor z_b, Tensor c, float inv_coeff, "
+      "float var_coeff, float cov_coeff, float beta, float eps, int strategy) "
+      "-> (Tensor terms, Tensor centered, Tensor var_a, Tensor var_b, Tensor "
+      "proj)");
+  m.def(
+      "vicreg_tico_loss_backward(Tensor grad_terms, Tensor z_a, Tensor z_b, "
+      "Tensor centered, Tensor var_a, Tensor var_b, Tensor proj, float "
+      "inv_coeff, float var_coeff, float cov_coeff, float eps) -> (Tensor, "
+      "Tensor)");
+  m.def(
+      "barlow_twins_loss(Tensor z_a, Tensor z_b, float lambd, float eps, int "
+      "strategy) -> (Tensor terms, Tensor norm_a, Tensor norm_b, Tensor "
+      "inv_std_a, Tensor inv_std_b, Tensor mat)");
+  m.def(
+      "barlow_twins_loss_backward(Tensor grad_terms, Tensor norm_a, Tensor "
+      "norm_b, Tensor inv_std_a, Tensor inv_std_b, Tensor mat, float lambd, int "
+      "strategy, ScalarType out_dtype) -> (Tensor, Tensor)");
+  m.def(
+      "tico_loss(Tensor z_a, Tensor z_b, Tensor c, float beta, float rho, int "
+      "strategy) -> (Tensor terms, Tensor zhat_a, Tensor zhat_b, Tensor norm_a, "
+      "Tensor norm_b, Tensor proj)");
+  m.def(
+      "tico_loss_backward(Tensor grad_terms, Tensor zhat_a, Tensor zhat_b, "
+      "Tensor norm_a, Tensor norm_b, Tensor proj, float rho, ScalarType "
+      "out_dtype) -> (Tensor, Tensor)");
+}
+
+#define SSLEXT_REGISTER_IMPLS(m)                                           \
+  m.impl("batch_covariance", &sslext::batch_covariance);                   \
+  m.impl("cross_correlation", &sslext::cross_correlation);                 \
+  m.impl("off_diagonal_penalty", &sslext::off_diagonal_penalty);           \
+  m.impl("tico_ema_update_", &sslext::tico_ema_update_);                   \
+  m.impl("vicreg_loss", &sslext::vicreg_loss);                             \
+  m.impl("vicreg_loss_backward", &sslext::vicreg_loss_backward);           \
+  m.impl("vicreg_tico_loss", &sslext::vicreg_tico_loss);                   \
+  m.impl("vicreg_tico_loss_backward", &sslext::vicreg_tico_loss_backward); \
+  m.impl("barlow_twins_loss", &sslext::barlow_twins_loss);                 \
+  m.impl("barlow_twins_loss_backward", &sslext::barlow_twins_loss_backward); \
+  m.impl("tico_loss", &sslext::tico_loss);                                 \
+  m.impl("tico_loss_backward", &sslext::tico_loss_backward)
+
+TORCH_LIBRARY_IMPL(sslext, CPU, m) { SSLEXT_REGISTER_IMPLS(m); }
+
+#ifdef SSLEXT_WITH_CUDA
+TORCH_LIBRARY_IMPL(sslext, CUDA, m) { SSLEXT_REGISTER_IMPLS(m); }
+#endif

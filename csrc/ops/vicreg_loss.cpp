@@ -1,0 +1,155 @@
+// VICReg (Bardes et al., 2022) as in the official code, and VICReg-TiCo: VICReg
+// with its covariance term replaced by TiCo's running-covariance contrast.
+#include <ATen/ATen.h>
+
+#include "sslext/common.h"
+#include "sslext/kernels.h"
+#include "sslext/ops.h"
+
+namespace sslext {
+
+namespace {
+
+// Centers z into `centered` (a preallocated opmath buffer) and returns the
+// unbiased per-dimension variance.
+at::Tensor center_into(const at::Tensor& z, at::Tensor centered) {
+  auto [mean, m2] = kernels::column_moments(z, centered);
+  return m2.div_(static_cast<double>(z.size(0) - 1));
+}
+
+// mean(relu(1 - sqrt(var + eps))) of one branch, as a float64 scalar.
+at::Tensor hinge_std(const at::Tensor& var, double eps) {
+  return at::relu(1.0 - at::sqrt(var.to(at::kDouble) + eps)).mean();
+}
+
+// Invariance and variance terms, shared by VICReg and VICReg-TiCo.
+std::tuple<at::Tensor, at::Tensor> invariance_and_variance(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& var_a,
+    const at::Tensor& var_b, double eps) {
+  const double nd = static_cast<double>(a.numel());
+  auto inv = kernels::sum_sq_diff(a, b).div_(nd);
+  auto var = (hinge_std(var_a, eps) + hinge_std(var_b, eps)).mul_(0.5);
+  return {inv, var};
+}
+
+at::Tensor vicreg_terms(const at::Tensor& inv, const at::Tensor& var,
+                        const at::Tensor& cov, double inv_coeff,
+                        double var_coeff, double cov_coeff,
+                        at::ScalarType dtype) {
+  auto loss = inv * inv_coeff + var * var_coeff + cov * cov_coeff;
+  return at::stack({loss, inv, var, cov}).to(dtype);
+}
+
+// sum_{i != j} C_ij^2 for C = x^T x / (N - 1) of one centered branch; returns
+// (penalty as float64 scalar, the matrix the backward multiplies by).
+std::tuple<at::Tensor, at::Tensor> branch_offdiag(const at::Tensor& x,
+                                                  const at::Tensor& var,
+                                                  Strategy strategy) {
+  const double scale = 1.0 / static_cast<double>(x.size(0) - 1);
+  if (strategy == Strategy::kGram) {
+    // ||x^T x||_F = ||x x^T||_F and diag(C) = var, so the off-diagonal sum of
+    // C costs an N x N Gram matrix instead of a D x D covariance.
+    auto k = at::empty({x.size(0), x.size(0)}, x.options())
+                 .addmm_(x, x.t(), /*beta=*/0.0, scale);
+    auto sums = kernels::offdiag_sums(k, 0.0);
+    auto frob = sums.sum();
+    auto v = var.to(at::kDouble);
+    return {frob.sub_(at::dot(v, v)), k};
+  }
+  auto c = at::empty({x.size(1), x.size(1)}, x.options())
+               .addmm_(x.t(), x, /*beta=*/0.0, scale);
+  return {kernels::offdiag_sums(c, 0.0).select(0, 0), c};
+}
+
+}  // namespace
+
+Tensor7 vicreg_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+                    double inv_coeff, double var_coeff, double cov_coeff,
+                    double eps, int64_t strategy) {
+  check_pair(z_a, z_b);
+  const auto strat = to_strategy(strategy);
+  auto a = z_a.contiguous(), b = z_b.contiguous();
+  const auto acc = opmath_dtype(a.scalar_type());
+  auto xa = at::empty(a.sizes(), a.options().dtype(acc));
+  auto xb = at::empty(b.sizes(), b.options().dtype(acc));
+  auto var_a = center_into(a, xa);
+  auto var_b = center_into(b, xb);
+  auto [inv, var] = invariance_and_variance(a, b, var_a, var_b, eps);
+  auto [off_a, mat_a] = branch_offdiag(xa, var_a, strat);
+  auto [off_b, mat_b] = branch_offdiag(xb, var_b, strat);
+  auto cov = (off_a + off_b).div_(static_cast<double>(a.size(1)));
+  auto terms = vicreg_terms(inv, var, cov, inv_coeff, var_coeff, cov_coeff, acc);
+  return {terms, xa, xb, var_a, var_b, mat_a, mat_b};
+}
+
+Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a,
+                             const at::Tensor& z_b, const at::Tensor& centered_a,
+                             const at::Tensor& centered_b, const at::Tensor& var_a,
+                             const at::Tensor& var_b, const at::Tensor& mat_a,
+                             const at::Tensor& mat_b, double inv_coeff,
+                             double var_coeff, double cov_coeff, double eps,
+                             int64_t strategy) {
+  auto a = z_a.contiguous(), b = z_b.contiguous();
+  auto g = grad_terms.contiguous().to(centered_a.scalar_type());
+  const bool gram = to_strategy(strategy) == Strategy::kGram;
+  // d off(C)/dx = 4 (x C - x diag(C)) / (N - 1) with x C = (x x^T / (N-1)) x on
+  // the Gram path: the same product, computed in O(N^2 D) or O(N D^2).
+  auto g_a = gram ? at::mm(mat_a, centered_a) : at::mm(centered_a, mat_a);
+  auto g_b = gram ? at::mm(mat_b, centered_b) : at::mm(centered_b, mat_b);
+  const double cov_scale =
+      4.0 / (static_cast<double>(a.size(1)) * static_cast<double>(a.size(0) - 1));
+  auto dz_a = kernels::vicreg_grad(a, b, centered_a, var_a, g_a, g, inv_coeff,
+                                   var_coeff, cov_coeff, eps, cov_scale, true);
+  auto dz_b = kernels::vicreg_grad(b, a, centered_b, var_b, g_b, g, inv_coeff,
+                                   var_coeff, cov_coeff, eps, cov_scale, true);
+  return {dz_a, dz_b};
+}
+
+Tensor5 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+                         const at::Tensor& c, double inv_coeff, double var_coeff,
+                         double cov_coeff, double beta, double eps,
+                         int64_t strategy) {
+  check_pair(z_a, z_b);
+  check_running_cov(c, z_a, "c");
+  check_beta(beta);
+  to_strategy(strategy);
+  auto a = z_a.contiguous(), b = z_b.contiguous();
+  const int64_t n = a.size(0), d = a.size(1);
+  // Both centered branches stacked (2N x D): the rows the running covariance
+  // sees and the contrast is taken over, written in place by the moments pass.
+  auto y = at::empty({2 * n, d}, a.options().dtype(opmath_dtype(a.scalar_type())));
+  auto var_a = center_into(a, y.narrow(0, 0, n));
+  auto var_b = center_into(b, y.narrow(0, n, n));
+  auto [inv, var] = invariance_and_variance(a, b, var_a, var_b, eps);
+  auto proj = tico_contrast_product(y, c, beta, strategy);
+  // Per branch mean_i y_i^T C_new y_i / D, summed over the two branches.
+  auto cov = kernels::dot_f64(y, proj).div_(static_cast<double>(n * d));
+  auto terms =
+      vicreg_terms(inv, var, cov, inv_coeff, var_coeff, cov_coeff, y.scalar_type());
+  return {terms, y, var_a, var_b, proj};
+}
+
+Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
+                                  const at::Tensor& z_a, const at::Tensor& z_b,
+                                  const at::Tensor& centered,
+                                  const at::Tensor& var_a,
+                                  const at::Tensor& var_b,
+                                  const at::Tensor& proj, double inv_coeff,
+                                  double var_coeff, double cov_coeff,
+                                  double eps) {
+  auto a = z_a.contiguous(), b = z_b.contiguous();
+  const int64_t n = a.size(0), d = a.size(1);
+  auto g = grad_terms.contiguous().to(centered.scalar_type());
+  // C_new is held constant (as TiCo detaches it), so d cov/d y = 2 C_new y /
+  // (N D) = 2 proj / (N D); no diagonal is excluded in this contrast.
+  const double cov_scale = 2.0 / static_cast<double>(n * d);
+  auto dz_a = kernels::vicreg_grad(a, b, centered.narrow(0, 0, n), var_a,
+                                   proj.narrow(0, 0, n), g, inv_coeff, var_coeff,
+                                   cov_coeff, eps, cov_scale, false);
+  auto dz_b = kernels::vicreg_grad(b, a, centered.narrow(0, n, n), var_b,
+                                   proj.narrow(0, n, n), g, inv_coeff, var_coeff,
+                                   cov_coeff, eps, cov_scale, false);
+  return {dz_a, dz_b};
+}
+
+}  // namespace sslext

@@ -1,0 +1,119 @@
+"""Build of the sslext extension (sslext._C).
+
+CUDA kernels are compiled whenever nvcc and a CUDA build of torch are present,
+whether or not a GPU is visible, so a GPU-less build host still ships them.
+
+Environment:
+  SSLEXT_FORCE_CUDA=1   require the CUDA kernels (fail loudly if nvcc is missing)
+  SSLEXT_FORCE_CPU=1    build the CPU kernels only
+  TORCH_CUDA_ARCH_LIST  target architectures (default without a visible GPU: 8.0;9.0)
+  MAX_JOBS              parallel compile jobs (default: from cores and memory)
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;9.0"  # A100 and H100/H200, the GPUs SSL is trained on.
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _nvcc():
+    home = cpp_extension.CUDA_HOME
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return os.path.join(home, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+def _want_cuda():
+    if _env_flag("SSLEXT_FORCE_CPU"):
+        return False
+    nvcc = _nvcc()
+    if _env_flag("SSLEXT_FORCE_CUDA"):
+        if torch.version.cuda is None:
+            raise RuntimeError(
+                "SSLEXT_FORCE_CUDA=1 but the installed torch is a CPU-only build "
+                f"({torch.__version__}); install a CUDA build of torch first."
+            )
+        if nvcc is None:
+            raise RuntimeError(
+                "SSLEXT_FORCE_CUDA=1 but nvcc was not found: set CUDA_HOME to the "
+                "CUDA toolkit (e.g. CUDA_HOME=/usr/local/cuda) or put nvcc on PATH."
+            )
+        return True
+    return torch.version.cuda is not None and nvcc is not None
+
+
+def _nvcc_version(nvcc):
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return ""
+    for token in out.replace(",", " ").split():
+        if token.startswith("V") and token[1:2].isdigit():
+            return token[1:]
+    return ""
+
+
+def _default_max_jobs():
+    # nvcc with the torch headers takes ~1.5 GB per job; never more jobs than cores.
+    cores = os.cpu_count() or 1
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gb = 8
+    return max(1, min(cores, int(mem_gb // 2)))
+
+
+def extensions():
+    with_cuda = _want_cuda()
+    sources = sorted(
+        glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp")
+    )
+    define_macros = [("SSLEXT_TORCH_VERSION", f'"{torch.__version__}"')]
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    extra = {"cxx": cxx_flags}
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+        if not archs:
+            major, minor = torch.cuda.get_device_capability()
+            archs = f"{major}.{minor}"
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        define_macros += [
+            ("SSLEXT_WITH_CUDA", None),
+            ("SSLEXT_CUDA_ARCHS", f'"{archs}"'),
+            ("SSLEXT_CUDA_VERSION", f'"{_nvcc_version(_nvcc())}"'),
+        ]
+        extra["nvcc"] = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        ext_cls = cpp_extension.CppExtension
+    os.environ.setdefault("MAX_JOBS", str(_default_max_jobs()))
+    return [
+        ext_cls(
+            name="sslext._C",
+            sources=sources,
+            include_dirs=[os.path.join(ROOT, "csrc", "include")],
+            define_macros=define_macros,
+            extra_compile_args=extra,
+            py_limited_api=False,
+        )
+    ]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

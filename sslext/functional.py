@@ -1,0 +1,188 @@
+"""Functional forms of the sslext losses.
+
+Every function takes two ``(N, D)`` embedding batches (the two views), any of
+float16 / bfloat16 / float32 / float64, and returns a scalar loss computed with
+float32 accumulation (float64 for float64 inputs), differentiable with respect
+to both inputs. With ``return_terms=True`` it returns ``(loss, terms)`` where
+``terms`` maps each loss term's name to a detached scalar tensor.
+
+``strategy`` chooses how the quadratic terms are computed:
+
+* ``"gram"``: through N x N Gram matrices, ``||Z^T Z||_F = ||Z Z^T||_F``:
+  O(N^2 D) time and O(N^2) memory;
+* ``"covariance"``: through the D x D covariance: O(N D^2) time, O(D^2) memory;
+* ``"auto"`` (default): Gram when N < D, covariance otherwise. This is the
+  cheaper path, and also the accurate one: the Gram path obtains the
+  off-diagonal sum by subtracting the diagonal from the full norm, which loses
+  precision when the diagonal dominates (N >= D).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import ops as _ops_module  # noqa: F401  (registers fake kernels and autograd)
+from ._checks import (
+    check_non_negative,
+    check_pair,
+    check_running_cov,
+    check_unit_interval,
+    resolve_strategy,
+)
+
+_ops = torch.ops.sslext
+
+LossOut = Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]
+
+__all__ = ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss"]
+
+
+def _finish(terms: Tensor, names, return_terms: bool) -> LossOut:
+    loss = terms[0]
+    if not return_terms:
+        return loss
+    detached = terms.detach()
+    return loss, {name: detached[i + 1] for i, name in enumerate(names)}
+
+
+def vicreg_loss(
+    z_a: Tensor,
+    z_b: Tensor,
+    inv_coeff: float = 25.0,
+    var_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    eps: float = 1e-4,
+    strategy: str = "auto",
+    return_terms: bool = False,
+) -> LossOut:
+    """VICReg (Bardes, Ponce, LeCun, ICLR 2022), as the official code computes it.
+
+    ``inv_coeff * mse(z_a, z_b) + var_coeff * variance + cov_coeff * covariance``
+    with ``variance = (mean(relu(1 - std(z_a))) + mean(relu(1 - std(z_b)))) / 2``
+    (``std = sqrt(var + eps)``, unbiased variance) and ``covariance`` = the sum of
+    squared off-diagonal entries of each branch's covariance, divided by D and
+    summed over the two branches. Terms: ``invariance``, ``variance``, ``covariance``.
+    """
+    check_pair(z_a, z_b)
+    code = resolve_strategy(strategy, z_a.shape[0], z_a.shape[1])
+    terms = _ops.vicreg_loss(
+        z_a,
+        z_b,
+        float(inv_coeff),
+        float(var_coeff),
+        float(cov_coeff),
+        check_non_negative(eps, "eps"),
+        code,
+    )[0]
+    return _finish(terms, ("invariance", "variance", "covariance"), return_terms)
+
+
+def barlow_twins_loss(
+    z_a: Tensor,
+    z_b: Tensor,
+    lambd: float = 0.0051,
+    eps: float = 1e-5,
+    strategy: str = "auto",
+    return_terms: bool = False,
+) -> LossOut:
+    """Barlow Twins (Zbontar et al., ICML 2021), as the official code computes it.
+
+    ``c = bn(z_a)^T bn(z_b) / N`` with ``bn`` = per-dimension standardisation
+    (biased variance, ``eps``), as ``BatchNorm1d(affine=False)`` in training
+    mode; loss ``sum_i (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2``.
+    Terms: ``on_diagonal``, ``off_diagonal`` (before ``lambd``).
+    """
+    check_pair(z_a, z_b)
+    code = resolve_strategy(strategy, z_a.shape[0], z_a.shape[1])
+    terms = _ops.barlow_twins_loss(
+        z_a, z_b, float(lambd), check_non_negative(eps, "eps"), code
+    )[0]
+    return _finish(terms, ("on_diagonal", "off_diagonal"), return_terms)
+
+
+def tico_loss(
+    z_a: Tensor,
+    z_b: Tensor,
+    c: Tensor,
+    beta: float = 0.9,
+    rho: float = 8.0,
+    update: bool = True,
+    strategy: str = "auto",
+    return_terms: bool = False,
+) -> LossOut:
+    """TiCo (Zhu, Liu, Huang, 2022), as the paper and lightly's ``TiCoLoss`` compute it.
+
+    Rows are L2-normalised; ``B = z_a^T z_a / N`` (detached);
+    ``C_new = beta * c + (1 - beta) * B``; loss
+    ``1 - mean_i <z_a_i, z_b_i> + rho * mean_i z_a_i^T C_new z_a_i``.
+    ``c`` (``(D, D)``, float32/float64, on the inputs' device) is the running
+    covariance; with ``update=True`` it is replaced by ``C_new`` in place after
+    the loss is computed (as lightly does on every forward call). Gradients
+    treat ``C_new`` as a constant. Terms: ``similarity``, ``contrast``.
+    """
+    check_pair(z_a, z_b)
+    check_running_cov(c, z_a, "c")
+    beta = check_unit_interval(beta, "beta")
+    code = resolve_strategy(strategy, z_a.shape[0], z_a.shape[1])
+    out = _ops.tico_loss(z_a, z_b, c, beta, float(rho), code)
+    if update:
+        # The normalised z_a the loss already computed is exactly what B needs.
+        _ops.tico_ema_update_(c, out[1], beta)
+    return _finish(out[0], ("similarity", "contrast"), return_terms)
+
+
+def vicreg_tico_loss(
+    z_a: Tensor,
+    z_b: Tensor,
+    c: Tensor,
+    inv_coeff: float = 25.0,
+    var_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    beta: float = 0.9,
+    eps: float = 1e-4,
+    update: bool = True,
+    strategy: str = "auto",
+    return_terms: bool = False,
+) -> LossOut:
+    """VICReg whose covariance term is replaced by TiCo's running-covariance contrast.
+
+    The invariance and variance terms are VICReg's (see :func:`vicreg_loss`).
+    The covariance term, our choices made explicit:
+
+    * both branches are centered with their own batch mean (as VICReg's
+      covariance is), and NOT L2-normalised (VICReg's variance term fixes the
+      scale);
+    * the running covariance sees both branches: ``B = Y^T Y / (2N)`` with
+      ``Y = [z_a - mean(z_a); z_b - mean(z_b)]`` (2N x D), detached, and
+      ``C_new = beta * c + (1 - beta) * B``;
+    * the term is ``sum over branches of mean_i y_i^T C_new y_i / D``: the /D
+      and the sum over branches mirror VICReg's covariance term so that
+      ``cov_coeff`` keeps VICReg's scale (default 1.0); the diagonal of
+      ``C_new`` is included, as in TiCo;
+    * gradients treat ``C_new`` as a constant (TiCo's detach); with
+      ``update=True``, ``c`` is replaced by ``C_new`` in place after the loss.
+
+    Terms: ``invariance``, ``variance``, ``covariance``.
+    """
+    check_pair(z_a, z_b)
+    check_running_cov(c, z_a, "c")
+    beta = check_unit_interval(beta, "beta")
+    # The contrast runs over 2N stacked rows, so the Gram path pays off while 2N < D.
+    code = resolve_strategy(strategy, 2 * z_a.shape[0], z_a.shape[1])
+    out = _ops.vicreg_tico_loss(
+        z_a,
+        z_b,
+        c,
+        float(inv_coeff),
+        float(var_coeff),
+        float(cov_coeff),
+        beta,
+        check_non_negative(eps, "eps"),
+        code,
+    )
+    if update:
+        _ops.tico_ema_update_(c, out[1], beta)
+    return _finish(out[0], ("invariance", "variance", "covariance"), return_terms)

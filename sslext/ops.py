@@ -1,0 +1,340 @@
+"""Typed wrappers of the ``torch.ops.sslext`` ops, with their fake kernels and
+autograd formulas (schemas: ``csrc/ops.cpp``).
+
+The low-level ops are public; the fused loss ops are the engine of
+:mod:`sslext.functional` and are easier to use from there.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (registers torch.ops.sslext.*)
+from ._checks import (
+    check_embedding,
+    check_non_negative,
+    check_pair,
+    check_running_cov,
+    check_unit_interval,
+    opmath_dtype,
+)
+
+_ops = torch.ops.sslext
+
+__all__ = [
+    "batch_covariance",
+    "cross_correlation",
+    "off_diagonal_penalty",
+    "tico_ema_update_",
+]
+
+
+# --------------------------------------------------------------------------
+# Public low-level ops
+# --------------------------------------------------------------------------
+
+
+def batch_covariance(z: Tensor) -> Tensor:
+    """Unbiased batch covariance ``(z - mean)^T (z - mean) / (N - 1)``.
+
+    Args:
+        z: ``(N, D)`` embeddings, N >= 2, float16/bfloat16/float32/float64.
+    Returns:
+        ``(D, D)`` covariance in float32 (float64 for float64 input).
+    """
+    check_embedding(z, "z")
+    return _ops.batch_covariance(z)
+
+
+def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = 1e-5) -> Tensor:
+    """Barlow Twins' cross-correlation ``bn(z_a)^T bn(z_b) / N``.
+
+    ``bn`` standardises each dimension with the biased batch variance and
+    ``eps``, as ``BatchNorm1d(affine=False)`` does in training mode.
+    Returns a ``(D, D)`` float32 matrix (float64 for float64 inputs).
+    """
+    check_pair(z_a, z_b)
+    return _ops.cross_correlation(z_a, z_b, check_non_negative(eps, "eps"))
+
+
+def off_diagonal_penalty(
+    c: Tensor, off_weight: float = 1.0, diag_target: Optional[float] = None
+) -> Tensor:
+    """``off_weight * sum_{i != j} c_ij^2 (+ sum_i (c_ii - diag_target)^2)``.
+
+    One pass over ``c``: no off-diagonal copy, no mask, no temporary; the sums
+    accumulate in float64. With ``diag_target=None`` the diagonal is ignored.
+    """
+    if not isinstance(c, torch.Tensor):
+        raise TypeError(f"c must be a torch.Tensor, got {type(c).__name__}")
+    if c.dim() != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"c must be a square 2-D matrix, got shape {tuple(c.shape)}")
+    if not c.is_floating_point():
+        raise TypeError(f"c must be a floating-point matrix, got {c.dtype}")
+    target = None if diag_target is None else float(diag_target)
+    return _ops.off_diagonal_penalty(c, float(off_weight), target)
+
+
+def tico_ema_update_(c: Tensor, z: Tensor, beta: float) -> None:
+    """In place: ``c <- beta * c + (1 - beta) * z^T z / N``.
+
+    One rank-N GEMM update of ``c`` (no ``z^T z`` temporary); ``c`` is a
+    ``(D, D)`` float32/float64 matrix on ``z``'s device, e.g. a registered
+    buffer. Not differentiable: ``z`` is used detached.
+    """
+    check_embedding(z, "z")
+    check_running_cov(c, z, "c")
+    _ops.tico_ema_update_(c, z.detach(), check_unit_interval(beta, "beta"))
+
+
+# --------------------------------------------------------------------------
+# Fake kernels: shapes and dtypes only, for torch.compile and meta tensors.
+# --------------------------------------------------------------------------
+
+
+def _empty(like: Tensor, *shape: int, dtype: Optional[torch.dtype] = None) -> Tensor:
+    return like.new_empty(shape, dtype=dtype or opmath_dtype(like.dtype))
+
+
+@torch.library.register_fake("sslext::batch_covariance")
+def _(z):
+    check_embedding(z, "z")
+    return _empty(z, z.shape[1], z.shape[1])
+
+
+@torch.library.register_fake("sslext::cross_correlation")
+def _(z_a, z_b, eps):
+    check_pair(z_a, z_b)
+    return _empty(z_a, z_a.shape[1], z_a.shape[1])
+
+
+@torch.library.register_fake("sslext::off_diagonal_penalty")
+def _(c, off_weight, diag_target):
+    return _empty(c)
+
+
+@torch.library.register_fake("sslext::tico_ema_update_")
+def _(c, z, beta):
+    check_running_cov(c, z, "c")
+    return None
+
+
+@torch.library.register_fake("sslext::vicreg_loss")
+def _(z_a, z_b, inv_coeff, var_coeff, cov_coeff, eps, strategy):
+    check_pair(z_a, z_b)
+    n, d = z_a.shape
+    m = n if strategy == 1 else d
+    return (
+        _empty(z_a, 4),
+        _empty(z_a, n, d),
+        _empty(z_a, n, d),
+        _empty(z_a, d),
+        _empty(z_a, d),
+        _empty(z_a, m, m),
+        _empty(z_a, m, m),
+    )
+
+
+@torch.library.register_fake("sslext::vicreg_loss_backward")
+def _(grad_terms, z_a, z_b, *rest):
+    return torch.empty_like(z_a), torch.empty_like(z_b)
+
+
+@torch.library.register_fake("sslext::vicreg_tico_loss")
+def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy):
+    check_pair(z_a, z_b)
+    check_running_cov(c, z_a, "c")
+    n, d = z_a.shape
+    return (
+        _empty(z_a, 4),
+        _empty(z_a, 2 * n, d),
+        _empty(z_a, d),
+        _empty(z_a, d),
+        _empty(z_a, 2 * n, d),
+    )
+
+
+@torch.library.register_fake("sslext::vicreg_tico_loss_backward")
+def _(grad_terms, z_a, z_b, *rest):
+    return torch.empty_like(z_a), torch.empty_like(z_b)
+
+
+@torch.library.register_fake("sslext::barlow_twins_loss")
+def _(z_a, z_b, lambd, eps, strategy):
+    check_pair(z_a, z_b)
+    n, d = z_a.shape
+    mat = _empty(z_a, 2, n, n) if strategy == 1 else _empty(z_a, d, d)
+    return (
+        _empty(z_a, 3),
+        _empty(z_a, n, d),
+        _empty(z_a, n, d),
+        _empty(z_a, d),
+        _empty(z_a, d),
+        mat,
+    )
+
+
+@torch.library.register_fake("sslext::barlow_twins_loss_backward")
+def _(grad_terms, norm_a, norm_b, inv_std_a, inv_std_b, mat, lambd, strategy, out_dtype):
+    return (
+        norm_a.new_empty(norm_a.shape, dtype=out_dtype),
+        norm_b.new_empty(norm_b.shape, dtype=out_dtype),
+    )
+
+
+@torch.library.register_fake("sslext::tico_loss")
+def _(z_a, z_b, c, beta, rho, strategy):
+    check_pair(z_a, z_b)
+    check_running_cov(c, z_a, "c")
+    n, d = z_a.shape
+    return (
+        _empty(z_a, 3),
+        _empty(z_a, n, d),
+        _empty(z_a, n, d),
+        _empty(z_a, n),
+        _empty(z_a, n),
+        _empty(z_a, n, d),
+    )
+
+
+@torch.library.register_fake("sslext::tico_loss_backward")
+def _(grad_terms, zhat_a, zhat_b, norm_a, norm_b, proj, rho, out_dtype):
+    return (
+        zhat_a.new_empty(zhat_a.shape, dtype=out_dtype),
+        zhat_b.new_empty(zhat_b.shape, dtype=out_dtype),
+    )
+
+
+# --------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------
+
+
+def _standardize(z: Tensor, eps: float):
+    x = z.to(opmath_dtype(z.dtype))
+    x = x - x.mean(0)
+    inv_std = torch.rsqrt(x.pow(2).mean(0) + eps)
+    return x * inv_std, inv_std
+
+
+def _bn_backward(da: Tensor, a: Tensor, inv_std: Tensor) -> Tensor:
+    return inv_std * (da - da.mean(0) - a * (da * a).mean(0))
+
+
+def _batch_covariance_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _batch_covariance_backward(ctx, grad):
+    (z,) = ctx.saved_tensors
+    x = z.to(grad.dtype)
+    x = x - x.mean(0)
+    # d/dz of x^T x / (N - 1): x (G + G^T) / (N - 1); centering adds nothing
+    # because the columns of x (G + G^T) already sum to zero.
+    dz = x @ (grad + grad.mT) / (z.shape[0] - 1)
+    return dz.to(z.dtype)
+
+
+def _cross_correlation_setup(ctx, inputs, output):
+    z_a, z_b, eps = inputs
+    ctx.save_for_backward(z_a, z_b)
+    ctx.eps = eps
+
+
+def _cross_correlation_backward(ctx, grad):
+    z_a, z_b = ctx.saved_tensors
+    n = z_a.shape[0]
+    a, inv_a = _standardize(z_a, ctx.eps)
+    b, inv_b = _standardize(z_b, ctx.eps)
+    grad = grad.to(a.dtype)
+    da = b @ grad.mT / n
+    db = a @ grad / n
+    return (
+        _bn_backward(da, a, inv_a).to(z_a.dtype),
+        _bn_backward(db, b, inv_b).to(z_b.dtype),
+        None,
+    )
+
+
+def _off_diagonal_setup(ctx, inputs, output):
+    c, off_weight, diag_target = inputs
+    ctx.save_for_backward(c)
+    ctx.off_weight, ctx.diag_target = off_weight, diag_target
+
+
+def _off_diagonal_backward(ctx, grad):
+    (c,) = ctx.saved_tensors
+    x = c.to(grad.dtype)
+    dc = x * (2.0 * ctx.off_weight)
+    diag = torch.diagonal(x)
+    on = 2.0 * (diag - ctx.diag_target) if ctx.diag_target is not None else torch.zeros_like(diag)
+    dc = dc - torch.diag_embed(torch.diagonal(dc)) + torch.diag_embed(on)
+    return (grad * dc).to(c.dtype), None, None
+
+
+def _vicreg_setup(ctx, inputs, output):
+    z_a, z_b, inv_coeff, var_coeff, cov_coeff, eps, strategy = inputs
+    _, xa, xb, var_a, var_b, mat_a, mat_b = output
+    ctx.save_for_backward(z_a, z_b, xa, xb, var_a, var_b, mat_a, mat_b)
+    ctx.params = (inv_coeff, var_coeff, cov_coeff, eps, strategy)
+    ctx.mark_non_differentiable(xa, xb, var_a, var_b, mat_a, mat_b)
+
+
+def _vicreg_backward(ctx, grad_terms, *_):
+    dz_a, dz_b = _ops.vicreg_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
+    return dz_a, dz_b, None, None, None, None, None
+
+
+def _vicreg_tico_setup(ctx, inputs, output):
+    z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy = inputs
+    _, centered, var_a, var_b, proj = output
+    ctx.save_for_backward(z_a, z_b, centered, var_a, var_b, proj)
+    ctx.params = (inv_coeff, var_coeff, cov_coeff, eps)
+    ctx.mark_non_differentiable(centered, var_a, var_b, proj)
+
+
+def _vicreg_tico_backward(ctx, grad_terms, *_):
+    dz_a, dz_b = _ops.vicreg_tico_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
+    return dz_a, dz_b, None, None, None, None, None, None, None
+
+
+def _barlow_setup(ctx, inputs, output):
+    z_a, z_b, lambd, eps, strategy = inputs
+    _, a, b, inv_a, inv_b, mat = output
+    ctx.save_for_backward(a, b, inv_a, inv_b, mat)
+    ctx.params = (lambd, strategy, z_a.dtype)
+    ctx.mark_non_differentiable(a, b, inv_a, inv_b, mat)
+
+
+def _barlow_backward(ctx, grad_terms, *_):
+    dz_a, dz_b = _ops.barlow_twins_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
+    return dz_a, dz_b, None, None, None
+
+
+def _tico_setup(ctx, inputs, output):
+    z_a, z_b, c, beta, rho, strategy = inputs
+    _, zhat_a, zhat_b, norm_a, norm_b, proj = output
+    ctx.save_for_backward(zhat_a, zhat_b, norm_a, norm_b, proj)
+    ctx.params = (rho, z_a.dtype)
+    ctx.mark_non_differentiable(zhat_a, zhat_b, norm_a, norm_b, proj)
+
+
+def _tico_backward(ctx, grad_terms, *_):
+    dz_a, dz_b = _ops.tico_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
+    # The running covariance is a detached statistic, as in the paper.
+    return dz_a, dz_b, None, None, None, None
+
+
+for _name, _setup, _backward in (
+    ("batch_covariance", _batch_covariance_setup, _batch_covariance_backward),
+    ("cross_correlation", _cross_correlation_setup, _cross_correlation_backward),
+    ("off_diagonal_penalty", _off_diagonal_setup, _off_diagonal_backward),
+    ("vicreg_loss", _vicreg_setup, _vicreg_backward),
+    ("vicreg_tico_loss", _vicreg_tico_setup, _vicreg_tico_backward),
+    ("barlow_twins_loss", _barlow_setup, _barlow_backward),
+    ("tico_loss", _tico_setup, _tico_backward),
+):
+    torch.library.register_autograd(f"sslext::{_name}", _backward, setup_context=_setup)
