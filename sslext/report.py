@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 __all__ = ["write_report", "read_metrics"]
 
-_TERM_SKIP = {"kind", "step", "epoch", "lr", "epoch_seconds", "images_per_second", "probe_loss"}
+_TERM_SKIP = {"kind", "step", "epoch", "lr", "train_seconds", "images_per_second", "probe_loss"}
 
 
 def read_metrics(run_dir: str | Path) -> List[Dict[str, Any]]:

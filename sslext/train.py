@@ -141,6 +141,7 @@ class Trainer:
             self.method.to(memory_format=torch.channels_last)
         self.train_images = self.train_ds.images.pin_memory() if self.device.type == "cuda" else self.train_ds.images
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self._reset_acc()
         if resume:
             self._load(self.ckpt_path)
         elif self.main:
@@ -152,6 +153,11 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
 
     # ------------------------------------------------------------------ state
+    def _reset_acc(self) -> None:
+        # Running sums of the current epoch; checkpointed so a mid-epoch resume
+        # reports the same epoch means as an uninterrupted run.
+        self.acc: Dict[str, Any] = {"loss": 0.0, "n": 0, "probe_correct": 0, "terms": {}, "seconds": 0.0}
+
     def state_dict(self) -> Dict[str, Any]:
         return {
             "version": CHECKPOINT_VERSION,
@@ -165,6 +171,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "epoch_acc": self.acc,
         }
 
     def save(self) -> None:
@@ -183,6 +190,7 @@ class Trainer:
         if ckpt["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        self.acc = ckpt["epoch_acc"]
         # Drop metric records written after this checkpoint (run died between
         # logging and checkpointing) so the resumed log has no duplicates.
         mpath = self.run_dir / "metrics.jsonl"
@@ -260,7 +268,7 @@ class Trainer:
             # mid-epoch only needs the step index, not a saved permutation.
             perm = torch.randperm(len(self.train_ds), generator=torch.Generator().manual_seed(
                 cfg["seed"] * 1_000_003 + self.epoch))
-            ep_loss, ep_terms, ep_n, ep_probe_correct = 0.0, {}, 0, 0
+            acc = self.acc
             t_epoch = time.time()
             while self.step_in_epoch < self.steps_per_epoch:
                 idx = perm[self.step_in_epoch * B:(self.step_in_epoch + 1) * B]
@@ -292,13 +300,13 @@ class Trainer:
                     self.probe_opt.zero_grad(set_to_none=True)
                     probe_loss.backward()
                     self.probe_opt.step()
-                    ep_probe_correct += int((logits.argmax(1) == y).sum())
+                    acc["probe_correct"] += int((logits.argmax(1) == y).sum())
                 self.step_in_epoch += 1
                 self.global_step += 1
-                ep_loss += lval
-                ep_n += 1
+                acc["loss"] += lval
+                acc["n"] += 1
                 for k, v in terms.items():
-                    ep_terms[k] = ep_terms.get(k, 0.0) + float(v)
+                    acc["terms"][k] = acc["terms"].get(k, 0.0) + float(v)
                 if self.global_step % t["log_every"] == 0 or self.step_in_epoch == self.steps_per_epoch:
                     rec = {"kind": "step", "step": self.global_step, "epoch": self.epoch, "loss": lval,
                            "lr": self.scheduler.get_last_lr()[0], **{k: float(v) for k, v in terms.items()}}
@@ -311,18 +319,20 @@ class Trainer:
                 if t["max_steps"] and self.global_step >= t["max_steps"]:
                     stopped_early = True
                     break
+            acc["seconds"] += time.time() - t_epoch
             if stopped_early and self.step_in_epoch < self.steps_per_epoch:
                 self.save()
                 break
+            ep_n = acc["n"]
             # epoch finished
             rec: Dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
-                                   "loss": ep_loss / max(ep_n, 1),
-                                   **{k: v / max(ep_n, 1) for k, v in ep_terms.items()},
+                                   "loss": acc["loss"] / max(ep_n, 1),
+                                   **{k: v / max(ep_n, 1) for k, v in acc["terms"].items()},
                                    "lr": self.scheduler.get_last_lr()[0],
-                                   "epoch_seconds": time.time() - t_epoch,
-                                   "images_per_second": ep_n * B / max(time.time() - t_epoch, 1e-9)}
+                                   "train_seconds": acc["seconds"],
+                                   "images_per_second": ep_n * B / max(acc["seconds"], 1e-9)}
             if self.use_probe and ep_n:
-                rec["online_probe_train_acc"] = ep_probe_correct / (ep_n * B) * 100
+                rec["online_probe_train_acc"] = acc["probe_correct"] / (ep_n * B) * 100
             if (self.epoch + 1) % cfg["eval"]["every"] == 0 or self.epoch + 1 == t["epochs"]:
                 rec.update(self._epoch_eval())
             self._log(rec)
@@ -333,6 +343,7 @@ class Trainer:
                                                                      "backbone_rankme", "projector_rankme")))
             self.epoch += 1
             self.step_in_epoch = 0
+            self._reset_acc()
             if self.epoch % t["checkpoint_every"] == 0 or self.epoch == t["epochs"] or stopped_early:
                 self.save()
             if stopped_early:
