@@ -96,3 +96,16 @@ def test_corrupt_checkpoint_clear_error(tmp_path):
         load_checkpoint_file(p)
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         load_checkpoint_file(tmp_path / "nope.pt")
+
+
+def test_eval_checkpoint_cli(tmp_path, capsys):
+    from sslext.cli import eval_main
+
+    train(tiny_cfg(tmp_path, "vicreg", "train.epochs=1", "eval.final=false"))
+    ck = tmp_path / "run" / "last.pt"
+    out = tmp_path / "ev.json"
+    assert eval_main(["--checkpoint", str(ck), "--output", str(out), "--set", "eval.offline_epochs=2"]) == 0
+    res = json.loads(out.read_text())
+    assert {"linear_acc", "linear_acc_10pct", "knn_acc", "backbone_rankme"} <= set(res)
+    assert eval_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 1
+    assert "nope.pt" in capsys.readouterr().err

@@ -360,8 +360,14 @@ def build_dataset(name: str, split: str, root: Optional[str] = None, download: b
     elif name == "image_folder":
         if not root:
             raise ValueError("data.root: required for dataset 'image_folder'")
-        ds = load_image_folder(root, image_size, "val" if split == "test" and Path(root, "val").is_dir()
-                               else (split if Path(root, split).is_dir() else None), cache_dir)
+        if split == "test":
+            sub = next((s for s in ("val", "test") if Path(root, s).is_dir()), None)
+            if sub is None:
+                # Never evaluate on the pretraining images by accident.
+                raise DatasetError(f"image folder: no 'val' or 'test' sub-folder under {root} for the test split")
+        else:
+            sub = "train" if Path(root, "train").is_dir() else None
+        ds = load_image_folder(root, image_size, sub, cache_dir)
     elif name == "synthetic":
         ds = synthetic_dataset(256 if split == "train" else 128, 4, image_size, seed + (split == "test"))
     else:
