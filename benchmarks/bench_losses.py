@@ -83,25 +83,29 @@ def _lightly(loss):
         from lightly import loss as L
     except Exception:  # not installed in this environment
         return None
+    # Hyperparameters set to ours, so every peer computes the same loss
+    # (lightly's Barlow Twins standardises with the unbiased std, a ~1/N
+    # difference that shows in its rel_error column).
     if loss == "vicreg":
-        m = L.VICRegLoss()
+        m = L.VICRegLoss(lambda_param=25.0, mu_param=25.0, nu_param=1.0, eps=1e-4)
         return lambda a, b, c: m(a, b)
     if loss == "barlow_twins":
-        m = L.BarlowTwinsLoss()
+        m = L.BarlowTwinsLoss(lambda_param=0.0051)
         return lambda a, b, c: m(a, b)
     if loss == "tico":
-        m = L.TiCoLoss()
+        m = L.TiCoLoss(beta=0.9, rho=8.0)
         return lambda a, b, c: m(a, b)
-    return None
+    return None  # lightly has no VICReg-TiCo
 
 
-def peers(loss, device):
+def peers(loss):
     out = {
         "sslext[auto]": _sslext(loss, "auto"),
         "sslext[gram]": _sslext(loss, "gram"),
         "sslext[covariance]": _sslext(loss, "covariance"),
         "reference": _reference(loss),
-        "reference+compile": torch.compile(_reference(loss)),
+        # dynamic=True: one compilation serves the whole grid of shapes.
+        "reference+compile": torch.compile(_reference(loss), dynamic=True),
         "plain-gram": _reference(loss, gram=True),
     }
     lightly = _lightly(loss)
@@ -296,10 +300,10 @@ def main():
     }
     rows = []
     for loss in losses:
+        all_peers = peers(loss)
         for n, d in grid:
             for dtype in dtypes:
                 z_a, z_b, c = make_inputs(n, d, dtype, device)
-                all_peers = peers(loss, device)
                 errors = {}
                 for name, fn in all_peers.items():
                     try:
