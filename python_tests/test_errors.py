@@ -112,3 +112,8 @@ def test_nan_inputs_propagate_not_crash():
     z[2, 3] = float("nan")
     assert torch.isnan(F.vicreg_loss(z, torch.randn(6, 10)))
     assert torch.isnan(F.barlow_twins_loss(z, torch.randn(6, 10)))
+
+
+def test_forced_gram_beyond_its_regime_warns():
+    with pytest.warns(UserWarning, match=r"strategy='gram' with N=32 >= D=8"):
+        F.vicreg_loss(torch.randn(32, 8), torch.randn(32, 8), strategy="gram")
