@@ -51,21 +51,21 @@ TORCH_LIBRARY(sslext, m) {
   m.def(
       "vicreg_loss(Tensor z_a, Tensor z_b, float inv_coeff, float var_coeff, "
       "float cov_coeff, float eps, int strategy) -> (Tensor terms, Tensor "
-      "centered_a, Tensor centered_b, Tensor var_a, Tensor var_b, Tensor mat_a, "
-      "Tensor mat_b)");
+      "mean_a, Tensor mean_b, Tensor var_a, Tensor var_b, Tensor mat_a, Tensor "
+      "mat_b)");
   m.def(
       "vicreg_loss_backward(Tensor grad_terms, Tensor z_a, Tensor z_b, Tensor "
-      "centered_a, Tensor centered_b, Tensor var_a, Tensor var_b, Tensor mat_a, "
-      "Tensor mat_b, float inv_coeff, float var_coeff, float cov_coeff, float "
+      "mean_a, Tensor mean_b, Tensor var_a, Tensor var_b, Tensor mat_a, Tensor "
+      "mat_b, float inv_coeff, float var_coeff, float cov_coeff, float "
       "eps, int strategy) -> (Tensor, Tensor)");
   m.def(
       "vicreg_tico_loss(Tensor z_a, Tensor z_b, Tensor c, float inv_coeff, "
       "float var_coeff, float cov_coeff, float beta, float eps, int strategy) "
-      "-> (Tensor terms, Tensor centered, Tensor var_a, Tensor var_b, Tensor "
-      "proj)");
+      "-> (Tensor terms, Tensor centered, Tensor mean_a, Tensor mean_b, Tensor "
+      "var_a, Tensor var_b, Tensor proj)");
   m.def(
       "vicreg_tico_loss_backward(Tensor grad_terms, Tensor z_a, Tensor z_b, "
-      "Tensor centered, Tensor var_a, Tensor var_b, Tensor proj, float "
+      "Tensor mean_a, Tensor mean_b, Tensor var_a, Tensor var_b, Tensor proj, float "
       "inv_coeff, float var_coeff, float cov_coeff, float eps) -> (Tensor, "
       "Tensor)");
   m.def(

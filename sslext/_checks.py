@@ -7,6 +7,8 @@ compiled.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -90,4 +92,11 @@ def resolve_strategy(strategy: str, n: int, d: int) -> int:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "auto":
         strategy = "gram" if n < d else "covariance"
+    elif strategy == "gram" and n >= d:
+        warnings.warn(
+            f"strategy='gram' with N={n} >= D={d}: the Gram path subtracts the diagonal "
+            "from the full norm and loses precision when the diagonal dominates, as it "
+            "does for N >= D; 'auto' or 'covariance' is exact and cheaper here",
+            stacklevel=3,
+        )
     return STRATEGY_CODES[strategy]

@@ -129,8 +129,8 @@ def _(z_a, z_b, inv_coeff, var_coeff, cov_coeff, eps, strategy):
     m = n if strategy == 1 else d
     return (
         _empty(z_a, 4),
-        _empty(z_a, n, d),
-        _empty(z_a, n, d),
+        _empty(z_a, d),
+        _empty(z_a, d),
         _empty(z_a, d),
         _empty(z_a, d),
         _empty(z_a, m, m),
@@ -151,6 +151,8 @@ def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy):
     return (
         _empty(z_a, 4),
         _empty(z_a, 2 * n, d),
+        _empty(z_a, d),
+        _empty(z_a, d),
         _empty(z_a, d),
         _empty(z_a, d),
         _empty(z_a, 2 * n, d),
@@ -275,28 +277,42 @@ def _off_diagonal_backward(ctx, grad):
     return (grad * dc).to(c.dtype), None, None
 
 
+def _no_grad_outputs(ctx, output):
+    """Only the terms vector is differentiable; the rest feeds the backward.
+
+    Without set_materialize_grads(False) autograd would hand the backward a
+    zero tensor for every one of them: a D x D fill per call on the covariance path.
+    """
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+
+
 def _vicreg_setup(ctx, inputs, output):
     z_a, z_b, inv_coeff, var_coeff, cov_coeff, eps, strategy = inputs
-    _, xa, xb, var_a, var_b, mat_a, mat_b = output
-    ctx.save_for_backward(z_a, z_b, xa, xb, var_a, var_b, mat_a, mat_b)
+    _, mean_a, mean_b, var_a, var_b, mat_a, mat_b = output
+    ctx.save_for_backward(z_a, z_b, mean_a, mean_b, var_a, var_b, mat_a, mat_b)
     ctx.params = (inv_coeff, var_coeff, cov_coeff, eps, strategy)
-    ctx.mark_non_differentiable(xa, xb, var_a, var_b, mat_a, mat_b)
+    _no_grad_outputs(ctx, output)
 
 
 def _vicreg_backward(ctx, grad_terms, *_):
+    if grad_terms is None:  # only auxiliary outputs were used
+        return (None,) * 7
     dz_a, dz_b = _ops.vicreg_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
     return dz_a, dz_b, None, None, None, None, None
 
 
 def _vicreg_tico_setup(ctx, inputs, output):
     z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy = inputs
-    _, centered, var_a, var_b, proj = output
-    ctx.save_for_backward(z_a, z_b, centered, var_a, var_b, proj)
+    _, _, mean_a, mean_b, var_a, var_b, proj = output
+    ctx.save_for_backward(z_a, z_b, mean_a, mean_b, var_a, var_b, proj)
     ctx.params = (inv_coeff, var_coeff, cov_coeff, eps)
-    ctx.mark_non_differentiable(centered, var_a, var_b, proj)
+    _no_grad_outputs(ctx, output)
 
 
 def _vicreg_tico_backward(ctx, grad_terms, *_):
+    if grad_terms is None:  # only auxiliary outputs were used
+        return (None,) * 9
     dz_a, dz_b = _ops.vicreg_tico_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
     return dz_a, dz_b, None, None, None, None, None, None, None
 
@@ -306,10 +322,12 @@ def _barlow_setup(ctx, inputs, output):
     _, a, b, inv_a, inv_b, mat = output
     ctx.save_for_backward(a, b, inv_a, inv_b, mat)
     ctx.params = (lambd, strategy, z_a.dtype)
-    ctx.mark_non_differentiable(a, b, inv_a, inv_b, mat)
+    _no_grad_outputs(ctx, output)
 
 
 def _barlow_backward(ctx, grad_terms, *_):
+    if grad_terms is None:  # only auxiliary outputs were used
+        return (None,) * 5
     dz_a, dz_b = _ops.barlow_twins_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
     return dz_a, dz_b, None, None, None
 
@@ -319,10 +337,12 @@ def _tico_setup(ctx, inputs, output):
     _, zhat_a, zhat_b, norm_a, norm_b, proj = output
     ctx.save_for_backward(zhat_a, zhat_b, norm_a, norm_b, proj)
     ctx.params = (rho, z_a.dtype)
-    ctx.mark_non_differentiable(zhat_a, zhat_b, norm_a, norm_b, proj)
+    _no_grad_outputs(ctx, output)
 
 
 def _tico_backward(ctx, grad_terms, *_):
+    if grad_terms is None:  # only auxiliary outputs were used
+        return (None,) * 6
     dz_a, dz_b = _ops.tico_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
     # The running covariance is a detached statistic, as in the paper.
     return dz_a, dz_b, None, None, None, None

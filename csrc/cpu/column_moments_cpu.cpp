@@ -30,14 +30,16 @@ std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z,
         acc_t* sp = m2.data_ptr<acc_t>();
         at::parallel_for(0, d, kColumnGrain, [&](int64_t d0, int64_t d1) {
           const int64_t w = d1 - d0;
-          std::vector<acc_t> s(w, acc_t(0));
+          // Column sums in float64: a sequential float32 sum over N rows would
+          // put O(N eps |mean|) into every centered value.
+          std::vector<double> s(w, 0.0);
           for (int64_t i = 0; i < n; ++i) {
             const scalar_t* row = zp + i * d + d0;
-            for (int64_t j = 0; j < w; ++j) s[j] += static_cast<acc_t>(row[j]);
+            for (int64_t j = 0; j < w; ++j) s[j] += static_cast<double>(row[j]);
           }
           for (int64_t j = 0; j < w; ++j) {
-            mp[d0 + j] = s[j] / static_cast<acc_t>(n);
-            s[j] = acc_t(0);
+            mp[d0 + j] = static_cast<acc_t>(s[j] / static_cast<double>(n));
+            s[j] = 0.0;
           }
           for (int64_t i = 0; i < n; ++i) {
             const scalar_t* row = zp + i * d + d0;
@@ -45,10 +47,10 @@ std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z,
             for (int64_t j = 0; j < w; ++j) {
               const acc_t c = static_cast<acc_t>(row[j]) - mp[d0 + j];
               out[j] = c;
-              s[j] += c * c;
+              s[j] += static_cast<double>(c) * static_cast<double>(c);
             }
           }
-          for (int64_t j = 0; j < w; ++j) sp[d0 + j] = s[j];
+          for (int64_t j = 0; j < w; ++j) sp[d0 + j] = static_cast<acc_t>(s[j]);
         });
       });
   return {mean, m2};

@@ -10,11 +10,19 @@ namespace sslext {
 
 namespace {
 
-// Centers z into `centered` (a preallocated opmath buffer) and returns the
-// unbiased per-dimension variance.
-at::Tensor center_into(const at::Tensor& z, at::Tensor centered) {
+// Centers z into `centered` (a preallocated opmath buffer); returns the
+// column mean and the unbiased per-dimension variance.
+std::tuple<at::Tensor, at::Tensor> center_into(const at::Tensor& z,
+                                               at::Tensor centered) {
   auto [mean, m2] = kernels::column_moments(z, centered);
-  return m2.div_(static_cast<double>(z.size(0) - 1));
+  return {mean, m2.div_(static_cast<double>(z.size(0) - 1))};
+}
+
+// The backward recomputes the centered batch (one O(N D) pass) rather than
+// keeping it alive from the forward: the saved state is then O(D) per branch,
+// so peak memory stays below a plain-PyTorch implementation's.
+at::Tensor recenter(const at::Tensor& z, const at::Tensor& mean) {
+  return at::sub(z, mean);
 }
 
 // mean(relu(1 - sqrt(var + eps))) of one branch, as a float64 scalar.
@@ -72,40 +80,45 @@ Tensor7 vicreg_loss(const at::Tensor& z_a, const at::Tensor& z_b,
   const auto acc = opmath_dtype(a.scalar_type());
   auto xa = at::empty(a.sizes(), a.options().dtype(acc));
   auto xb = at::empty(b.sizes(), b.options().dtype(acc));
-  auto var_a = center_into(a, xa);
-  auto var_b = center_into(b, xb);
+  auto [mean_a, var_a] = center_into(a, xa);
+  auto [mean_b, var_b] = center_into(b, xb);
   auto [inv, var] = invariance_and_variance(a, b, var_a, var_b, eps);
   auto [off_a, mat_a] = branch_offdiag(xa, var_a, strat);
   auto [off_b, mat_b] = branch_offdiag(xb, var_b, strat);
   auto cov = (off_a + off_b).div_(static_cast<double>(a.size(1)));
   auto terms = vicreg_terms(inv, var, cov, inv_coeff, var_coeff, cov_coeff, acc);
-  return {terms, xa, xb, var_a, var_b, mat_a, mat_b};
+  return {terms, mean_a, mean_b, var_a, var_b, mat_a, mat_b};
 }
 
 Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a,
-                             const at::Tensor& z_b, const at::Tensor& centered_a,
-                             const at::Tensor& centered_b, const at::Tensor& var_a,
+                             const at::Tensor& z_b, const at::Tensor& mean_a,
+                             const at::Tensor& mean_b, const at::Tensor& var_a,
                              const at::Tensor& var_b, const at::Tensor& mat_a,
                              const at::Tensor& mat_b, double inv_coeff,
                              double var_coeff, double cov_coeff, double eps,
                              int64_t strategy) {
   auto a = z_a.contiguous(), b = z_b.contiguous();
-  auto g = grad_terms.contiguous().to(centered_a.scalar_type());
+  auto g = grad_terms.contiguous().to(mean_a.scalar_type());
   const bool gram = to_strategy(strategy) == Strategy::kGram;
-  // d off(C)/dx = 4 (x C - x diag(C)) / (N - 1) with x C = (x x^T / (N-1)) x on
-  // the Gram path: the same product, computed in O(N^2 D) or O(N D^2).
-  auto g_a = gram ? at::mm(mat_a, centered_a) : at::mm(centered_a, mat_a);
-  auto g_b = gram ? at::mm(mat_b, centered_b) : at::mm(centered_b, mat_b);
   const double cov_scale =
       4.0 / (static_cast<double>(a.size(1)) * static_cast<double>(a.size(0) - 1));
-  auto dz_a = kernels::vicreg_grad(a, b, centered_a, var_a, g_a, g, inv_coeff,
-                                   var_coeff, cov_coeff, eps, cov_scale, true);
-  auto dz_b = kernels::vicreg_grad(b, a, centered_b, var_b, g_b, g, inv_coeff,
-                                   var_coeff, cov_coeff, eps, cov_scale, true);
+  // One branch at a time, so only one branch's temporaries are alive.
+  auto branch = [&](const at::Tensor& z, const at::Tensor& other,
+                    const at::Tensor& mean, const at::Tensor& var,
+                    const at::Tensor& mat) {
+    auto x = recenter(z, mean);
+    // d off(C)/dx = 4 (x C - x diag(C)) / (N - 1), with x C = (x x^T/(N-1)) x
+    // on the Gram path: the same product in O(N^2 D) instead of O(N D^2).
+    auto prod = gram ? at::mm(mat, x) : at::mm(x, mat);
+    return kernels::vicreg_grad(z, other, x, var, prod, g, inv_coeff, var_coeff,
+                                cov_coeff, eps, cov_scale, true);
+  };
+  auto dz_a = branch(a, b, mean_a, var_a, mat_a);
+  auto dz_b = branch(b, a, mean_b, var_b, mat_b);
   return {dz_a, dz_b};
 }
 
-Tensor5 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+Tensor7 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
                          int64_t strategy) {
@@ -118,20 +131,21 @@ Tensor5 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
   // Both centered branches stacked (2N x D): the rows the running covariance
   // sees and the contrast is taken over, written in place by the moments pass.
   auto y = at::empty({2 * n, d}, a.options().dtype(opmath_dtype(a.scalar_type())));
-  auto var_a = center_into(a, y.narrow(0, 0, n));
-  auto var_b = center_into(b, y.narrow(0, n, n));
+  auto [mean_a, var_a] = center_into(a, y.narrow(0, 0, n));
+  auto [mean_b, var_b] = center_into(b, y.narrow(0, n, n));
   auto [inv, var] = invariance_and_variance(a, b, var_a, var_b, eps);
   auto proj = tico_contrast_product(y, c, beta, strategy);
   // Per branch mean_i y_i^T C_new y_i / D, summed over the two branches.
   auto cov = kernels::dot_f64(y, proj).div_(static_cast<double>(n * d));
   auto terms =
       vicreg_terms(inv, var, cov, inv_coeff, var_coeff, cov_coeff, y.scalar_type());
-  return {terms, y, var_a, var_b, proj};
+  return {terms, y, mean_a, mean_b, var_a, var_b, proj};
 }
 
 Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   const at::Tensor& z_a, const at::Tensor& z_b,
-                                  const at::Tensor& centered,
+                                  const at::Tensor& mean_a,
+                                  const at::Tensor& mean_b,
                                   const at::Tensor& var_a,
                                   const at::Tensor& var_b,
                                   const at::Tensor& proj, double inv_coeff,
@@ -139,14 +153,14 @@ Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   double eps) {
   auto a = z_a.contiguous(), b = z_b.contiguous();
   const int64_t n = a.size(0), d = a.size(1);
-  auto g = grad_terms.contiguous().to(centered.scalar_type());
+  auto g = grad_terms.contiguous().to(mean_a.scalar_type());
   // C_new is held constant (as TiCo detaches it), so d cov/d y = 2 C_new y /
   // (N D) = 2 proj / (N D); no diagonal is excluded in this contrast.
   const double cov_scale = 2.0 / static_cast<double>(n * d);
-  auto dz_a = kernels::vicreg_grad(a, b, centered.narrow(0, 0, n), var_a,
+  auto dz_a = kernels::vicreg_grad(a, b, recenter(a, mean_a), var_a,
                                    proj.narrow(0, 0, n), g, inv_coeff, var_coeff,
                                    cov_coeff, eps, cov_scale, false);
-  auto dz_b = kernels::vicreg_grad(b, a, centered.narrow(0, n, n), var_b,
+  auto dz_b = kernels::vicreg_grad(b, a, recenter(b, mean_b), var_b,
                                    proj.narrow(0, n, n), g, inv_coeff, var_coeff,
                                    cov_coeff, eps, cov_scale, false);
   return {dz_a, dz_b};

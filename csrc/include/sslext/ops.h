@@ -13,7 +13,6 @@ namespace sslext {
 // Output tuples: the first tensor is what the user sees; the rest are what
 // the backward needs, so the forward's work is not redone.
 using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
-using Tensor5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Tensor6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                            at::Tensor, at::Tensor>;
 using Tensor7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -32,19 +31,20 @@ Tensor7 vicreg_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                     double inv_coeff, double var_coeff, double cov_coeff,
                     double eps, int64_t strategy);
 Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a,
-                             const at::Tensor& z_b, const at::Tensor& centered_a,
-                             const at::Tensor& centered_b, const at::Tensor& var_a,
+                             const at::Tensor& z_b, const at::Tensor& mean_a,
+                             const at::Tensor& mean_b, const at::Tensor& var_a,
                              const at::Tensor& var_b, const at::Tensor& mat_a,
                              const at::Tensor& mat_b, double inv_coeff,
                              double var_coeff, double cov_coeff, double eps,
                              int64_t strategy);
-Tensor5 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+Tensor7 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
                          int64_t strategy);
 Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   const at::Tensor& z_a, const at::Tensor& z_b,
-                                  const at::Tensor& centered,
+                                  const at::Tensor& mean_a,
+                                  const at::Tensor& mean_b,
                                   const at::Tensor& var_a,
                                   const at::Tensor& var_b,
                                   const at::Tensor& proj, double inv_coeff,

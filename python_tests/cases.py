@@ -1,0 +1,39 @@
+"""The four covariance-family losses as (sslext, reference) pairs, shared by the tests."""
+
+import torch
+
+import sslext.functional as F
+from sslext import reference as R
+
+
+def _random_cov(d, dtype=torch.float32, device="cpu", seed=0):
+    # A realistic running covariance: the second moment of normalised rows.
+    g = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.normalize(torch.randn(3 * d, d, generator=g, dtype=torch.float64), dim=1)
+    return (z.T @ z / (3 * d)).to(device=device, dtype=dtype)
+
+
+class LossCase:
+    def __init__(self, name, ours, ref, stateful):
+        self.name, self.ours, self.ref, self.stateful = name, ours, ref, stateful
+
+    def run_ours(self, z_a, z_b, strategy, c=None):
+        if self.stateful:
+            return self.ours(z_a, z_b, c, strategy=strategy, return_terms=True)
+        return self.ours(z_a, z_b, strategy=strategy, return_terms=True)
+
+    def run_ref(self, z_a, z_b, c=None):
+        out = self.ref(z_a, z_b, c) if self.stateful else self.ref(z_a, z_b)
+        return out[0], out[1]
+
+    def make_cov(self, d, device="cpu"):
+        return _random_cov(d, device=device) if self.stateful else None
+
+
+CASES = [
+    LossCase("vicreg", F.vicreg_loss, R.vicreg_reference, False),
+    LossCase("barlow_twins", F.barlow_twins_loss, R.barlow_twins_reference, False),
+    LossCase("tico", F.tico_loss, R.tico_reference, True),
+    LossCase("vicreg_tico", F.vicreg_tico_loss, R.vicreg_tico_reference, True),
+]
+CASE_IDS = [c.name for c in CASES]

@@ -1,0 +1,49 @@
+"""Shared fixtures, markers and the per-dtype tolerance table."""
+
+import pytest
+import torch
+
+import sslext  # noqa: F401  (loads the ops)
+
+# One table for every comparison against the float64 reference.
+# forward: relative error of the scalar loss; grad: elementwise rtol with an
+# atol scaled by the gradient's largest entry (entries near zero carry no
+# relative information).
+TOLERANCES = {
+    torch.float32: {"forward_rtol": 1e-5, "grad_rtol": 1e-4, "grad_atol_scale": 1e-5},
+    torch.float64: {"forward_rtol": 1e-12, "grad_rtol": 1e-10, "grad_atol_scale": 1e-12},
+}
+
+HAS_CUDA = torch.cuda.is_available() and sslext.build_info()["with_cuda"]
+
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA device and sslext built with CUDA kernels")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+def assert_grad_close(actual, expected, dtype=torch.float32):
+    tol = TOLERANCES[dtype]
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(
+        actual.double(),
+        expected.double(),
+        rtol=tol["grad_rtol"],
+        atol=tol["grad_atol_scale"] * max(scale, 1e-30),
+    )
+
+
+def assert_forward_close(actual, expected, dtype=torch.float32):
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(
+        actual.double(), expected.double(), rtol=tol["forward_rtol"], atol=0.0
+    )

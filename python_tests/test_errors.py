@@ -1,0 +1,119 @@
+"""Bad input: a clear error naming the argument, from the functional API, the modules and the ops."""
+
+import pytest
+import torch
+
+import sslext
+import sslext.functional as F
+from sslext import ops
+
+def _cov_for(z):
+    d = z.shape[-1] if isinstance(z, torch.Tensor) and z.dim() >= 1 else 1
+    return torch.zeros(d, d)
+
+
+LOSSES = {
+    "vicreg": lambda a, b: F.vicreg_loss(a, b),
+    "barlow_twins": lambda a, b: F.barlow_twins_loss(a, b),
+    "tico": lambda a, b: F.tico_loss(a, b, _cov_for(a)),
+    "vicreg_tico": lambda a, b: F.vicreg_tico_loss(a, b, _cov_for(a)),
+    "VICRegLoss": lambda a, b: sslext.VICRegLoss()(a, b),
+    "BarlowTwinsLoss": lambda a, b: sslext.BarlowTwinsLoss()(a, b),
+    "TiCoLoss": lambda a, b: sslext.TiCoLoss()(a, b),
+    "VICRegTiCoLoss": lambda a, b: sslext.VICRegTiCoLoss()(a, b),
+}
+
+BAD_PAIRS = [
+    ("not_2d", torch.randn(8), torch.randn(8), ValueError, r"z_a must be 2-D \(batch, dim\)"),
+    ("3d", torch.randn(2, 4, 8), torch.randn(2, 4, 8), ValueError, r"z_a must be 2-D"),
+    ("one_row", torch.randn(1, 8), torch.randn(1, 8), ValueError, r"at least 2 rows"),
+    ("shape_mismatch", torch.randn(4, 8), torch.randn(4, 9), ValueError, r"z_b must have the shape of z_a"),
+    ("batch_mismatch", torch.randn(4, 8), torch.randn(5, 8), ValueError, r"z_b must have the shape of z_a"),
+    ("integer", torch.ones(4, 8, dtype=torch.int64), torch.ones(4, 8, dtype=torch.int64), TypeError, r"z_a must be float16, bfloat16, float32 or float64"),
+    ("complex", torch.randn(4, 8, dtype=torch.complex64), torch.randn(4, 8, dtype=torch.complex64), TypeError, r"z_a must be float16"),
+    ("dtype_mismatch", torch.randn(4, 8), torch.randn(4, 8, dtype=torch.float64), TypeError, r"z_b must have the dtype of z_a"),
+    ("devices_differ", torch.randn(4, 8), torch.randn(4, 8, device="meta"), ValueError, r"z_b must be on the device of z_a"),
+    ("not_tensor", [[1.0, 2.0]], [[1.0, 2.0]], TypeError, r"z_a must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("bad", BAD_PAIRS, ids=[b[0] for b in BAD_PAIRS])
+def test_bad_embeddings(loss, bad):
+    _, z_a, z_b, exc, msg = bad
+    with pytest.raises(exc, match=msg):
+        LOSSES[loss](z_a, z_b)
+
+
+@pytest.mark.parametrize(
+    "c, msg",
+    [
+        (torch.zeros(7, 7), r"c must have shape \(8, 8\)"),
+        (torch.zeros(8), r"c must have shape \(8, 8\)"),
+        (torch.zeros(8, 8, dtype=torch.float16), r"c must be float32 or float64"),
+        (torch.zeros(8, 8, device="meta"), r"c must be on the device of z"),
+    ],
+)
+@pytest.mark.parametrize("fn", ["tico", "vicreg_tico", "ema"])
+def test_bad_running_covariance(c, msg, fn):
+    z = torch.randn(4, 8)
+    call = {
+        "tico": lambda: F.tico_loss(z, z, c),
+        "vicreg_tico": lambda: F.vicreg_tico_loss(z, z, c),
+        "ema": lambda: ops.tico_ema_update_(c, z, 0.9),
+    }[fn]
+    with pytest.raises((ValueError, TypeError), match=msg):
+        call()
+
+
+def test_module_with_wrong_sized_buffer():
+    loss_fn = sslext.TiCoLoss(dim=16)
+    with pytest.raises(ValueError, match=r"c must have shape \(8, 8\)"):
+        loss_fn(torch.randn(4, 8), torch.randn(4, 8))
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        F.vicreg_loss(torch.randn(4, 8), torch.randn(4, 8), strategy="fast")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        sslext.BarlowTwinsLoss(strategy="fast")
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\]"):
+        sslext.TiCoLoss(beta=1.5)
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\]"):
+        ops.tico_ema_update_(torch.zeros(8, 8), torch.randn(4, 8), -0.1)
+    with pytest.raises(ValueError, match="eps must be a non-negative number"):
+        sslext.VICRegLoss(eps=-1.0)
+    with pytest.raises(ValueError, match="dim must be a positive int"):
+        sslext.VICRegTiCoLoss(dim=0)
+
+
+def test_bad_matrix_for_penalty():
+    with pytest.raises(ValueError, match="c must be a square 2-D matrix"):
+        ops.off_diagonal_penalty(torch.zeros(3, 4))
+    with pytest.raises(TypeError, match="c must be a floating-point matrix"):
+        ops.off_diagonal_penalty(torch.zeros(3, 3, dtype=torch.int32))
+
+
+def test_raw_ops_check_in_cpp_too():
+    """The C++ side names the argument as well, for callers of torch.ops.sslext directly."""
+    with pytest.raises(RuntimeError, match=r"z_a must be 2-D \(batch, dim\)"):
+        torch.ops.sslext.vicreg_loss(torch.randn(8), torch.randn(8), 25.0, 25.0, 1.0, 1e-4, 0)
+    with pytest.raises(RuntimeError, match=r"z_b must have the shape of z_a"):
+        torch.ops.sslext.barlow_twins_loss(torch.randn(4, 8), torch.randn(4, 7), 0.0051, 1e-5, 0)
+    with pytest.raises(RuntimeError, match=r"strategy must be 0 \(covariance\) or 1 \(gram\)"):
+        torch.ops.sslext.vicreg_loss(torch.randn(4, 8), torch.randn(4, 8), 25.0, 25.0, 1.0, 1e-4, 7)
+    with pytest.raises(RuntimeError, match=r"c must have shape \(8, 8\)"):
+        torch.ops.sslext.tico_ema_update_(torch.zeros(3, 3), torch.randn(4, 8), 0.9)
+
+
+def test_nan_inputs_propagate_not_crash():
+    """Documented behaviour: NaN/Inf in the embeddings give a NaN loss (no check costs a sync)."""
+    z = torch.randn(6, 10)
+    z[2, 3] = float("nan")
+    assert torch.isnan(F.vicreg_loss(z, torch.randn(6, 10)))
+    assert torch.isnan(F.barlow_twins_loss(z, torch.randn(6, 10)))
+
+
+def test_forced_gram_beyond_its_regime_warns():
+    with pytest.warns(UserWarning, match=r"strategy='gram' with N=32 >= D=8"):
+        F.vicreg_loss(torch.randn(32, 8), torch.randn(32, 8), strategy="gram")
