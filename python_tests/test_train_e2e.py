@@ -57,6 +57,12 @@ def test_resume_is_exact(tmp_path):
     s2 = Trainer(tiny_cfg(cut_dir, "tico", "train.epochs=3", "eval.final=false"), resume=True).fit()
     assert s2["finished"] and s2["global_step"] == 24
     assert _losses(ref_dir / "run") == _losses(cut_dir / "run")
+
+    def epoch_losses(d):
+        return [(r["epoch"], r["loss"], r.get("knn_acc")) for r in
+                map(json.loads, (d / "run" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+
+    assert epoch_losses(ref_dir) == epoch_losses(cut_dir) and len(epoch_losses(ref_dir)) == 3
     a = load_checkpoint_file(ref_dir / "run" / "last.pt")
     b = load_checkpoint_file(cut_dir / "run" / "last.pt")
     for k, v in a["method"].items():
@@ -109,3 +115,14 @@ def test_eval_checkpoint_cli(tmp_path, capsys):
     assert {"linear_acc", "linear_acc_10pct", "knn_acc", "backbone_rankme"} <= set(res)
     assert eval_main(["--checkpoint", str(tmp_path / "nope.pt")]) == 1
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_python_m_sslext_train_main(tmp_path, capsys):
+    args = []
+    for o in ["method.projector=[32,32]", f"train.out_dir={tmp_path}", "name=cli", "train.epochs=1",
+              "eval.final=false", *TINY]:
+        args += ["--set", o]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["finished"] and (tmp_path / "cli" / "report.md").exists()
+    assert main(args + ["--resume"]) == 0  # resuming a finished run is a no-op, not an error
