@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError, dump_config, load_config
 from .data import DATASET_STATS, TwoViewAugment, atomic_save, build_dataset
-from .distributed import init_distributed, is_main_process
+from .distributed import get_world_size, init_distributed, is_main_process
 from .evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from .methods import build_method
 from .models import build_backbone
@@ -114,7 +114,11 @@ class Trainer:
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(t["threads"])
-        init_distributed()
+        if init_distributed() and get_world_size() > 1:
+            # Without DDP wrapping and data sharding every rank would train its
+            # own copy on the same batches; refuse rather than waste the GPUs.
+            raise NotImplementedError("multi-process (torchrun) training is not implemented yet: the loop has "
+                                      "rank-0-only logging/checkpointing but no DDP wrapping or data sharding")
         self.main = is_main_process()
         self.device = resolve_device(t["device"])
         self.run_dir = Path(t["out_dir"]) / cfg["name"]
