@@ -69,10 +69,15 @@ def _reference(loss, gram=False):
         ("vicreg_tico", False): R.vicreg_tico_reference, ("vicreg_tico", True): R.vicreg_tico_gram,
     }[(loss, gram)]
 
+    state = {}
+
     def run(a, b, c):
-        # Running C updated as the module versions do, so every peer does the same work.
-        out = f(a, b, c)
-        c.copy_(out[2])
+        # The running C is replaced by C_new after every call, as lightly's
+        # module rebinds self.C (not in place: autograd may have saved the old one).
+        if state.get("shape") != tuple(c.shape):
+            state.update(shape=tuple(c.shape), c=c)
+        out = f(a, b, state["c"])
+        state["c"] = out[2]
         return out[0]
 
     return run
@@ -315,7 +320,11 @@ def main():
                         if isinstance(errors[name], str):
                             continue
                         run = step_fn(fn, z_a, z_b, c.clone(), mode)
-                        t = time_it(run, device, args.warmup, repeats)
+                        try:
+                            t = time_it(run, device, args.warmup, repeats)
+                        except Exception as exc:  # record it and go on with the other peers
+                            print(f"{loss} {n}x{d} {mode} {name}: {type(exc).__name__}: {exc}", flush=True)
+                            continue
                         mem = None
                         if device.type == "cuda":
                             mem = cuda_peak_extra(run)

@@ -1,6 +1,9 @@
 // Every sslext schema, in one place, and the CPU / CUDA bindings of the host
 // functions (each written once for both devices; see sslext/ops.h).
 //
+// c_new (TiCo family) is the updated running covariance where the covariance
+// path formed it anyway, and an empty tensor on the Gram path.
+//
 // Conventions: `strategy` is 0 for the D x D covariance path and 1 for the
 // N x N Gram path (Python resolves "auto"). Fused losses return the terms
 // vector first, then the tensors their backward reuses; outputs are float32
@@ -62,7 +65,7 @@ TORCH_LIBRARY(sslext, m) {
       "vicreg_tico_loss(Tensor z_a, Tensor z_b, Tensor c, float inv_coeff, "
       "float var_coeff, float cov_coeff, float beta, float eps, int strategy) "
       "-> (Tensor terms, Tensor centered, Tensor mean_a, Tensor mean_b, Tensor "
-      "var_a, Tensor var_b, Tensor proj)");
+      "var_a, Tensor var_b, Tensor proj, Tensor c_new)");
   m.def(
       "vicreg_tico_loss_backward(Tensor grad_terms, Tensor z_a, Tensor z_b, "
       "Tensor mean_a, Tensor mean_b, Tensor var_a, Tensor var_b, Tensor proj, float "
@@ -79,7 +82,7 @@ TORCH_LIBRARY(sslext, m) {
   m.def(
       "tico_loss(Tensor z_a, Tensor z_b, Tensor c, float beta, float rho, int "
       "strategy) -> (Tensor terms, Tensor zhat_a, Tensor zhat_b, Tensor norm_a, "
-      "Tensor norm_b, Tensor proj)");
+      "Tensor norm_b, Tensor proj, Tensor c_new)");
   m.def(
       "tico_loss_backward(Tensor grad_terms, Tensor zhat_a, Tensor zhat_b, "
       "Tensor norm_a, Tensor norm_b, Tensor proj, float rho, ScalarType "

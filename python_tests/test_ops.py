@@ -111,9 +111,9 @@ def test_opcheck_backward_ops():
     opcheck(_ops.barlow_twins_loss_backward, (torch.ones(3), *out[1:], 0.0051, 0, torch.float32))
     c = torch.eye(9) / 9
     out = _ops.tico_loss(z_a, z_b, c, 0.9, 8.0, 1)
-    opcheck(_ops.tico_loss_backward, (torch.ones(3), *out[1:], 8.0, torch.float32))
+    opcheck(_ops.tico_loss_backward, (torch.ones(3), *out[1:6], 8.0, torch.float32))
     out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1)
-    opcheck(_ops.vicreg_tico_loss_backward, (torch.ones(4), z_a, z_b, *out[2:], 25.0, 25.0, 1.0, 1e-4))
+    opcheck(_ops.vicreg_tico_loss_backward, (torch.ones(4), z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4))
 
 
 # ---------------------------------------------------------------- gradcheck

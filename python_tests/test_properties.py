@@ -80,9 +80,17 @@ def test_losses_on_hostile_inputs(case, views, gram):
     assert torch.isfinite(loss), "finite inputs must give a finite loss"
     scale = _loss_scale(case.name, ref[1])
     rtol = RTOL[z_a.dtype]
-    assert abs(loss.item() - ref[0].item()) <= rtol * scale, (loss.item(), ref[0].item(), scale)
+    err = abs(loss.item() - ref[0].item())
+    two_row_barlow = case.name == "barlow_twins" and n == 2
+    if two_row_barlow:
+        # Two standardised rows make c_ii = +-(1 - O(eps/var)): the loss is a
+        # difference of nearly equal O(1) numbers (see test_losses). Held to
+        # the low-precision rule: at most 2x plain PyTorch's error in this dtype.
+        torch_err = abs(case.ref(z_a, z_b)[0].item() - ref[0].item())
+        assert err <= 2 * torch_err + rtol * scale, (err, torch_err)
+    else:
+        assert err <= rtol * scale, (loss.item(), ref[0].item(), scale)
 
-    two_row_barlow = case.name == "barlow_twins" and z_a.shape[0] == 2  # ill-conditioned, see test_losses
     if not two_row_barlow:
         # A loss of size S over inputs of size |z| has gradients of natural size
         # S / |z|; entries that cancel to zero are measured on that scale.

@@ -40,6 +40,15 @@ LossOut = Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]
 __all__ = ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss"]
 
 
+def _update_running_cov(c: Tensor, c_new: Tensor, rows: Tensor, beta: float) -> None:
+    """c <- C_new: a copy where the covariance path formed C_new anyway, else one
+    rank-N GEMM on the rows the loss already normalised / centered."""
+    if c_new.numel():
+        c.copy_(c_new)
+    else:
+        _ops.tico_ema_update_(c, rows, beta)
+
+
 def _finish(terms: Tensor, names, return_terms: bool) -> LossOut:
     loss = terms[0]
     if not return_terms:
@@ -129,8 +138,7 @@ def tico_loss(
     code = resolve_strategy(strategy, z_a.shape[0], z_a.shape[1])
     out = _ops.tico_loss(z_a, z_b, c, beta, float(rho), code)
     if update:
-        # The normalised z_a the loss already computed is exactly what B needs.
-        _ops.tico_ema_update_(c, out[1], beta)
+        _update_running_cov(c, out[-1], out[1], beta)
     return _finish(out[0], ("similarity", "contrast"), return_terms)
 
 
@@ -184,5 +192,5 @@ def vicreg_tico_loss(
         code,
     )
     if update:
-        _ops.tico_ema_update_(c, out[1], beta)
+        _update_running_cov(c, out[-1], out[1], beta)
     return _finish(out[0], ("invariance", "variance", "covariance"), return_terms)

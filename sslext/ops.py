@@ -99,6 +99,11 @@ def _empty(like: Tensor, *shape: int, dtype: Optional[torch.dtype] = None) -> Te
     return like.new_empty(shape, dtype=dtype or opmath_dtype(like.dtype))
 
 
+def _c_new(z: Tensor, strategy: int) -> Tensor:
+    d = z.shape[1]
+    return _empty(z, d, d) if strategy == 0 else _empty(z, 0)
+
+
 @torch.library.register_fake("sslext::batch_covariance")
 def _(z):
     check_embedding(z, "z")
@@ -156,6 +161,7 @@ def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy):
         _empty(z_a, d),
         _empty(z_a, d),
         _empty(z_a, 2 * n, d),
+        _c_new(z_a, strategy),
     )
 
 
@@ -199,6 +205,7 @@ def _(z_a, z_b, c, beta, rho, strategy):
         _empty(z_a, n),
         _empty(z_a, n),
         _empty(z_a, n, d),
+        _c_new(z_a, strategy),
     )
 
 
@@ -304,7 +311,7 @@ def _vicreg_backward(ctx, grad_terms, *_):
 
 def _vicreg_tico_setup(ctx, inputs, output):
     z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy = inputs
-    _, _, mean_a, mean_b, var_a, var_b, proj = output
+    _, _, mean_a, mean_b, var_a, var_b, proj, _ = output
     ctx.save_for_backward(z_a, z_b, mean_a, mean_b, var_a, var_b, proj)
     ctx.params = (inv_coeff, var_coeff, cov_coeff, eps)
     _no_grad_outputs(ctx, output)
@@ -334,7 +341,7 @@ def _barlow_backward(ctx, grad_terms, *_):
 
 def _tico_setup(ctx, inputs, output):
     z_a, z_b, c, beta, rho, strategy = inputs
-    _, zhat_a, zhat_b, norm_a, norm_b, proj = output
+    _, zhat_a, zhat_b, norm_a, norm_b, proj, _ = output
     ctx.save_for_backward(zhat_a, zhat_b, norm_a, norm_b, proj)
     ctx.params = (rho, z_a.dtype)
     _no_grad_outputs(ctx, output)

@@ -24,10 +24,16 @@ at::Tensor offdiag_sums_cpu(const at::Tensor& m, double diag_target) {
                                            double* out) {
       for (int64_t i = r0; i < r1; ++i) {
         const scalar_t* row = p + i * d;
-        scalar_t left = 0, right = 0;
-        for (int64_t j = 0; j < i; ++j) left += row[j] * row[j];
-        for (int64_t j = i + 1; j < d; ++j) right += row[j] * row[j];
-        out[0] += static_cast<double>(left) + static_cast<double>(right);
+        double left = 0, right = 0;
+        for (int64_t j = 0; j < i; ++j) {
+          const double v = static_cast<double>(row[j]);
+          left += v * v;
+        }
+        for (int64_t j = i + 1; j < d; ++j) {
+          const double v = static_cast<double>(row[j]);
+          right += v * v;
+        }
+        out[0] += left + right;
         const double t = static_cast<double>(row[i]) - diag_target;
         out[1] += t * t;
       }
@@ -47,14 +53,15 @@ at::Tensor sum_sq_diff_cpu(const at::Tensor& a, const at::Tensor& b) {
         total = cpu::chunked_row_sums<1>(n, [&](int64_t r0, int64_t r1,
                                                 double* out) {
           for (int64_t i = r0; i < r1; ++i) {
-            // A row is summed in opmath (vectorises), rows in float64.
-            acc_t s = 0;
+            // The difference in opmath, as the GPU forms it; the sum in float64
+            // (a float32 running sum over D terms would lose ~D eps).
+            double s = 0;
             for (int64_t j = 0; j < d; ++j) {
-              const acc_t diff = static_cast<acc_t>(ap[i * d + j]) -
-                                 static_cast<acc_t>(bp[i * d + j]);
+              const double diff = static_cast<double>(
+                  static_cast<acc_t>(ap[i * d + j]) - static_cast<acc_t>(bp[i * d + j]));
               s += diff * diff;
             }
-            out[0] += static_cast<double>(s);
+            out[0] += s;
           }
         })[0];
       });
@@ -71,9 +78,10 @@ at::Tensor dot_f64_cpu(const at::Tensor& a, const at::Tensor& b) {
     total = cpu::chunked_row_sums<1>(rows, [&](int64_t r0, int64_t r1,
                                                double* out) {
       for (int64_t i = r0; i < r1; ++i) {
-        scalar_t s = 0;
-        for (int64_t j = 0; j < cols; ++j) s += ap[i * cols + j] * bp[i * cols + j];
-        out[0] += static_cast<double>(s);
+        double s = 0;
+        for (int64_t j = 0; j < cols; ++j)
+          s += static_cast<double>(ap[i * cols + j]) * static_cast<double>(bp[i * cols + j]);
+        out[0] += s;
       }
     })[0];
   });

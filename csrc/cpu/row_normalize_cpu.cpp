@@ -27,12 +27,12 @@ std::tuple<at::Tensor, at::Tensor> row_normalize_cpu(const at::Tensor& z,
         at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
           for (int64_t i = i0; i < i1; ++i) {
             const scalar_t* row = zp + i * d;
-            acc_t s = 0;
+            double s = 0;
             for (int64_t j = 0; j < d; ++j) {
-              const acc_t v = static_cast<acc_t>(row[j]);
+              const double v = static_cast<double>(row[j]);
               s += v * v;
             }
-            const acc_t norm = std::sqrt(s);
+            const acc_t norm = static_cast<acc_t>(std::sqrt(s));
             np[i] = norm;
             const acc_t inv = acc_t(1) / std::max(norm, static_cast<acc_t>(eps));
             for (int64_t j = 0; j < d; ++j)

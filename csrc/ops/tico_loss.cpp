@@ -13,20 +13,22 @@ namespace {
 constexpr double kNormalizeEps = 1e-12;
 }  // namespace
 
-at::Tensor tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
-                                 double beta, int64_t strategy) {
+Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
+                              double beta, int64_t strategy) {
   const double m = static_cast<double>(y.size(0));
   const auto cy = c.to(y.scalar_type());
   if (to_strategy(strategy) == Strategy::kGram) {
     // beta Y C + (1 - beta)/M (Y Y^T) Y: the only D x D matrix touched is C.
     auto p = at::empty_like(y).addmm_(y, cy, /*beta=*/0.0, beta);
-    return p.addmm_(at::mm(y, y.t()), y, 1.0, (1.0 - beta) / m);
+    p.addmm_(at::mm(y, y.t()), y, 1.0, (1.0 - beta) / m);
+    return {p, at::empty({0}, y.options())};
   }
   auto c_new = at::addmm(cy, y.t(), y, beta, (1.0 - beta) / m);
-  return at::mm(y, c_new);
+  auto p = at::mm(y, c_new);
+  return {p, c_new};
 }
 
-Tensor6 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                   const at::Tensor& c, double beta, double rho,
                   int64_t strategy) {
   check_pair(z_a, z_b);
@@ -36,12 +38,12 @@ Tensor6 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
   const double n = static_cast<double>(z_a.size(0));
   auto [zhat_a, norm_a] = kernels::row_normalize(z_a.contiguous(), kNormalizeEps);
   auto [zhat_b, norm_b] = kernels::row_normalize(z_b.contiguous(), kNormalizeEps);
-  auto proj = tico_contrast_product(zhat_a, c, beta, strategy);
+  auto [proj, c_new] = tico_contrast_product(zhat_a, c, beta, strategy);
   auto sim = kernels::dot_f64(zhat_a, zhat_b).div_(n);
   auto quad = kernels::dot_f64(zhat_a, proj).div_(n);
   auto loss = (1.0 - sim).add_(quad, rho);
   auto terms = at::stack({loss, sim, quad}).to(zhat_a.scalar_type());
-  return {terms, zhat_a, zhat_b, norm_a, norm_b, proj};
+  return {terms, zhat_a, zhat_b, norm_a, norm_b, proj, c_new};
 }
 
 Tensor2 tico_loss_backward(const at::Tensor& grad_terms,

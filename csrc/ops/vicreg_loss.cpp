@@ -49,7 +49,8 @@ at::Tensor vicreg_terms(const at::Tensor& inv, const at::Tensor& var,
 }
 
 // sum_{i != j} C_ij^2 for C = x^T x / (N - 1) of one centered branch; returns
-// (penalty as float64 scalar, the matrix the backward multiplies by).
+// (penalty as float64 scalar, the matrix the backward multiplies by: x x^T /
+// (N - 1) on the Gram path, C without its diagonal on the covariance path).
 std::tuple<at::Tensor, at::Tensor> branch_offdiag(const at::Tensor& x,
                                                   const at::Tensor& var,
                                                   Strategy strategy) {
@@ -66,7 +67,12 @@ std::tuple<at::Tensor, at::Tensor> branch_offdiag(const at::Tensor& x,
   }
   auto c = at::empty({x.size(1), x.size(1)}, x.options())
                .addmm_(x.t(), x, /*beta=*/0.0, scale);
-  return {kernels::offdiag_sums(c, 0.0).select(0, 0), c};
+  auto off = kernels::offdiag_sums(c, 0.0).select(0, 0);
+  // The backward needs x C_off; with the diagonal gone from the saved matrix
+  // it is one GEMM, free of the x C - x diag(C) cancellation that a
+  // dominant diagonal (N >= D, large variances) would cause.
+  c.diagonal().zero_();
+  return {off, c};
 }
 
 }  // namespace
@@ -110,15 +116,16 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
     // d off(C)/dx = 4 (x C - x diag(C)) / (N - 1), with x C = (x x^T/(N-1)) x
     // on the Gram path: the same product in O(N^2 D) instead of O(N D^2).
     auto prod = gram ? at::mm(mat, x) : at::mm(x, mat);
+    // The covariance path saved C with its diagonal removed (branch_offdiag).
     return kernels::vicreg_grad(z, other, x, var, prod, g, inv_coeff, var_coeff,
-                                cov_coeff, eps, cov_scale, true);
+                                cov_coeff, eps, cov_scale, /*subtract_diag=*/gram);
   };
   auto dz_a = branch(a, b, mean_a, var_a, mat_a);
   auto dz_b = branch(b, a, mean_b, var_b, mat_b);
   return {dz_a, dz_b};
 }
 
-Tensor7 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
                          int64_t strategy) {
@@ -134,12 +141,12 @@ Tensor7 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
   auto [mean_a, var_a] = center_into(a, y.narrow(0, 0, n));
   auto [mean_b, var_b] = center_into(b, y.narrow(0, n, n));
   auto [inv, var] = invariance_and_variance(a, b, var_a, var_b, eps);
-  auto proj = tico_contrast_product(y, c, beta, strategy);
+  auto [proj, c_new] = tico_contrast_product(y, c, beta, strategy);
   // Per branch mean_i y_i^T C_new y_i / D, summed over the two branches.
   auto cov = kernels::dot_f64(y, proj).div_(static_cast<double>(n * d));
   auto terms =
       vicreg_terms(inv, var, cov, inv_coeff, var_coeff, cov_coeff, y.scalar_type());
-  return {terms, y, mean_a, mean_b, var_a, var_b, proj};
+  return {terms, y, mean_a, mean_b, var_a, var_b, proj, c_new};
 }
 
 Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,

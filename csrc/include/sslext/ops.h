@@ -17,6 +17,8 @@ using Tensor6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                            at::Tensor, at::Tensor>;
 using Tensor7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                            at::Tensor, at::Tensor, at::Tensor>;
+using Tensor8 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                           at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // csrc/ops/covariance.cpp
 at::Tensor batch_covariance(const at::Tensor& z);
@@ -37,7 +39,7 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
                              const at::Tensor& mat_b, double inv_coeff,
                              double var_coeff, double cov_coeff, double eps,
                              int64_t strategy);
-Tensor7 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
                          int64_t strategy);
@@ -63,7 +65,7 @@ Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms,
                                    int64_t strategy, at::ScalarType out_dtype);
 
 // csrc/ops/tico_loss.cpp
-Tensor6 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
+Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                   const at::Tensor& c, double beta, double rho, int64_t strategy);
 Tensor2 tico_loss_backward(const at::Tensor& grad_terms, const at::Tensor& zhat_a,
                            const at::Tensor& zhat_b, const at::Tensor& norm_a,
@@ -72,8 +74,10 @@ Tensor2 tico_loss_backward(const at::Tensor& grad_terms, const at::Tensor& zhat_
 
 // Shared by TiCo and VICReg-TiCo (csrc/ops/tico_loss.cpp): P = Y C_new with
 // C_new = beta C + (1 - beta) Y^T Y / M, never materialising C_new on the Gram
-// path: P = beta Y C + (1 - beta) / M (Y Y^T) Y.
-at::Tensor tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
+// path: P = beta Y C + (1 - beta) / M (Y Y^T) Y. Returns (P, C_new), C_new
+// empty on the Gram path; where it exists, the running-C update is a copy of it
+// instead of another rank-M GEMM.
+Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
                                  double beta, int64_t strategy);
 
 }  // namespace sslext
