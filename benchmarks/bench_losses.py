@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -205,6 +206,20 @@ def cpu_peak_extra(run):
     return (_proc_status_kib("VmHWM") - before) * 1024
 
 
+def cpu_memory_pass(args):
+    """Peak memory of every row, measured by a child process (see cpu_peak_extra)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "memory.json")
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(256 * 1024))
+        argv = [a for a in sys.argv[1:]]
+        subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--memory-only", path],
+                       env=env, check=True)
+        with open(path) as f:
+            return {tuple(k.split("|")): v for k, v in json.load(f).items()}
+
+
 def rel_error(fn, loss, z_a, z_b, c):
     """|loss - loss_float64| / |loss_float64| on the same inputs (and the same C)."""
     exact = _reference(loss)(z_a.double(), z_b.double(), c.double().clone())
@@ -262,11 +277,8 @@ def main():
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory measurement")
+    p.add_argument("--memory-only", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and sys.platform.startswith("linux"):
-        # Large blocks straight from mmap and back on free: see cpu_peak_extra.
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(256 * 1024)
-        os.execv(sys.executable, [sys.executable] + sys.argv)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -303,6 +315,10 @@ def main():
         "warmup": args.warmup,
         "roofline_ceilings": peak_note,
     }
+    memory = {}
+    if device.type == "cpu" and not args.no_memory and not args.memory_only:
+        memory = cpu_memory_pass(args)
+    measured_memory = {}
     rows = []
     for loss in losses:
         all_peers = peers(loss)
@@ -311,6 +327,9 @@ def main():
                 z_a, z_b, c = make_inputs(n, d, dtype, device)
                 errors = {}
                 for name, fn in all_peers.items():
+                    if args.memory_only:
+                        errors[name] = 0.0
+                        continue
                     try:
                         errors[name] = rel_error(fn, loss, z_a, z_b, c)
                     except Exception as exc:  # a peer that cannot run this dtype
@@ -320,6 +339,11 @@ def main():
                         if isinstance(errors[name], str):
                             continue
                         run = step_fn(fn, z_a, z_b, c.clone(), mode)
+                        mkey = (loss, str(n), str(d), str(dtype).split(".")[1], mode, name)
+                        if args.memory_only:
+                            run()  # warm-up: one-time allocations are not the call's
+                            measured_memory["|".join(mkey)] = cpu_peak_extra(run)
+                            continue
                         try:
                             t = time_it(run, device, args.warmup, repeats)
                         except Exception as exc:  # record it and go on with the other peers
@@ -328,8 +352,8 @@ def main():
                         mem = None
                         if device.type == "cuda":
                             mem = cuda_peak_extra(run)
-                        elif not args.no_memory:
-                            mem = cpu_peak_extra(run)
+                        else:
+                            mem = memory.get(mkey)
                         strategy = "gram" if name.endswith("[gram]") or (name == "sslext[auto]" and (2 * n if loss == "vicreg_tico" else n) < d) else "covariance"
                         fl, by = flops_bytes(loss, strategy, n, d, mode)
                         floor = max(fl / peak_flops, by / peak_bytes)
@@ -341,6 +365,10 @@ def main():
                         print(f"{loss:13s} {n:5d}x{d:<5d} {row['dtype']:8s} {mode:16s} {name:20s} "
                               f"{t['median_s']*1e3:9.3f} ms  err {errors[name]:.1e}  "
                               f"mem {'-' if mem is None else f'{mem/2**20:.1f} MiB'}", flush=True)
+    if args.memory_only:
+        with open(args.memory_only, "w") as f:
+            json.dump(measured_memory, f)
+        return
     _add_ratios(rows)
     with open(os.path.join(args.out, "losses.json"), "w") as f:
         json.dump({"env": env, "results": rows}, f, indent=1)
