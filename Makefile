@@ -24,9 +24,13 @@ $(VENV)/.deps-installed: Makefile
 	$(PIP) install -q $(TORCH_PIN) $(DEPS)
 	touch $@
 
-build: venv
+# Rebuilt only when a source, setup.py or pyproject.toml changed (a CUDA build takes minutes).
+SSLEXT_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+build: $(VENV)/.sslext-built
+$(VENV)/.sslext-built: $(VENV)/.deps-installed $(SSLEXT_SOURCES)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	$(PY) -c "import sslext, json; print('sslext build:', json.dumps(sslext.build_info()))"
+	touch $@
 
 cmake: venv
 	TORCH_PREFIX=$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)'); \

@@ -99,8 +99,15 @@ def _lightly(loss):
         m = L.BarlowTwinsLoss(lambda_param=0.0051)
         return lambda a, b, c: m(a, b)
     if loss == "tico":
-        m = L.TiCoLoss(beta=0.9, rho=8.0)
-        return lambda a, b, c: m(a, b)
+        # lightly's TiCoLoss sizes its C on the first call: one module per dim.
+        mods = {}
+
+        def run(a, b, c):
+            if a.shape[1] not in mods:
+                mods[a.shape[1]] = L.TiCoLoss(beta=0.9, rho=8.0)
+            return mods[a.shape[1]](a, b)
+
+        return run
     return None  # lightly has no VICReg-TiCo
 
 
@@ -341,8 +348,11 @@ def main():
                         run = step_fn(fn, z_a, z_b, c.clone(), mode)
                         mkey = (loss, str(n), str(d), str(dtype).split(".")[1], mode, name)
                         if args.memory_only:
-                            run()  # warm-up: one-time allocations are not the call's
-                            measured_memory["|".join(mkey)] = cpu_peak_extra(run)
+                            try:
+                                run()  # warm-up: one-time allocations are not the call's
+                                measured_memory["|".join(mkey)] = cpu_peak_extra(run)
+                            except Exception as exc:
+                                print(f"memory {mkey}: {type(exc).__name__}: {exc}", flush=True)
                             continue
                         try:
                             t = time_it(run, device, args.warmup, repeats)
