@@ -27,6 +27,10 @@ def dist_results(tmp_path_factory):
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
+def _params(res, step):
+    return torch.cat([res["grad_w"][step], res["grad_b"][step][:, None]], 1)
+
+
 @pytest.mark.parametrize("case", LOSS_CASES, ids=[case_id(c) for c in LOSS_CASES])
 def test_gathered_loss_matches_single_process(dist_results, case):
     torch.set_num_threads(2)
@@ -42,9 +46,11 @@ def test_gathered_loss_matches_single_process(dist_results, case):
             assert_forward_close(got["loss"][step], ref["loss"][step])
             for k, v in ref["terms"][step].items():
                 assert_forward_close(got["terms"][step][k], v)
-            # parameters: after DDP's averaging, exactly one process's gradient
-            assert_grad_close(got["grad_w"][step], ref["grad_w"][step])
-            assert_grad_close(got["grad_b"][step], ref["grad_b"][step])
+            # parameters: after DDP's averaging, exactly one process's gradient.
+            # Weight and bias are compared as one tensor: the bias gradient is
+            # zero in exact arithmetic for the centred losses (a shift of both
+            # views changes nothing), so only the layer's scale gives it a tolerance.
+            assert_grad_close(_params(got, step), _params(ref, step))
             # embeddings: this rank's rows of W * dL/dz (the SUM convention)
             assert_grad_close(got["grad_za"][step] / WORLD, ref["grad_za"][step][rows[r]])
             assert_grad_close(got["grad_zb"][step] / WORLD, ref["grad_zb"][step][rows[r]])
@@ -69,8 +75,11 @@ def test_sync_batchnorm_matches_single_process(dist_results, kind):
         for step in range(len(ref["y"])):
             assert_grad_close(got["y"][step], ref["y"][step][rows])
             assert_grad_close(got["grad_x"][step] / WORLD, ref["grad_x"][step][rows])
-            for k, v in ref["grads"][step].items():
-                assert_grad_close(got["grads"][step][k], v)
+            # one tensor: the bias before BN has a zero gradient in exact arithmetic
+            assert set(got["grads"][step]) == set(ref["grads"][step])
+            keys = sorted(ref["grads"][step])
+            assert_grad_close(torch.cat([got["grads"][step][k].flatten() for k in keys]),
+                              torch.cat([ref["grads"][step][k].flatten() for k in keys]))
         for k, v in ref["buffers"].items():
             if v.is_floating_point():
                 assert_grad_close(got["buffers"][k], v)
