@@ -156,6 +156,49 @@ def run_bn_case(kind: str, rank: int, world: int, steps: int = 2) -> Dict[str, A
     return out
 
 
+# Full-image "crops" (scale 1 with an aspect ratio != 1 never fits, so the
+# crop falls back to the whole image), no flip, no colour ops: the views no
+# longer depend on the generator, so a run's trajectory depends only on the
+# global batches and the arithmetic, not on how many ranks drew augmentations.
+DETERMINISTIC_VIEWS = [f"augment.{v}.{k}={val}" for v in ("view1", "view2")
+                       for k, val in (("crop_min_scale", 1.0), ("flip_prob", 0.0), ("jitter_prob", 0.0),
+                                      ("gray_prob", 0.0), ("blur_prob", 0.0), ("solarize_prob", 0.0))] \
+    + ["train.max_steps=4"]
+
+
+METHOD_CASES = ("vicreg_tico", "barlow_twins")
+
+
+def method_overrides(method: str, out_dir: str) -> List[str]:
+    from test_train_e2e import TINY
+
+    return [f"method.name={method}", "method.projector=[32,32]", "name=grad", "train.epochs=1", *TINY,
+            "train.threads=1", "eval.final=false", f"train.out_dir={out_dir}"]
+
+
+def run_method_case(method: str, rank: int, world: int, out_dir: str) -> Dict[str, Any]:
+    """One training step's gradients of a whole method (ResNet with BN, projector,
+    loss) set up by the Trainer: SyncBN + DDP + gathered loss for world > 1."""
+    from sslext.config import load_config
+    from sslext.train import Trainer
+
+    tr = Trainer(load_config(None, method_overrides(method, out_dir)))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 3, 16, 16, generator=g)
+    v2 = 0.9 * x + 0.3 * torch.randn(32, 3, 16, 16, generator=g)
+    rows = slice(rank * 32 // world, (rank + 1) * 32 // world)
+    loss, _ = tr.model([x[rows], v2[rows]])
+    loss.backward()
+    # Grouped per module: a bias right before a centring op (BN, the losses'
+    # centring) has a zero gradient in exact arithmetic, so it is compared
+    # together with its module's weight.
+    grads: Dict[str, List[torch.Tensor]] = {}
+    for name, p in tr.method.named_parameters():
+        grads.setdefault(name.rsplit(".", 1)[0], []).append(p.grad.flatten().clone())
+    return {"loss": loss.detach().clone(), "grads": {k: torch.cat(v) for k, v in grads.items()},
+            "norm_types": sorted({type(m).__name__ for m in tr.method.modules() if "Norm" in type(m).__name__})}
+
+
 # ---------------------------------------------------------------------- workers
 def _init(rank: int, world: int, init_file: str) -> None:
     torch.set_num_threads(1)
@@ -167,6 +210,7 @@ def loss_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         res = {"loss": {case_id(c): run_loss_case(c, rank, world) for c in LOSS_CASES},
                "bn": {k: run_bn_case(k, rank, world) for k in BN_SHAPES}}
+        res["method"] = {m: run_method_case(m, rank, world, out_dir) for m in METHOD_CASES}
         # gather_distributed=False keeps per-rank statistics: the loss of the local rows only
         x_a, x_b, model = case_inputs(LOSS_CASES[0])
         rows = slice(rank * 8, (rank + 1) * 8)
@@ -210,6 +254,11 @@ def train_worker(rank: int, world: int, init_file: str, out_dir: str, overrides:
         tr2 = Trainer(cfg(out / "cut"), resume=True)
         res["resumed_summary"] = tr2.fit()
         res["resumed_method"] = {k: v.clone() for k, v in tr2.method.state_dict().items()}
+        # Deterministic views (see DETERMINISTIC_VIEWS): 2 processes must train
+        # like one process on the same global batches.
+        tr3 = Trainer(cfg(out / "det", *DETERMINISTIC_VIEWS))
+        tr3.fit()
+        res["det_method"] = {k: v.clone() for k, v in tr3.method.state_dict().items()}
         torch.save(res, out / f"train_rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -17,6 +17,7 @@ several SSL libraries shipped (e.g. lightly's BarlowTwinsLoss, issue #1977).
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, List, Optional
 
@@ -25,7 +26,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ["init_distributed", "cleanup_distributed", "get_rank", "get_world_size", "is_main_process", "barrier",
-           "is_distributed", "gather_with_grad", "all_gather_tensors", "SyncBatchNorm", "convert_sync_batchnorm"]
+           "is_distributed", "gather_with_grad", "all_gather_tensors", "SyncBatchNorm", "convert_sync_batchnorm",
+           "wrap_ddp"]
 
 # True when init_distributed() created the process group (so it may destroy it).
 _CREATED_GROUP = False
@@ -211,3 +213,22 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, _convert_cpu(child))
     return out
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """``DistributedDataParallel(module)`` without per-forward buffer broadcasts.
+
+    BN statistics (synchronised) and TiCo's running covariance (updated from
+    the gathered batch) are identical on every rank by construction, so the
+    default broadcast of rank 0's buffers before each forward would only cost
+    a D x D collective per step and hide a divergence. Buffers are still
+    synchronised once, at construction. torch >= 2.14 spells the option
+    ``forward_sync_buffers`` (``broadcast_buffers`` warns there).
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    params = inspect.signature(DDP.__init__).parameters
+    kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return DDP(module, device_ids=ids, find_unused_parameters=find_unused_parameters, **kw)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from .config import ConfigError, dump_config, load_config
 from .data import DATASET_STATS, TwoViewAugment, atomic_save, build_dataset
 from .distributed import (all_gather_tensors, cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size,
-                          init_distributed, is_main_process)
+                          init_distributed, is_main_process, wrap_ddp)
 from .evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from .methods import build_method
 from .models import build_backbone
@@ -178,15 +178,8 @@ class Trainer:
         self.model: nn.Module = self.method
         self.probe_model: nn.Module = self.probe
         if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # broadcast_buffers=False: BN statistics (synchronised) and TiCo's C
-            # (updated from the gathered batch) are identical on every rank by
-            # construction; a per-step broadcast would cost a D x D collective.
-            self.model = DDP(self.method, device_ids=ids, broadcast_buffers=False,
-                             find_unused_parameters=dcfg["find_unused_parameters"])
-            self.probe_model = DDP(self.probe, device_ids=ids, broadcast_buffers=False)
+            self.model = wrap_ddp(self.method, self.device, dcfg["find_unused_parameters"])
+            self.probe_model = wrap_ddp(self.probe, self.device)
         self.train_images = self.train_ds.images.pin_memory() if self.device.type == "cuda" else self.train_ds.images
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self._reset_acc()
