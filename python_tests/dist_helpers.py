@@ -254,6 +254,10 @@ def train_worker(rank: int, world: int, init_file: str, out_dir: str, overrides:
         tr2 = Trainer(cfg(out / "cut"), resume=True)
         res["resumed_summary"] = tr2.fit()
         res["resumed_method"] = {k: v.clone() for k, v in tr2.method.state_dict().items()}
+        # A single-process checkpoint (written by the test before spawning) resumed on 2 processes.
+        tr_one = Trainer(cfg(out / "one"), resume=True)
+        res["from_one_summary"] = tr_one.fit()
+        res["from_one_method"] = {k: v.clone() for k, v in tr_one.method.state_dict().items()}
         # Deterministic views (see DETERMINISTIC_VIEWS): 2 processes must train
         # like one process on the same global batches.
         tr3 = Trainer(cfg(out / "det", *DETERMINISTIC_VIEWS))

@@ -132,7 +132,13 @@ def _train_overrides():
 
 @pytest.fixture(scope="module")
 def train_results(tmp_path_factory):
+    from sslext.config import load_config
+    from sslext.train import Trainer
+
     tmp = tmp_path_factory.mktemp("ddp_train")
+    torch.set_num_threads(2)
+    one = Trainer(load_config(None, [*_train_overrides(), f"train.out_dir={tmp / 'one'}", "train.max_steps=3"]))
+    assert one.fit()["global_step"] == 3
     run_ranks(train_worker, WORLD, tmp, str(tmp), _train_overrides(), timeout=600)
     return tmp, [torch.load(tmp / f"train_rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
@@ -219,3 +225,12 @@ def test_two_process_training_equals_one_process(train_results, tmp_path):
     # float32 weights were off by 3e-3 (relative to the tensor's max, early BN
     # biases) and the 2-process ones by 2e-5. One step's gradients are compared
     # at float32 tolerance in test_method_step_gradients_match_single_process.
+
+
+def test_resume_one_process_checkpoint_on_two_processes(train_results):
+    tmp, (r0, r1) = train_results
+    for r in (r0, r1):
+        assert r["from_one_summary"]["finished"] and r["from_one_summary"]["global_step"] == 8
+    for k, v in r0["from_one_method"].items():
+        assert torch.equal(v, r1["from_one_method"][k]), k
+    assert torch.load(tmp / "one" / "run" / "last.pt", weights_only=True)["world_size"] == WORLD
