@@ -7,6 +7,7 @@ parameter gradients AFTER DDP's averaging against the single process directly
 (no factor applied), and the per-rank embedding gradients divided by W.
 """
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +235,26 @@ def test_resume_one_process_checkpoint_on_two_processes(train_results):
     for k, v in r0["from_one_method"].items():
         assert torch.equal(v, r1["from_one_method"][k]), k
     assert torch.load(tmp / "one" / "run" / "last.pt", weights_only=True)["world_size"] == WORLD
+
+
+def test_torchrun_cli(tmp_path):
+    """The documented command line: torchrun -> sslext.train.main (process group
+    from the environment, gloo on CPU, one summary printed, group destroyed)."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+            "sslext.train"]
+    for o in ["method.projector=[32,32]", f"train.out_dir={tmp_path}", "name=cli", "train.epochs=1",
+              "eval.final=false", *TINY, "train.threads=1", "train.device=cpu"]:
+        args += ["--set", o]
+    # the children must import this worktree's sslext, as the test process does
+    root = str(Path(sslext.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout)  # exactly one JSON document: rank 0 prints, rank 1 does not
+    assert summary["finished"] and summary["global_step"] == 8
+    assert torch.load(tmp_path / "cli" / "last.pt", weights_only=True)["world_size"] == 2
+    assert "destroy_process_group" not in p.stderr
