@@ -258,3 +258,14 @@ def test_torchrun_cli(tmp_path):
     assert summary["finished"] and summary["global_step"] == 8
     assert torch.load(tmp_path / "cli" / "last.pt", weights_only=True)["world_size"] == 2
     assert "destroy_process_group" not in p.stderr
+
+
+def test_eval_loads_two_process_checkpoint(train_results, tmp_path):
+    """SyncBatchNorm keeps BatchNorm's state_dict keys: sslext-eval reads a DDP checkpoint."""
+    from sslext.cli import eval_main
+
+    src, _ = train_results
+    out = tmp_path / "ev.json"
+    assert eval_main(["--checkpoint", str(src / "ref0" / "run" / "last.pt"), "--output", str(out),
+                      "--set", "eval.offline_epochs=2"]) == 0
+    assert {"linear_acc", "knn_acc"} <= set(json.loads(out.read_text()))
