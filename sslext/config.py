@@ -41,6 +41,7 @@ DEFAULTS: Dict[str, Any] = {
               "final_lr_factor": 0.0},
     "train": {"epochs": 1000, "max_steps": None, "device": "auto", "amp": True, "channels_last": True,
               "out_dir": "runs", "checkpoint_every": 1, "log_every": 20, "progress": True, "threads": None},
+    "distributed": {"sync_batchnorm": True, "find_unused_parameters": False},
     "eval": {"online_probe": True, "probe_lr": 0.1, "every": 1, "knn_k": 200, "knn_t": 0.1,
              "knn_train_limit": 10000, "diag_samples": 2048, "batch_size": 512, "final": True,
              "offline_epochs": 100, "offline_lr": 0.01, "label_fraction": 0.1},

@@ -5,6 +5,15 @@ Each module returns a scalar loss and keeps the last call's terms, detached,
 in ``last_terms`` for logging. TiCo and VICReg-TiCo own their running
 covariance as the buffer ``C`` (in ``state_dict``, moved by ``.to()``),
 updated in place by every forward call unless ``update=False``.
+
+Distributed training: every module takes ``gather_distributed``. With a
+multi-process ``torch.distributed`` group, the embeddings of all ranks are
+gathered (rank order) before the fused op, so every statistic (means,
+variances, covariances, Barlow Twins' batch norm, TiCo's running covariance,
+the ``auto`` strategy choice) is that of the global batch, and every rank
+computes the same loss. The gather's backward makes the parameter gradients,
+after DDP's averaging, equal to one process's on the concatenated batch
+(see :mod:`sslext.distributed`). Every rank must pass the same shape.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from ._checks import STRATEGIES, check_non_negative, check_unit_interval
+from ._checks import STRATEGIES, check_non_negative, check_pair, check_unit_interval
+from .distributed import gather_with_grad, is_distributed
 
 __all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss", "VICRegTiCoLoss"]
 
@@ -26,13 +36,42 @@ def _check_strategy(strategy: str) -> str:
     return strategy
 
 
+def _check_gather(value) -> Optional[bool]:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"gather_distributed must be None, True or False, got {value!r}")
+    return value
+
+
 class _TermsMixin:
     last_terms: Dict[str, Tensor]
+    gather_distributed: Optional[bool]
 
     def _keep(self, out):
         loss, terms = out
         self.last_terms = terms
         return loss
+
+    def _gather(self, z_a: Tensor, z_b: Tensor):
+        """Both views of the global batch when gathering applies, else the inputs.
+
+        ``gather_distributed=None`` gathers whenever a process group with more
+        than one rank is initialised; ``True`` additionally requires an
+        initialised group (a single-rank group is fine); ``False`` keeps the
+        statistics per rank.
+        """
+        if self.gather_distributed is False:
+            return z_a, z_b
+        if self.gather_distributed and not (torch.distributed.is_available()
+                                            and torch.distributed.is_initialized()):
+            raise RuntimeError("gather_distributed=True: torch.distributed is not initialised "
+                               "(call torch.distributed.init_process_group, or pass gather_distributed=None)")
+        if not is_distributed():
+            return z_a, z_b
+        check_pair(z_a, z_b)  # fail on the local inputs, before any collective
+        d = z_a.shape[1]
+        # One collective for both views: gather [z_a | z_b] and split columns.
+        g = gather_with_grad(torch.cat([z_a, z_b], 1))
+        return g[:, :d], g[:, d:]
 
 
 class VICRegLoss(_TermsMixin, nn.Module):
@@ -49,14 +88,17 @@ class VICRegLoss(_TermsMixin, nn.Module):
         cov_coeff: float = 1.0,
         eps: float = 1e-4,
         strategy: str = "auto",
+        gather_distributed: Optional[bool] = None,
     ):
         super().__init__()
         self.inv_coeff, self.var_coeff, self.cov_coeff = float(inv_coeff), float(var_coeff), float(cov_coeff)
         self.eps = check_non_negative(eps, "eps")
         self.strategy = _check_strategy(strategy)
+        self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
+        z_a, z_b = self._gather(z_a, z_b)
         return self._keep(
             F.vicreg_loss(
                 z_a, z_b, self.inv_coeff, self.var_coeff, self.cov_coeff, self.eps,
@@ -76,14 +118,17 @@ class BarlowTwinsLoss(_TermsMixin, nn.Module):
     ``on_diagonal``, ``off_diagonal``.
     """
 
-    def __init__(self, lambd: float = 0.0051, eps: float = 1e-5, strategy: str = "auto"):
+    def __init__(self, lambd: float = 0.0051, eps: float = 1e-5, strategy: str = "auto",
+                 gather_distributed: Optional[bool] = None):
         super().__init__()
         self.lambd = float(lambd)
         self.eps = check_non_negative(eps, "eps")
         self.strategy = _check_strategy(strategy)
+        self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
+        z_a, z_b = self._gather(z_a, z_b)
         return self._keep(
             F.barlow_twins_loss(z_a, z_b, self.lambd, self.eps, self.strategy, return_terms=True)
         )
@@ -133,14 +178,18 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
     """
 
     def __init__(self, beta: float = 0.9, rho: float = 8.0, dim: Optional[int] = None,
-                 strategy: str = "auto"):
+                 strategy: str = "auto", gather_distributed: Optional[bool] = None):
         super().__init__(dim)
         self.beta = check_unit_interval(beta, "beta")
         self.rho = float(rho)
         self.strategy = _check_strategy(strategy)
+        self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
 
     def forward(self, z_a: Tensor, z_b: Tensor, update: bool = True) -> Tensor:
+        # Gathered first, so C is updated from the global batch and stays
+        # identical on every rank (no buffer broadcast needed).
+        z_a, z_b = self._gather(z_a, z_b)
         c = self._covariance_for(z_a) if isinstance(z_a, Tensor) and z_a.dim() == 2 else self.C
         return self._keep(
             F.tico_loss(z_a, z_b, c, self.beta, self.rho, update, self.strategy, return_terms=True)
@@ -168,15 +217,18 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         eps: float = 1e-4,
         dim: Optional[int] = None,
         strategy: str = "auto",
+        gather_distributed: Optional[bool] = None,
     ):
         super().__init__(dim)
         self.inv_coeff, self.var_coeff, self.cov_coeff = float(inv_coeff), float(var_coeff), float(cov_coeff)
         self.beta = check_unit_interval(beta, "beta")
         self.eps = check_non_negative(eps, "eps")
         self.strategy = _check_strategy(strategy)
+        self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
 
     def forward(self, z_a: Tensor, z_b: Tensor, update: bool = True) -> Tensor:
+        z_a, z_b = self._gather(z_a, z_b)
         c = self._covariance_for(z_a) if isinstance(z_a, Tensor) and z_a.dim() == 2 else self.C
         return self._keep(
             F.vicreg_tico_loss(

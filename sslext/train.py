@@ -11,6 +11,14 @@ Resuming restores the model and loss buffers, optimizer, schedule, online
 probe, all RNG streams (augmentation generator, torch) and the position in
 the data order, so a resumed CPU run reproduces the uninterrupted one
 bit-for-bit.
+
+Under ``torchrun --nproc_per_node=K`` the method and the online probe are
+wrapped in DistributedDataParallel (NCCL on GPUs, gloo on CPU),
+``optim.batch_size`` is the GLOBAL batch (each rank takes a contiguous
+``batch_size / K`` slice of the same seeded per-epoch permutation), batch
+norms are synchronised (``distributed.sync_batchnorm``), the losses gather
+the global batch, each rank augments with its own generator (seed offset by
+rank, every rank's state checkpointed) and only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -25,12 +33,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ConfigError, dump_config, load_config
 from .data import DATASET_STATS, TwoViewAugment, atomic_save, build_dataset
-from .distributed import get_world_size, init_distributed, is_main_process
+from .distributed import (all_gather_tensors, cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size,
+                          init_distributed, is_main_process, wrap_ddp)
 from .evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from .methods import build_method
 from .models import build_backbone
@@ -40,6 +50,10 @@ __all__ = ["train", "Trainer", "NonFiniteLossError", "build_everything", "load_c
            "main"]
 
 CHECKPOINT_VERSION = 1
+
+# Rank r > 0 seeds its augmentation generator with seed + r * stride, so
+# ranks draw different augmentations and rank 0 matches a single-process run.
+_RANK_SEED_STRIDE = 1_000_003
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -114,22 +128,37 @@ class Trainer:
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(t["threads"])
-        if init_distributed() and get_world_size() > 1:
-            # Without DDP wrapping and data sharding every rank would train its
-            # own copy on the same batches; refuse rather than waste the GPUs.
-            raise NotImplementedError("multi-process (torchrun) training is not implemented yet: the loop has "
-                                      "rank-0-only logging/checkpointing but no DDP wrapping or data sharding")
-        self.main = is_main_process()
         self.device = resolve_device(t["device"])
+        init_distributed(self.device)
+        self.world_size, self.rank = get_world_size(), get_rank()
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's GPU
+        self.main = is_main_process()
         self.run_dir = Path(t["out_dir"]) / cfg["name"]
         self.ckpt_path = self.run_dir / "last.pt"
         parts = build_everything(cfg, self.device)
         self.__dict__.update(parts)
+        if self.rank > 0:
+            self.augment.generator.manual_seed(cfg["seed"] + _RANK_SEED_STRIDE * self.rank)
         o = cfg["optim"]
+        # optim.batch_size is the global batch: configs (and their lr) mean the
+        # same thing for any number of processes.
         self.batch_size = o["batch_size"]
+        if self.batch_size % self.world_size:
+            raise ConfigError(f"optim.batch_size: {self.batch_size} is the global batch and must be divisible by "
+                              f"the number of processes ({self.world_size})")
+        self.local_batch = self.batch_size // self.world_size
+        if self.world_size > 1 and self.local_batch < 2:
+            raise ConfigError(f"optim.batch_size: {self.batch_size} over {self.world_size} processes leaves "
+                              f"{self.local_batch} image per process; at least 2 per process are needed")
         n = len(self.train_ds)
         if n < self.batch_size:
             raise ConfigError(f"optim.batch_size: {self.batch_size} is larger than the training set ({n} images)")
+        dcfg = cfg["distributed"]
+        if self.world_size > 1 and dcfg["sync_batchnorm"]:
+            # Before the optimizer is built: the BN parameters are shared, but
+            # the module tree must be final when DDP registers it.
+            self.method = convert_sync_batchnorm(self.method, self.device)
         self.steps_per_epoch = n // self.batch_size  # drop_last: full batches keep BN/loss statistics stable
         self.total_steps = t["epochs"] * self.steps_per_epoch
         self.optimizer = build_optimizer(o["name"], self.method, o["lr"], o["weight_decay"], o["momentum"], o["eta"],
@@ -143,6 +172,14 @@ class Trainer:
         self.amp = t["amp"] and self.device.type == "cuda"
         if t["channels_last"] and self.device.type == "cuda":
             self.method.to(memory_format=torch.channels_last)
+        # self.method / self.probe stay the unwrapped modules (state_dict keys,
+        # hooks, evaluation); self.model / self.probe_model are what the loop
+        # calls, so DDP's forward sees every step and syncs its gradients.
+        self.model: nn.Module = self.method
+        self.probe_model: nn.Module = self.probe
+        if self.world_size > 1:
+            self.model = wrap_ddp(self.method, self.device, dcfg["find_unused_parameters"])
+            self.probe_model = wrap_ddp(self.probe, self.device)
         self.train_images = self.train_ds.images.pin_memory() if self.device.type == "cuda" else self.train_ds.images
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self._reset_acc()
@@ -162,8 +199,9 @@ class Trainer:
         # reports the same epoch means as an uninterrupted run.
         self.acc: Dict[str, Any] = {"loss": 0.0, "n": 0, "probe_correct": 0, "terms": {}, "seconds": 0.0}
 
-    def state_dict(self) -> Dict[str, Any]:
-        return {
+    def state_dict(self, rank_rng: Optional[List[Dict[str, torch.Tensor]]] = None) -> Dict[str, Any]:
+        """Checkpoint dict; ``rank_rng`` (from ``_gather_rank_rng``) adds every rank's RNG streams."""
+        out = {
             "version": CHECKPOINT_VERSION,
             "config": self.cfg,
             "method": self.method.state_dict(),
@@ -176,11 +214,56 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "epoch_acc": self.acc,
+            "world_size": self.world_size,
         }
+        if rank_rng is not None and self.world_size > 1:
+            out["rank_rng"] = rank_rng
+        return out
+
+    def _own_rng(self) -> Dict[str, torch.Tensor]:
+        st = {"augment": self.augment.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            st["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return st
+
+    def _gather_rank_rng(self) -> Optional[List[Dict[str, torch.Tensor]]]:
+        """Every rank's RNG streams, in rank order (a collective: all ranks call it)."""
+        if self.world_size == 1:
+            return None
+        own = self._own_rng()
+        per_key = {k: all_gather_tensors(v) for k, v in own.items()}
+        return [{k: per_key[k][r] for k in own} for r in range(self.world_size)]
 
     def save(self) -> None:
+        """Write ``last.pt`` from rank 0; under DDP every rank must call it (RNG gather)."""
+        rank_rng = self._gather_rank_rng()
         if self.main:
-            atomic_save(self.state_dict(), self.ckpt_path)
+            atomic_save(self.state_dict(rank_rng), self.ckpt_path)
+
+    def _restore_rng(self, ckpt: Dict[str, Any]) -> None:
+        rank_rng = ckpt.get("rank_rng")
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world == self.world_size and (self.world_size == 1 or rank_rng is not None):
+            own = rank_rng[self.rank] if self.world_size > 1 else {
+                "augment": ckpt["augment"]["generator"], "torch_rng": ckpt["torch_rng"]}
+            self.augment.generator.set_state(own["augment"])
+            torch.set_rng_state(own["torch_rng"])
+            if self.world_size == 1:
+                if ckpt["cuda_rng"] and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            elif "cuda_rng" in own and self.device.type == "cuda":
+                torch.cuda.set_rng_state(own["cuda_rng"], self.device)
+            return
+        # Another world size: the per-rank augmentation streams of the saved run
+        # do not exist here. Derive fresh ones from (seed, step, rank) so the
+        # resume is still deterministic, and say that it is not bit-exact.
+        seed = (self.cfg["seed"] * _RANK_SEED_STRIDE + self.global_step) * 8191 + self.rank
+        self.augment.generator.manual_seed(seed % (2 ** 63))
+        torch.manual_seed(seed % (2 ** 63))
+        if self.main:
+            print(f"sslext-train: warning: checkpoint written by {saved_world} process(es), resuming with "
+                  f"{self.world_size}: model, optimizer, schedule and data position restored, augmentation RNG "
+                  "re-seeded from (seed, step, rank): not bit-identical to an uninterrupted run", file=sys.stderr)
 
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint_file(path)
@@ -189,11 +272,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.probe.load_state_dict(ckpt["probe"])
         self.probe_opt.load_state_dict(ckpt["probe_opt"])
-        self.augment.load_state_dict(ckpt["augment"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        self._restore_rng(ckpt)
         self.acc = ckpt["epoch_acc"]
         # Drop metric records written after this checkpoint (run died between
         # logging and checkpointing) so the resumed log has no duplicates.
@@ -255,11 +335,34 @@ class Trainer:
                 out["online_probe_acc"] = float((pred == self.test_ds.labels).float().mean() * 100)
         return out
 
+    # ------------------------------------------------------------------ distributed step helpers
+    def _loss_value(self, loss: torch.Tensor) -> float:
+        """This rank's loss as a float; NaN on every rank when any rank's is non-finite.
+
+        Under DDP a rank that stopped alone would leave the others blocked in
+        the next collective, so the non-finite decision is taken together.
+        """
+        lval = float(loss.detach())
+        if self.world_size > 1:
+            s = loss.detach().float().reshape(1).clone()
+            dist.all_reduce(s)
+            if not math.isfinite(float(s)) and math.isfinite(lval):
+                return float("nan")
+        return lval
+
+    def _global_probe_stats(self, correct: torch.Tensor, probe_loss: torch.Tensor) -> tuple:
+        """(correct count, mean probe loss) over the global batch (one collective under DDP)."""
+        if self.world_size == 1:
+            return int(correct), float(probe_loss.detach())
+        st = torch.stack([correct.float(), probe_loss.detach().float()])
+        dist.all_reduce(st)
+        return int(round(float(st[0]))), float(st[1]) / self.world_size
+
     # ------------------------------------------------------------------ main loop
     def fit(self) -> Dict[str, Any]:
         """Train until ``train.epochs`` (or ``train.max_steps``); return a summary dict."""
         cfg, t = self.cfg, self.cfg["train"]
-        B = self.batch_size
+        B, b = self.batch_size, self.local_batch
         labels = self.train_ds.labels
         pbar = None
         if self.main and t["progress"]:
@@ -275,14 +378,17 @@ class Trainer:
             acc = self.acc
             t_epoch = time.time()
             while self.step_in_epoch < self.steps_per_epoch:
-                idx = perm[self.step_in_epoch * B:(self.step_in_epoch + 1) * B]
+                # This rank's contiguous slice of the global batch: the global
+                # batches are the same for any number of processes.
+                start = self.step_in_epoch * B + self.rank * b
+                idx = perm[start:start + b]
                 x = self.train_images[idx].to(self.device, non_blocking=True)
                 views = self.augment(x)
                 if self.device.type == "cuda" and t["channels_last"]:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    loss, terms = self.method.training_step(views)
-                lval = float(loss.detach())
+                    loss, terms = self.model(views)
+                lval = self._loss_value(loss)
                 if not math.isfinite(lval):
                     if pbar:
                         pbar.close()
@@ -299,12 +405,13 @@ class Trainer:
                 probe_loss = None
                 if self.use_probe:
                     y = labels[idx].to(self.device, non_blocking=True)
-                    logits = self.probe(self.method.last_outputs["feats"].float())
+                    logits = self.probe_model(self.method.last_outputs["feats"].float())
                     probe_loss = F.cross_entropy(logits, y)
                     self.probe_opt.zero_grad(set_to_none=True)
                     probe_loss.backward()
                     self.probe_opt.step()
-                    acc["probe_correct"] += int((logits.argmax(1) == y).sum())
+                    correct, probe_loss = self._global_probe_stats((logits.argmax(1) == y).sum(), probe_loss)
+                    acc["probe_correct"] += correct
                 self.step_in_epoch += 1
                 self.global_step += 1
                 acc["loss"] += lval
@@ -315,7 +422,7 @@ class Trainer:
                     rec = {"kind": "step", "step": self.global_step, "epoch": self.epoch, "loss": lval,
                            "lr": self.scheduler.get_last_lr()[0], **{k: float(v) for k, v in terms.items()}}
                     if probe_loss is not None:
-                        rec["probe_loss"] = float(probe_loss.detach())
+                        rec["probe_loss"] = probe_loss
                     self._log(rec)
                 if pbar:
                     pbar.update(1)
@@ -337,8 +444,8 @@ class Trainer:
                                    "images_per_second": ep_n * B / max(acc["seconds"], 1e-9)}
             if self.use_probe and ep_n:
                 rec["online_probe_train_acc"] = acc["probe_correct"] / (ep_n * B) * 100
-            if (self.epoch + 1) % cfg["eval"]["every"] == 0 or self.epoch + 1 == t["epochs"]:
-                rec.update(self._epoch_eval())
+            if self.main and ((self.epoch + 1) % cfg["eval"]["every"] == 0 or self.epoch + 1 == t["epochs"]):
+                rec.update(self._epoch_eval())  # rank 0 only: its record is the only one written
             self._log(rec)
             self._write_csv()
             if pbar:
@@ -357,7 +464,7 @@ class Trainer:
         summary: Dict[str, Any] = {"run_dir": str(self.run_dir), "global_step": self.global_step,
                                    "epoch": self.epoch, "train_seconds": time.time() - t_start,
                                    "finished": self.epoch >= t["epochs"]}
-        if summary["finished"] and cfg["eval"]["final"] and self.test_ds is not None \
+        if self.main and summary["finished"] and cfg["eval"]["final"] and self.test_ds is not None \
                 and self.train_ds.labels is not None:
             res = evaluate_backbone(self.method.backbone, self.train_ds, self.test_ds, device=self.device,
                                     crop_size=self.crop_size, mean=self.mean, std=self.std,
@@ -366,8 +473,7 @@ class Trainer:
                                     label_fraction=cfg["eval"]["label_fraction"], knn_k=cfg["eval"]["knn_k"],
                                     knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=t["progress"])
             summary["final_eval"] = res
-            if self.main:
-                (self.run_dir / "final_eval.json").write_text(json.dumps(res, indent=2))
+            (self.run_dir / "final_eval.json").write_text(json.dumps(res, indent=2))
         if self.main and summary["finished"]:
             from .report import write_report
             summary["report"] = str(write_report(self.run_dir))
@@ -409,7 +515,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"sslext-train: error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str))
+    finally:
+        cleanup_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:  # the group is gone by now; torchrun's RANK still says who we are
+        print(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str))
     return 0
 
 

@@ -109,5 +109,10 @@ class Method(nn.Module):
                  for k, v in terms.items()}
         return loss, terms
 
+    def forward(self, views: List[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """``training_step``: the trainer calls the method through ``forward`` so
+        that a ``DistributedDataParallel`` wrapper sees the step and syncs gradients."""
+        return self.training_step(views)
+
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook run after every optimizer step (EMA targets, schedules...)."""
