@@ -94,9 +94,12 @@ def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
         # so a crafted file cannot run code (sslext never writes anything else).
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False; name only the offending global instead.
+        detail = next((l.strip().split(" was not")[0] for l in str(e).splitlines() if "Unsupported" in l),
+                      type(e).__name__)
         raise RuntimeError(f"checkpoint: {path} was refused by torch.load(weights_only=True): it holds objects "
                            f"other than tensors and plain containers, which sslext never writes; the file is "
-                           f"not an sslext checkpoint and is not safe to load ({str(e).splitlines()[0]})") from e
+                           f"not an sslext checkpoint and is not safe to load ({detail})") from e
     except Exception as e:
         raise RuntimeError(f"checkpoint: {path} cannot be loaded ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
@@ -356,9 +359,8 @@ class Trainer:
         if problems:
             raise CheckpointMismatchError(
                 f"--resume: checkpoint {path} does not belong to this config:\n  " + "\n  ".join(problems)
-                + f"\nResume with the config the run was started with (the checkpoint's own config is printed by "
-                  f"`python -c \"import torch,yaml; print(yaml.safe_dump(torch.load('{path}', weights_only=True)"
-                  f"['config']))\"`), or start a new run (another `name` or `train.out_dir`).")
+                + f"\nResume with the run's own config (--config {self.run_dir / 'config.yaml'}), or start a new "
+                  "run (another `name` or `train.out_dir`).")
         changed = [k for k in differ if not (_matches(k, _RESUME_FREE) and k not in _RESUME_FREE_EXCEPT)]
         if changed:
             warnings.warn(f"--resume: the config differs from the checkpoint's in {changed}; the resumed run "
