@@ -385,3 +385,9 @@ def test_missing_and_corrupt_dataset_cli(tmp_path, capsys):
         (bad / f"{stem}.gz").write_bytes(b"\x1f\x8b not really gzip")
     assert cli(bad) == 1
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_fault_hook_spec_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLEXT_TEST_FAULT", "kill:somewhere:3")
+    with pytest.raises(ValueError, match="SSLEXT_TEST_FAULT"):
+        Trainer(_cfg(tmp_path))
