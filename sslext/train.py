@@ -95,8 +95,11 @@ def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message suggests weights_only=False; name only the offending global instead.
-        detail = next((l.strip().split(" was not")[0] for l in str(e).splitlines() if "Unsupported" in l),
-                      type(e).__name__)
+        detail = next((l.strip().split(" was not")[0] for l in str(e).splitlines() if "Unsupported global" in l),
+                      None)
+        if detail is None:  # garbled bytes, not a foreign object
+            why = next((l.strip() for l in str(e).splitlines() if "Unsupported" in l), type(e).__name__)
+            raise RuntimeError(f"checkpoint: {path} cannot be loaded (corrupt or not a torch file: {why})") from e
         raise RuntimeError(f"checkpoint: {path} was refused by torch.load(weights_only=True): it holds objects "
                            f"other than tensors and plain containers, which sslext never writes; the file is "
                            f"not an sslext checkpoint and is not safe to load ({detail})") from e
