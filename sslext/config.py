@@ -62,7 +62,8 @@ _CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
 }
 _POSITIVE = {"optim.batch_size", "optim.lr", "optim.eta", "train.epochs", "train.max_steps", "train.checkpoint_every",
-             "train.checkpoint_every_steps", "train.max_consecutive_skips", "train.log_every", "eval.probe_lr", "eval.every", "eval.knn_k", "eval.knn_t", "eval.diag_samples",
+             "train.checkpoint_every_steps", "train.max_consecutive_skips", "train.log_every", "eval.probe_lr",
+             "eval.every", "eval.knn_k", "eval.knn_t", "eval.diag_samples",
              "eval.batch_size", "eval.offline_epochs", "eval.offline_lr", "data.image_size", "model.width",
              "data.train_limit", "data.test_limit", "eval.knn_train_limit", "train.threads"}
 _NONNEG = {"optim.weight_decay", "optim.momentum", "optim.warmup_epochs", "optim.warmup_start_factor",
