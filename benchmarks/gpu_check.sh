@@ -2,7 +2,8 @@
 # One-command GPU validation (see ../shared/docs/gpu.md), within one 10-minute call:
 #   bash benchmarks/gpu_check.sh OUTDIR [CIFAR_NPZ_DIR]
 # builds the extension for the visible GPU, runs the whole test suite with the
-# CUDA tests, compute-sanitizer memcheck + racecheck over the CUDA kernel tests,
+# CUDA tests, compute-sanitizer memcheck + racecheck over every op forward and
+# backward (benchmarks/sanitize_ops.py) and over the CUDA kernel tests,
 # the loss benchmarks and (when the trainer and CIFAR-10 are at hand) a
 # throughput benchmark and a short VICReg pretraining run. Writes at most 8
 # files into OUTDIR: build.log tests.log memcheck.log racecheck.log
@@ -46,10 +47,15 @@ step build_info 30 "$OUT/build.log" $PY -c "import sslext, json; print(json.dump
 
 step tests 150 "$OUT/tests.log" $PY -m pytest python_tests -q -ra -x -p no:cacheprovider
 
-# The kernel tests without torch.compile (its codegen is not ours and is slow under the tools).
-SAN_TESTS=(python_tests/test_cuda.py -q -p no:cacheprovider -k "not compiled and not opcheck")
+# Every op, forward + backward, both strategies, three dtypes, small shapes: fast under the tools.
+step memcheck_ops 60 "$OUT/memcheck.log" compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_ops.py
+step racecheck_ops 60 "$OUT/racecheck.log" compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_ops.py
+
+# The kernel tests without torch.compile (its codegen is not ours and is slow under the tools)
+# and without the every-path determinism matrix (sanitize_ops.py covers those paths).
+SAN_TESTS=(python_tests/test_cuda.py -q -p no:cacheprovider -k "not compiled and not opcheck and not every_path")
 step memcheck 120 "$OUT/memcheck.log" compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest "${SAN_TESTS[@]}"
-step racecheck 90 "$OUT/racecheck.log" compute-sanitizer --tool racecheck --error-exitcode 1 $PY -m pytest "${SAN_TESTS[@]}" -k "deterministic or low_level"
+step racecheck 90 "$OUT/racecheck.log" compute-sanitizer --tool racecheck --error-exitcode 1 $PY -m pytest "${SAN_TESTS[@]}" -k "test_cuda_deterministic[ or low_level"
 
 # The headline shapes of issue 5 in float32 and bfloat16, plus the covariance-path shape.
 step bench_losses 150 "$OUT/train.log" $PY benchmarks/bench_losses.py --device cuda --out "$OUT" \

@@ -281,3 +281,25 @@ def run_ranks(fn: Callable, world: int, tmp: Path, *args: Any, timeout: float = 
                 if p.is_alive():
                     p.kill()
             raise TimeoutError(f"{fn.__name__}: {world} ranks did not finish within {timeout} s (deadlock?)")
+
+
+def signal_worker(rank: int, world: int, init_file: str, out_dir: str, overrides: List[str]) -> None:
+    """Only rank 1 gets SIGTERM (after global step 3); both ranks must stop at that step together."""
+    _init(rank, world, init_file)
+    from sslext.config import load_config
+    from sslext.train import Trainer
+
+    out = Path(out_dir)
+    try:
+        if rank == 1:
+            os.environ["SSLEXT_TEST_FAULT"] = "term:step:3"
+        cfg = load_config(None, [*overrides, f"train.out_dir={out / 'sig'}"])
+        summary = Trainer(cfg).fit()
+        os.environ.pop("SSLEXT_TEST_FAULT", None)
+        dist.barrier()
+        resumed = Trainer(cfg, resume=True)
+        res = {"summary": summary, "resumed_summary": resumed.fit(),
+               "method": {k: v.clone() for k, v in resumed.method.state_dict().items()}}
+        torch.save(res, out / f"sig_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

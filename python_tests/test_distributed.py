@@ -269,3 +269,23 @@ def test_eval_loads_two_process_checkpoint(train_results, tmp_path):
     assert eval_main(["--checkpoint", str(src / "ref0" / "run" / "last.pt"), "--output", str(out),
                       "--set", "eval.offline_epochs=2"]) == 0
     assert {"linear_acc", "knn_acc"} <= set(json.loads(out.read_text()))
+
+
+def test_signal_on_one_rank_stops_every_rank_at_the_same_step(train_results, tmp_path):
+    # A signal that reaches one rank only must not leave the other blocked in
+    # the next collective: the ranks agree, all stop after the same step, write
+    # one checkpoint together, and the resumed run ends where the reference did.
+    from dist_helpers import signal_worker
+
+    src, (r0, _) = train_results
+    run_ranks(signal_worker, WORLD, tmp_path, str(tmp_path), _train_overrides(), timeout=600)
+    res = [torch.load(tmp_path / f"sig_rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r in res:
+        assert r["summary"]["interrupted"] == "SIGTERM" and r["summary"]["global_step"] == 3
+        assert r["resumed_summary"]["finished"] and r["resumed_summary"]["global_step"] == 8
+        for k, v in r0["ref_method"].items():
+            assert torch.equal(v, r["method"][k]), k
+    run = tmp_path / "sig" / "run"
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["kind"] == "signal"] == [3]
+    assert _step_losses(run) == _step_losses(src / "ref0" / "run")

@@ -40,7 +40,8 @@ DEFAULTS: Dict[str, Any] = {
               "clip_lr": True, "exclude_bias_norm": True, "warmup_epochs": 10, "warmup_start_factor": 0.0,
               "final_lr_factor": 0.0},
     "train": {"epochs": 1000, "max_steps": None, "device": "auto", "amp": True, "channels_last": True,
-              "out_dir": "runs", "checkpoint_every": 1, "log_every": 20, "progress": True, "threads": None},
+              "out_dir": "runs", "checkpoint_every": 1, "checkpoint_every_steps": None, "log_every": 20,
+              "progress": True, "threads": None, "on_nonfinite": "stop", "max_consecutive_skips": 10},
     "distributed": {"sync_batchnorm": True, "find_unused_parameters": False},
     "eval": {"online_probe": True, "probe_lr": 0.1, "every": 1, "knn_k": 200, "knn_t": 0.1,
              "knn_train_limit": 10000, "diag_samples": 2048, "batch_size": 512, "final": True,
@@ -51,6 +52,7 @@ DEFAULTS: Dict[str, Any] = {
 _NULLABLE = {
     "data.root": str, "data.cache_dir": str, "data.train_limit": int, "data.test_limit": int,
     "data.mean": list, "data.std": list, "train.max_steps": int, "train.threads": int,
+    "train.checkpoint_every_steps": int,
     "eval.knn_train_limit": int,
 }
 
@@ -58,9 +60,11 @@ _CHOICES = {
     "optim.name": ("lars", "sgd", "adamw"),
     "data.dataset": ("cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.on_nonfinite": ("stop", "skip"),
 }
 _POSITIVE = {"optim.batch_size", "optim.lr", "optim.eta", "train.epochs", "train.max_steps", "train.checkpoint_every",
-             "train.log_every", "eval.probe_lr", "eval.every", "eval.knn_k", "eval.knn_t", "eval.diag_samples",
+             "train.checkpoint_every_steps", "train.max_consecutive_skips", "train.log_every", "eval.probe_lr",
+             "eval.every", "eval.knn_k", "eval.knn_t", "eval.diag_samples",
              "eval.batch_size", "eval.offline_epochs", "eval.offline_lr", "data.image_size", "model.width",
              "data.train_limit", "data.test_limit", "eval.knn_train_limit", "train.threads"}
 _NONNEG = {"optim.weight_decay", "optim.momentum", "optim.warmup_epochs", "optim.warmup_start_factor",

@@ -3,14 +3,21 @@
 ``python -m sslext.train --config configs/vicreg_resnet18_cifar10.yaml [--set k=v ...] [--resume]``
 
 Writes into ``train.out_dir/<name>/``: ``config.yaml``, ``metrics.jsonl``
-(every ``log_every`` steps and every epoch), ``metrics.csv`` (per epoch),
-``last.pt`` (atomically, every ``checkpoint_every`` epochs and at the end),
-``final_eval.json`` and ``report.md`` + PNG plots.
+(every ``log_every`` steps, every epoch, and events: non-finite steps,
+signals, resumes), ``metrics.csv`` (per epoch), ``last.pt`` (atomically,
+every ``checkpoint_every`` epochs, every ``checkpoint_every_steps`` steps, on
+SIGTERM/SIGINT and at the end), ``final_eval.json`` and ``report.md`` + PNG
+plots.
 
 Resuming restores the model and loss buffers, optimizer, schedule, online
 probe, all RNG streams (augmentation generator, torch) and the position in
 the data order, so a resumed CPU run reproduces the uninterrupted one
-bit-for-bit.
+bit-for-bit, whenever the previous process stopped (even SIGKILL: the
+checkpoint file is replaced atomically, so it is always the last complete one).
+
+Exit codes of ``sslext-train``: 0 done (or ``train.max_steps`` reached),
+1 error, 2 config error, 3 non-finite loss/gradients, 4 stopped by
+SIGTERM/SIGINT after writing a checkpoint (continue with ``--resume``).
 
 Under ``torchrun --nproc_per_node=K`` the method and the online probe are
 wrapped in DistributedDataParallel (NCCL on GPUs, gloo on CPU),
@@ -27,8 +34,12 @@ import csv
 import json
 import math
 import os
+import pickle
+import signal
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -39,17 +50,32 @@ import torch.nn.functional as F
 
 from .config import ConfigError, dump_config, load_config
 from .data import DATASET_STATS, TwoViewAugment, atomic_save, build_dataset
-from .distributed import (all_gather_tensors, cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size,
-                          init_distributed, is_main_process, wrap_ddp)
+from .distributed import (_comm_device, all_gather_tensors, cleanup_distributed, convert_sync_batchnorm, get_rank,
+                          get_world_size, init_distributed, is_main_process, wrap_ddp)
 from .evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from .methods import build_method
 from .models import build_backbone
 from .optim import WarmupCosine, build_optimizer
 
-__all__ = ["train", "Trainer", "NonFiniteLossError", "build_everything", "load_checkpoint_file", "resolve_device",
-           "main"]
+__all__ = ["train", "Trainer", "NonFiniteLossError", "CheckpointMismatchError", "build_everything",
+           "load_checkpoint_file", "resolve_device", "main", "EXIT_INTERRUPTED"]
 
 CHECKPOINT_VERSION = 1
+# What every checkpoint written by Trainer.state_dict holds (newer optional keys are read with .get).
+_CHECKPOINT_KEYS = ("config", "method", "optimizer", "scheduler", "probe", "probe_opt", "augment", "torch_rng",
+                    "cuda_rng", "epoch", "step_in_epoch", "global_step", "epoch_acc")
+
+EXIT_INTERRUPTED = 4  # sslext-train stopped by SIGTERM/SIGINT after writing its checkpoint
+
+# Config keys that may differ on --resume without changing the trajectory.
+_RESUME_FREE = ("name", "train.out_dir", "train.progress", "train.log_every", "train.checkpoint_every",
+                "train.checkpoint_every_steps", "train.max_steps", "train.on_nonfinite",
+                "train.max_consecutive_skips", "data.root", "data.cache_dir", "data.download", "eval.")
+_RESUME_FREE_EXCEPT = ("eval.online_probe", "eval.probe_lr")  # these shape the online probe's training
+# Config keys that must match: they change tensor shapes, the optimizer state's
+# layout, or what the saved data position (epoch, step) means.
+_RESUME_MUST_MATCH = ("method.name", "model.", "seed", "optim.name", "optim.batch_size", "data.dataset",
+                      "data.train_limit")
 
 # Rank r > 0 seeds its augmentation generator with seed + r * stride, so
 # ranks draw different augmentations and rank 0 matches a single-process run.
@@ -57,7 +83,11 @@ _RANK_SEED_STRIDE = 1_000_003
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN/Inf; the last checkpoint on disk is untouched."""
+    """The training loss or gradients became NaN/Inf; the last checkpoint on disk is untouched."""
+
+
+class CheckpointMismatchError(ValueError):
+    """``--resume`` found a checkpoint of another method, model shape or data setup."""
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -74,12 +104,124 @@ def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {path}")
     try:
+        # weights_only: the unpickler only rebuilds tensors and plain containers,
+        # so a crafted file cannot run code (sslext never writes anything else).
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False; name only the offending global instead.
+        detail = next((l.strip().split(" was not")[0] for l in str(e).splitlines() if "Unsupported global" in l),
+                      None)
+        if detail is None:  # garbled bytes, not a foreign object
+            why = next((l.strip() for l in str(e).splitlines() if "Unsupported" in l), type(e).__name__)
+            raise RuntimeError(f"checkpoint: {path} cannot be loaded (corrupt or not a torch file: {why})") from e
+        raise RuntimeError(f"checkpoint: {path} was refused by torch.load(weights_only=True): it holds objects "
+                           f"other than tensors and plain containers, which sslext never writes; the file is "
+                           f"not an sslext checkpoint and is not safe to load ({detail})") from e
     except Exception as e:
         raise RuntimeError(f"checkpoint: {path} cannot be loaded ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise RuntimeError(f"checkpoint: {path} is not an sslext training checkpoint (version {CHECKPOINT_VERSION})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise RuntimeError(f"checkpoint: {path} lacks {missing}; it is incomplete or not written by sslext-train")
+    if not isinstance(ckpt["config"], dict):
+        raise RuntimeError(f"checkpoint: {path} has no config mapping; it is not written by sslext-train")
     return ckpt
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and f"{prefix}{k}" != "method.projector":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _matches(key: str, patterns: Sequence[str]) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def _shape_mismatches(saved: Dict[str, Any], current: Dict[str, Any], what: str) -> List[str]:
+    out = []
+    for k in sorted(set(saved) | set(current)):
+        if k not in current:
+            out.append(f"{what}.{k} is in the checkpoint but not in the model built from the config")
+        elif k not in saved:
+            out.append(f"{what}.{k} is missing from the checkpoint")
+        else:
+            a, b = saved[k], current[k]
+            # An empty current buffer is allocated lazily and takes any saved shape.
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and b.numel() and a.shape != b.shape:
+                out.append(f"{what}.{k}: shape {tuple(a.shape)} in the checkpoint, {tuple(b.shape)} now")
+    return out
+
+
+def _json_num(v: Any) -> Any:
+    """Non-finite floats as strings ('nan', 'inf'), so metrics.jsonl stays strict JSON."""
+    v = float(v)
+    return v if math.isfinite(v) else repr(v)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _FaultInjector:
+    """Test hook: ``SSLEXT_TEST_FAULT=<action>:<point>:<n>`` makes the process
+    kill or signal itself at a chosen point, so tests can interrupt a run
+    deterministically. ``action``: ``kill`` (SIGKILL), ``term`` (SIGTERM),
+    ``int`` (SIGINT); ``point``: ``step`` (after the optimizer step of global
+    step n, before its log record), ``save`` (the checkpoint write at global
+    step n: the temp file is written and truncated to half, then SIGKILL before
+    ``os.replace``), ``epoch`` (after epoch n's record is logged, before its
+    checkpoint). Unset (always, outside tests), every check is a no-op.
+    """
+
+    def __init__(self, spec: Optional[str]) -> None:
+        self.action = self.point = None
+        self.n = -1
+        if spec:
+            try:
+                self.action, self.point, n = spec.split(":")
+                self.n = int(n)
+            except ValueError:
+                raise ValueError(f"SSLEXT_TEST_FAULT: expected <kill|term|int>:<step|save|epoch>:<n>, got {spec!r}")
+            if self.action not in ("kill", "term", "int") or self.point not in ("step", "save", "epoch"):
+                raise ValueError(f"SSLEXT_TEST_FAULT: expected <kill|term|int>:<step|save|epoch>:<n>, got {spec!r}")
+
+    def at(self, point: str, n: int) -> None:
+        if self.point == point and self.n == n:
+            sig = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}[self.action]
+            os.kill(os.getpid(), sig)
+
+    def saving(self, n: int):
+        """A context that, at the chosen save, tears the temp file and dies before os.replace."""
+        import contextlib
+
+        if not (self.point == "save" and self.n == n):
+            return contextlib.nullcontext()
+        real_save = torch.save
+
+        def torn_save(obj, f, *args, **kwargs):
+            real_save(obj, f, *args, **kwargs)
+            f.flush()
+            os.ftruncate(f.fileno(), max(f.tell() // 2, 1))
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        @contextlib.contextmanager
+        def patched():
+            torch.save = torn_save
+            try:
+                yield
+            finally:
+                torch.save = real_save
+
+        return patched()
 
 
 def _stats(cfg: Dict[str, Any]):
@@ -183,6 +325,13 @@ class Trainer:
         self.train_images = self.train_ds.images.pin_memory() if self.device.type == "cuda" else self.train_ds.images
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self._reset_acc()
+        self._n_records = 0  # lines in metrics.jsonl, checkpointed so a resume can cut the log back exactly
+        self._consecutive_skips = 0
+        self._stop_signal: Optional[str] = None
+        self._prev_handlers: Dict[int, Any] = {}
+        self._faults = _FaultInjector(os.environ.get("SSLEXT_TEST_FAULT"))
+        if self.main:
+            self._remove_stale_temp_files()
         if resume:
             self._load(self.ckpt_path)
         elif self.main:
@@ -191,13 +340,21 @@ class Trainer:
                 (self.run_dir / f).unlink(missing_ok=True)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            _atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
 
     # ------------------------------------------------------------------ state
     def _reset_acc(self) -> None:
         # Running sums of the current epoch; checkpointed so a mid-epoch resume
         # reports the same epoch means as an uninterrupted run.
-        self.acc: Dict[str, Any] = {"loss": 0.0, "n": 0, "probe_correct": 0, "terms": {}, "seconds": 0.0}
+        self.acc: Dict[str, Any] = {"loss": 0.0, "n": 0, "probe_correct": 0, "terms": {}, "seconds": 0.0,
+                                    "skipped": 0}
+
+    def _remove_stale_temp_files(self) -> None:
+        # A process killed inside atomic_save leaves its temp file behind; it
+        # is never read, only cleaned up here.
+        if self.run_dir.is_dir():
+            for p in self.run_dir.glob(f".{self.ckpt_path.name}.*.tmp"):
+                p.unlink(missing_ok=True)
 
     def state_dict(self, rank_rng: Optional[List[Dict[str, torch.Tensor]]] = None) -> Dict[str, Any]:
         """Checkpoint dict; ``rank_rng`` (from ``_gather_rank_rng``) adds every rank's RNG streams."""
@@ -215,6 +372,8 @@ class Trainer:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "epoch_acc": self.acc,
             "world_size": self.world_size,
+            "metrics_records": self._n_records,
+            "consecutive_skips": self._consecutive_skips,
         }
         if rank_rng is not None and self.world_size > 1:
             out["rank_rng"] = rank_rng
@@ -238,7 +397,8 @@ class Trainer:
         """Write ``last.pt`` from rank 0; under DDP every rank must call it (RNG gather)."""
         rank_rng = self._gather_rank_rng()
         if self.main:
-            atomic_save(self.state_dict(rank_rng), self.ckpt_path)
+            with self._faults.saving(self.global_step):
+                atomic_save(self.state_dict(rank_rng), self.ckpt_path)
 
     def _restore_rng(self, ckpt: Dict[str, Any]) -> None:
         rank_rng = ckpt.get("rank_rng")
@@ -265,8 +425,36 @@ class Trainer:
                   f"{self.world_size}: model, optimizer, schedule and data position restored, augmentation RNG "
                   "re-seeded from (seed, step, rank): not bit-identical to an uninterrupted run", file=sys.stderr)
 
+    def _check_resume_compatible(self, ckpt: Dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another method/shape/data setup, naming what differs."""
+        old, new = _flatten(ckpt["config"]), _flatten(self.cfg)
+        absent = "<absent>"
+        differ = sorted(k for k in set(old) | set(new) if old.get(k, absent) != new.get(k, absent))
+        problems = [f"{k}: {old.get(k, absent)!r} in the checkpoint, {new.get(k, absent)!r} in the config"
+                    for k in differ if _matches(k, _RESUME_MUST_MATCH)]
+        shapes = []
+        if old.get("method.name") == new.get("method.name"):
+            shapes = (_shape_mismatches(ckpt["method"], self.method.state_dict(), "method")
+                      + _shape_mismatches(ckpt["probe"], self.probe.state_dict(), "probe"))
+        if shapes:
+            listed = {p.split(":")[0] for p in problems}
+            problems += [f"{k}: {old.get(k, absent)!r} in the checkpoint, {new.get(k, absent)!r} in the config"
+                         for k in differ if _matches(k, ("method.", "model.", "data.", "eval.")) and k not in listed]
+            more = f" (and {len(shapes) - 8} more)" if len(shapes) > 8 else ""
+            problems.append("tensor shapes differ: " + "; ".join(shapes[:8]) + more)
+        if problems:
+            raise CheckpointMismatchError(
+                f"--resume: checkpoint {path} does not belong to this config:\n  " + "\n  ".join(problems)
+                + f"\nResume with the run's own config (--config {self.run_dir / 'config.yaml'}), or start a new "
+                  "run (another `name` or `train.out_dir`).")
+        changed = [k for k in differ if not (_matches(k, _RESUME_FREE) and k not in _RESUME_FREE_EXCEPT)]
+        if changed:
+            warnings.warn(f"--resume: the config differs from the checkpoint's in {changed}; the resumed run "
+                          "continues with the new values and will not match an uninterrupted run", stacklevel=3)
+
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint_file(path)
+        self._check_resume_compatible(ckpt, path)
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -274,20 +462,30 @@ class Trainer:
         self.probe_opt.load_state_dict(ckpt["probe_opt"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         self._restore_rng(ckpt)
-        self.acc = ckpt["epoch_acc"]
-        # Drop metric records written after this checkpoint (run died between
-        # logging and checkpointing) so the resumed log has no duplicates.
+        self.acc = {"skipped": 0, **ckpt["epoch_acc"]}
+        self._consecutive_skips = int(ckpt.get("consecutive_skips", 0))
+        # Drop metric records written after this checkpoint (the run died
+        # between logging and checkpointing; the resumed run writes them again)
+        # so the log has no duplicates; keep the events (non-finite steps,
+        # signals, resumes) as history. A torn last line is dropped too.
         mpath = self.run_dir / "metrics.jsonl"
+        keep: List[str] = []
         if mpath.exists() and self.main:
-            keep = []
-            for line in mpath.read_text().splitlines():
+            n_saved = ckpt.get("metrics_records")
+            for i, line in enumerate(mpath.read_text().splitlines()):
                 try:
                     r = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if r.get("step", 0) <= self.global_step:
+                if n_saved is not None:
+                    if i < n_saved or r.get("kind") not in ("step", "epoch"):
+                        keep.append(line)
+                elif r.get("step", 0) <= self.global_step:  # checkpoints written before metrics_records
                     keep.append(line)
-            mpath.write_text("".join(k + "\n" for k in keep))
+            _atomic_write_text(mpath, "".join(k + "\n" for k in keep))
+        self._n_records = len(keep)
+        self._log({"kind": "resume", "step": self.global_step, "epoch": self.epoch, "checkpoint": str(path)})
+        self._write_csv()
 
     # ------------------------------------------------------------------ logging
     def _log(self, rec: Dict[str, Any]) -> None:
@@ -295,11 +493,15 @@ class Trainer:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
+        self._n_records += 1
 
     def _write_csv(self) -> None:
         if not self.main:
             return
-        recs = [json.loads(l) for l in (self.run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        mpath = self.run_dir / "metrics.jsonl"
+        if not mpath.exists():
+            return
+        recs = [json.loads(l) for l in mpath.read_text().splitlines() if l.strip()]
         recs = [r for r in recs if r.get("kind") == "epoch"]
         if not recs:
             return
@@ -358,17 +560,128 @@ class Trainer:
         dist.all_reduce(st)
         return int(round(float(st[0]))), float(st[1]) / self.world_size
 
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:
+            # Asked twice: stop now, with the signal's usual effect. The
+            # checkpoint on disk is the last complete one (atomic writes).
+            self._restore_signal_handlers()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self._stop_signal = signal.Signals(signum).name
+
+    def _install_signal_handlers(self) -> None:
+        self._stop_signal = None
+        # signal.signal only works in the main thread; a Trainer driven from
+        # another thread keeps the process's handlers.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._prev_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, prev in self._prev_handlers.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._prev_handlers = {}
+
+    def _stop_requested(self) -> Optional[str]:
+        """The signal that asked the loop to stop, if any, agreed by every rank.
+
+        Under DDP a signal may reach the ranks at different steps (or only
+        one of them); all must stop at the same step, because the checkpoint
+        write is a collective. One MAX all-reduce of the signal number per call.
+        """
+        if self.world_size > 1:
+            own = signal.Signals[self._stop_signal].value if self._stop_signal else 0
+            flag = torch.tensor([own], dtype=torch.int64, device=_comm_device())
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if int(flag) and self._stop_signal is None:
+                self._stop_signal = signal.Signals(int(flag)).name
+        return self._stop_signal
+
+    # ------------------------------------------------------------------ non-finite steps
+    def _snapshot_buffers(self) -> List[Any]:
+        # The forward pass mutates buffers (BatchNorm statistics, TiCo's running
+        # covariance, queues); a skipped step must leave them as they were.
+        return [(m, n, b.detach().clone()) for m in self.method.modules() for n, b in m._buffers.items()
+                if b is not None]
+
+    @staticmethod
+    def _restore_buffers(snap: List[Any]) -> None:
+        with torch.no_grad():
+            for m, n, saved in snap:
+                cur = m._buffers.get(n)
+                if cur is not None and cur.shape == saved.shape and cur.dtype == saved.dtype:
+                    cur.copy_(saved)  # in place: other holders of the buffer (DDP) keep seeing it
+                else:
+                    m._buffers[n] = saved
+
+    def _nonfinite(self, lval: float) -> Optional[str]:
+        """'loss' or 'gradients' when this step's loss or method gradients are NaN/Inf, else None."""
+        if not math.isfinite(lval):
+            return "loss"
+        grads = [p.grad for p in self.method.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all()):
+            return "gradients"
+        return None
+
+    def _handle_nonfinite(self, what: str, lval: float, terms: Dict[str, torch.Tensor], snap: Optional[List[Any]],
+                          pbar: Any) -> None:
+        """Log the offending step; raise NonFiniteLossError (stop) or undo the step's side effects (skip)."""
+        t = self.cfg["train"]
+        bad = [n for n, p in self.method.named_parameters() if p.grad is not None and not bool(p.grad.isfinite().all())]
+        skip = t["on_nonfinite"] == "skip" and self._consecutive_skips < t["max_consecutive_skips"]
+        rec = {"kind": "nonfinite", "step": self.global_step + 1, "epoch": self.epoch, "what": what,
+               "action": "skip" if skip else "stop", "loss": _json_num(lval),
+               **{k: _json_num(v) for k, v in terms.items()}, "nonfinite_grads": bad[:10],
+               "consecutive_skips": self._consecutive_skips + (1 if skip else 0)}
+        self._log(rec)
+        self.optimizer.zero_grad(set_to_none=True)
+        if skip:
+            self._consecutive_skips += 1
+            if snap is not None:
+                self._restore_buffers(snap)
+            return
+        if pbar:
+            pbar.close()
+        why = (f"{t['max_consecutive_skips']} consecutive steps were already skipped (train.max_consecutive_skips)"
+               if t["on_nonfinite"] == "skip" else "train.on_nonfinite=stop")
+        raise NonFiniteLossError(
+            f"non-finite {what} (loss {lval}) at epoch {self.epoch} step {self.global_step + 1}; terms: "
+            f"{ {k: float(v) for k, v in terms.items()} }; parameters with non-finite gradients: {bad[:5]}. "
+            f"Training stopped ({why}); the last good checkpoint "
+            f"({self.ckpt_path if self.ckpt_path.exists() else 'none written yet'}) is intact. "
+            "Try a lower optim.lr or more warmup, or train.on_nonfinite=skip.")
+
     # ------------------------------------------------------------------ main loop
     def fit(self) -> Dict[str, Any]:
-        """Train until ``train.epochs`` (or ``train.max_steps``); return a summary dict."""
+        """Train until ``train.epochs`` (or ``train.max_steps``, or SIGTERM/SIGINT); return a summary dict.
+
+        On SIGTERM/SIGINT the current step finishes, a checkpoint is written and
+        ``fit`` returns with ``summary["interrupted"]`` set to the signal's
+        name; a second signal stops at once with its default effect. The
+        process's previous handlers are restored before returning.
+        """
+        self._install_signal_handlers()
+        try:
+            summary = self._fit_loop()
+        finally:
+            self._restore_signal_handlers()
+        return self._finish(summary)
+
+    def _fit_loop(self) -> Dict[str, Any]:
         cfg, t = self.cfg, self.cfg["train"]
         B, b = self.batch_size, self.local_batch
         labels = self.train_ds.labels
+        every_steps = t["checkpoint_every_steps"]
         pbar = None
         if self.main and t["progress"]:
             from tqdm import tqdm
             pbar = tqdm(total=self.total_steps, initial=self.global_step, desc=cfg["name"], dynamic_ncols=True)
-        stopped_early = False
+        stop: Optional[str] = None  # "max_steps" or the name of the signal that stopped the loop
         t_start = time.time()
         while self.epoch < t["epochs"]:
             # The data order is a pure function of (seed, epoch), so resuming
@@ -386,52 +699,66 @@ class Trainer:
                 views = self.augment(x)
                 if self.device.type == "cuda" and t["channels_last"]:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                snap = self._snapshot_buffers() if t["on_nonfinite"] == "skip" else None
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                     loss, terms = self.model(views)
                 lval = self._loss_value(loss)
-                if not math.isfinite(lval):
-                    if pbar:
-                        pbar.close()
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({lval}) at epoch {self.epoch} step {self.global_step}; terms: "
-                        f"{ {k: float(v) for k, v in terms.items()} }. Training stopped; the last good checkpoint "
-                        f"({self.ckpt_path if self.ckpt_path.exists() else 'none written yet'}) is intact. "
-                        "Try a lower optim.lr or more warmup.")
                 self.optimizer.zero_grad(set_to_none=True)
+                # Backward even on a non-finite loss: the gradient check is
+                # what every process of a distributed run sees alike.
                 loss.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                self.method.after_optimizer_step(self.global_step, self.total_steps)
+                what = self._nonfinite(lval)
                 probe_loss = None
-                if self.use_probe:
-                    y = labels[idx].to(self.device, non_blocking=True)
-                    logits = self.probe_model(self.method.last_outputs["feats"].float())
-                    probe_loss = F.cross_entropy(logits, y)
-                    self.probe_opt.zero_grad(set_to_none=True)
-                    probe_loss.backward()
-                    self.probe_opt.step()
-                    correct, probe_loss = self._global_probe_stats((logits.argmax(1) == y).sum(), probe_loss)
-                    acc["probe_correct"] += correct
+                if what is not None:
+                    self._handle_nonfinite(what, lval, terms, snap, pbar)  # raises unless the step is skipped
+                    acc["skipped"] = acc.get("skipped", 0) + 1
+                else:
+                    self._consecutive_skips = 0
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.method.after_optimizer_step(self.global_step, self.total_steps)
+                    if self.use_probe:
+                        y = labels[idx].to(self.device, non_blocking=True)
+                        logits = self.probe_model(self.method.last_outputs["feats"].float())
+                        probe_loss = F.cross_entropy(logits, y)
+                        self.probe_opt.zero_grad(set_to_none=True)
+                        probe_loss.backward()
+                        self.probe_opt.step()
+                        correct, probe_loss = self._global_probe_stats((logits.argmax(1) == y).sum(), probe_loss)
+                        acc["probe_correct"] += correct
                 self.step_in_epoch += 1
                 self.global_step += 1
-                acc["loss"] += lval
-                acc["n"] += 1
-                for k, v in terms.items():
-                    acc["terms"][k] = acc["terms"].get(k, 0.0) + float(v)
-                if self.global_step % t["log_every"] == 0 or self.step_in_epoch == self.steps_per_epoch:
-                    rec = {"kind": "step", "step": self.global_step, "epoch": self.epoch, "loss": lval,
-                           "lr": self.scheduler.get_last_lr()[0], **{k: float(v) for k, v in terms.items()}}
-                    if probe_loss is not None:
-                        rec["probe_loss"] = probe_loss
-                    self._log(rec)
+                self._faults.at("step", self.global_step)
+                if what is None:
+                    acc["loss"] += lval
+                    acc["n"] += 1
+                    for k, v in terms.items():
+                        acc["terms"][k] = acc["terms"].get(k, 0.0) + float(v)
+                    if self.global_step % t["log_every"] == 0 or self.step_in_epoch == self.steps_per_epoch:
+                        rec = {"kind": "step", "step": self.global_step, "epoch": self.epoch, "loss": lval,
+                               "lr": self.scheduler.get_last_lr()[0], **{k: float(v) for k, v in terms.items()}}
+                        if probe_loss is not None:
+                            rec["probe_loss"] = probe_loss
+                        self._log(rec)
                 if pbar:
                     pbar.update(1)
                     pbar.set_postfix(epoch=self.epoch, loss=f"{lval:.4g}")
                 if t["max_steps"] and self.global_step >= t["max_steps"]:
-                    stopped_early = True
+                    stop = "max_steps"
                     break
+                requested = self._stop_requested()
+                if requested:
+                    stop = requested
+                    break
+                if every_steps and self.global_step % every_steps == 0 and self.step_in_epoch < self.steps_per_epoch:
+                    self.save()
             acc["seconds"] += time.time() - t_epoch
-            if stopped_early and self.step_in_epoch < self.steps_per_epoch:
+            if stop is not None and (self.step_in_epoch < self.steps_per_epoch or stop != "max_steps"):
+                # Mid-epoch state (a signal at the last step of an epoch is saved
+                # before the epoch's evaluation too, to exit quickly; the resumed
+                # run evaluates that epoch first).
+                if stop != "max_steps":
+                    self._log({"kind": "signal", "signal": stop, "step": self.global_step, "epoch": self.epoch})
                 self.save()
                 break
             ep_n = acc["n"]
@@ -441,13 +768,15 @@ class Trainer:
                                    **{k: v / max(ep_n, 1) for k, v in acc["terms"].items()},
                                    "lr": self.scheduler.get_last_lr()[0],
                                    "train_seconds": acc["seconds"],
-                                   "images_per_second": ep_n * B / max(acc["seconds"], 1e-9)}
+                                   "images_per_second": ep_n * B / max(acc["seconds"], 1e-9),
+                                   "skipped_steps": acc.get("skipped", 0)}
             if self.use_probe and ep_n:
                 rec["online_probe_train_acc"] = acc["probe_correct"] / (ep_n * B) * 100
             if self.main and ((self.epoch + 1) % cfg["eval"]["every"] == 0 or self.epoch + 1 == t["epochs"]):
                 rec.update(self._epoch_eval())  # rank 0 only: its record is the only one written
             self._log(rec)
             self._write_csv()
+            self._faults.at("epoch", self.epoch)
             if pbar:
                 pbar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                     for k, v in rec.items() if k in ("epoch", "loss", "online_probe_acc", "knn_acc",
@@ -455,15 +784,24 @@ class Trainer:
             self.epoch += 1
             self.step_in_epoch = 0
             self._reset_acc()
-            if self.epoch % t["checkpoint_every"] == 0 or self.epoch == t["epochs"] or stopped_early:
+            requested = self._stop_requested() if stop is None else None
+            if requested:  # arrived during the epoch's evaluation
+                stop = requested
+                self._log({"kind": "signal", "signal": stop, "step": self.global_step, "epoch": self.epoch})
+            if (self.epoch % t["checkpoint_every"] == 0 or self.epoch == t["epochs"] or stop is not None
+                    or (every_steps and self.global_step % every_steps == 0)):
                 self.save()
-            if stopped_early:
+            if stop is not None:
                 break
         if pbar:
             pbar.close()
-        summary: Dict[str, Any] = {"run_dir": str(self.run_dir), "global_step": self.global_step,
-                                   "epoch": self.epoch, "train_seconds": time.time() - t_start,
-                                   "finished": self.epoch >= t["epochs"]}
+        return {"run_dir": str(self.run_dir), "global_step": self.global_step, "epoch": self.epoch,
+                "train_seconds": time.time() - t_start, "finished": self.epoch >= t["epochs"],
+                "interrupted": stop if stop not in (None, "max_steps") else None}
+
+    def _finish(self, summary: Dict[str, Any]) -> Dict[str, Any]:
+        cfg, t = self.cfg, self.cfg["train"]
+        # Rank 0 alone evaluates: its record is the only one written.
         if self.main and summary["finished"] and cfg["eval"]["final"] and self.test_ds is not None \
                 and self.train_ds.labels is not None:
             res = evaluate_backbone(self.method.backbone, self.train_ds, self.test_ds, device=self.device,
@@ -473,7 +811,7 @@ class Trainer:
                                     label_fraction=cfg["eval"]["label_fraction"], knn_k=cfg["eval"]["knn_k"],
                                     knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=t["progress"])
             summary["final_eval"] = res
-            (self.run_dir / "final_eval.json").write_text(json.dumps(res, indent=2))
+            _atomic_write_text(self.run_dir / "final_eval.json", json.dumps(res, indent=2))
         if self.main and summary["finished"]:
             from .report import write_report
             summary["report"] = str(write_report(self.run_dir))
@@ -515,10 +853,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"sslext-train: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped without a new checkpoint
+        print("sslext-train: interrupted; the last complete checkpoint is intact", file=sys.stderr)
+        return 130
     finally:
         cleanup_distributed()
     if int(os.environ.get("RANK", "0")) == 0:  # the group is gone by now; torchrun's RANK still says who we are
         print(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str))
+    if summary.get("interrupted"):
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"sslext-train: stopped by {summary['interrupted']} at step {summary['global_step']}; checkpoint "
+                  f"written to {Path(summary['run_dir']) / 'last.pt'}; continue with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
