@@ -459,3 +459,26 @@ def test_resume_is_exact_for_momentum_methods(tmp_path, name):
         assert torch.equal(v, b[k]), k
     steps = [json.loads(l) for l in (cut_dir / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r["kind"] == "step"] == list(range(1, 17))
+
+
+# ----------------------------------------------------------------- demo
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_demo_method_overrides_give_valid_configs(name):
+    from sslext import demo
+    from sslext.config import load_config
+
+    cfg = load_config(demo.DEMO_CONFIG, demo.method_overrides(name))
+    assert cfg["method"]["name"] == name and cfg["name"] == f"demo_fashion_mnist_{name}"
+    assert cfg["data"]["dataset"] == "fashion_mnist" and cfg["model"]["backbone"] == "resnet10"
+    torch.manual_seed(0)
+    m = build_method(name, build_backbone("resnet10", True, 16),
+                     **{k: v for k, v in cfg["method"].items() if k != "name"})
+    assert m.projector is not None
+
+
+def test_demo_unknown_method(capsys):
+    from sslext import demo
+
+    assert demo.main(["--method", "nope"]) == 2
+    assert "--method" in capsys.readouterr().err
