@@ -28,7 +28,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_fashion
 # Overrides that turn the demo config (VICReg, ResNet-10 with 128-d features)
 # into a demo of another method: heads narrowed like the VICReg demo's 512-wide
 # expander, everything else (data, augmentations, LARS lr 0.3, budget) shared so
-# the rows are comparable. A registered method missing here runs with its
+# the rows are comparable, except where noted. A registered method missing here runs with its
 # DEFAULTS (recipe-sized heads).
 DEMO_METHODS: Dict[str, List[str]] = {
     "vicreg": [],
@@ -37,7 +37,11 @@ DEMO_METHODS: Dict[str, List[str]] = {
                "method.momentum=0.99", "method.final_momentum=0.999"],
     "byol": ["method.projector=[512,128]", "method.predictor_hidden=512", "method.momentum=0.99",
              "method.final_momentum=1.0"],
-    "simsiam": ["method.projector=[512,512,512]", "method.predictor_hidden=128"],
+    # SimSiam keeps its recipe's optimiser (SGD lr 0.5, solo-learn): with the
+    # shared LARS 0.3 it did not beat random init in the 46-step budget
+    # (benchmarks/results/cpu/methods_demo.md).
+    "simsiam": ["method.projector=[512,512,512]", "method.predictor_hidden=128", "optim.name=sgd",
+                "optim.lr=0.5", "optim.weight_decay=1.0e-5", "optim.exclude_bias_norm=false"],
 }
 
 
