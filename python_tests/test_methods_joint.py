@@ -282,7 +282,6 @@ def test_split_bn_gradients_match():
     w = sbn.weight.detach().clone().requires_grad_(True)
     b = sbn.bias.detach().clone()
     parts = [F.batch_norm(x2[j::2], None, None, w, b, True, 0.0, sbn.eps) for j in range(2)]
-    out = torch.empty(4, 2, 3, 3)
     out = torch.stack([parts[i % 2][i // 2] for i in range(4)])
     (out ** 2 * torch.arange(4.0).view(4, 1, 1, 1)).sum().backward()
     assert torch.allclose(gw, w.grad, atol=1e-5) and torch.allclose(gx, x2.grad, atol=1e-5)
