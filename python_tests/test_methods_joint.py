@@ -398,6 +398,8 @@ def test_moco_queue_too_small_is_a_clear_error():
         m.training_step(_views())
     m = _tiny("mocov2", projector=[32, 16], queue_size=12, symmetric=False)
     m.training_step(_views())  # 8 keys per step fit
+    # MoCo v2's head: Linear(+bias)-ReLU-Linear, no BatchNorm
+    assert [type(x) for x in m.projector] == [nn.Linear, nn.ReLU, nn.Linear] and m.projector[0].bias is not None
 
 
 @pytest.mark.parametrize("name,kw,match", [
