@@ -13,8 +13,19 @@ TINY = ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=8", "o
         "augment.view2.crop_size=16"]
 
 
+# Tiny heads per method; methods not listed take a 32-32 projector.
+TINY_HEADS = {
+    "tico": ["method.hidden_dim=32", "method.out_dim=16"],
+    "simclr": ["method.projector=[32,16]"],
+    # 64 keys per step (batch 32, symmetric) into 96 slots: the pointer wraps mid-batch
+    "mocov2": ["method.projector=[32,16]", "method.queue_size=96"],
+    "byol": ["method.projector=[32,16]", "method.predictor_hidden=32"],
+    "simsiam": ["method.projector=[32,32,16]", "method.predictor_hidden=8"],
+}
+
+
 def tiny_cfg(tmp_path, method="vicreg", *extra):
-    head = ["method.hidden_dim=32", "method.out_dim=16"] if method == "tico" else ["method.projector=[32,32]"]
+    head = TINY_HEADS.get(method, ["method.projector=[32,32]"])
     return load_config(None, [f"method.name={method}", *head, f"train.out_dir={tmp_path}", "name=run",
                               "train.epochs=2", *TINY, *extra])
 
@@ -43,6 +54,12 @@ def test_end_to_end_each_method(tmp_path, method):
     if method in ("tico", "vicreg_tico"):
         # running covariance buffer of the loss must be checkpointed
         assert any(k.startswith("loss_fn.") for k in ck["method"]), list(ck["method"])
+    if method == "mocov2":
+        # queue contents, pointer and key encoder are part of the checkpoint
+        assert {"queue.keys", "queue.ptr"} <= set(ck["method"]) and int(ck["method"]["queue.ptr"]) == 16 * 64 % 96
+        assert any(k.startswith("key_backbone.") for k in ck["method"])
+    if method == "byol":
+        assert any(k.startswith("target_backbone.") for k in ck["method"])
     epochs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
     assert len(epochs) == 2 and "online_probe_acc" in epochs[-1] and "backbone_rankme" in epochs[-1]
 

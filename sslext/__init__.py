@@ -4,7 +4,8 @@
 >>> loss_fn = sslext.VICRegLoss()
 >>> loss = loss_fn(z_a, z_b)          # (N, D) embeddings of two views
 
-Public API: the loss modules below, :mod:`sslext.functional`, the low-level ops
+Public API: the loss modules below (the contrastive / asymmetric ones, plain
+PyTorch, are in :mod:`sslext.contrastive`), :mod:`sslext.functional`, the low-level ops
 in :mod:`sslext.ops`, the plain-PyTorch references in :mod:`sslext.reference`,
 and :func:`build_info`.
 """
@@ -17,6 +18,7 @@ import torch
 
 from . import _C  # noqa: F401  (registers torch.ops.sslext.*)
 from . import functional, ops, reference  # noqa: F401
+from .contrastive import BYOLLoss, InfoNCELoss, KeyQueue, NTXentLoss, SimSiamLoss
 from .losses import BarlowTwinsLoss, TiCoLoss, VICRegLoss, VICRegTiCoLoss
 
 __version__ = "0.1.0"
@@ -26,6 +28,11 @@ __all__ = [
     "BarlowTwinsLoss",
     "TiCoLoss",
     "VICRegTiCoLoss",
+    "NTXentLoss",
+    "InfoNCELoss",
+    "BYOLLoss",
+    "SimSiamLoss",
+    "KeyQueue",
     "functional",
     "ops",
     "reference",

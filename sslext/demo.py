@@ -1,9 +1,13 @@
-"""CPU demo: VICReg pretraining on Fashion-MNIST, then linear probe and kNN of
-the SSL backbone versus the same architecture at random initialisation.
+"""CPU demo: SSL pretraining on Fashion-MNIST (VICReg by default), then linear
+probe and kNN of the SSL backbone versus the same architecture at random
+initialisation.
 
 ``python -m sslext.demo`` (``make demo``); no network access needed, only the
-Debian package ``dataset-fashion-mnist``. Prints a table and writes the run
-directory (metrics, checkpoint, report.md with plots) under ``runs/``.
+Debian package ``dataset-fashion-mnist``. ``--method simclr`` (any registered
+method) trains that method instead, with demo-sized heads from
+``DEMO_METHODS``; ``--set key=value`` overrides come last. Prints a table and
+writes the run directory (metrics, checkpoint, report.md with plots) under
+``runs/``.
 """
 from __future__ import annotations
 
@@ -13,26 +17,59 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["main", "DEMO_CONFIG"]
+__all__ = ["main", "DEMO_CONFIG", "DEMO_METHODS", "method_overrides"]
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_fashion_mnist.yaml"
+
+# Overrides that turn the demo config (VICReg, ResNet-10 with 128-d features)
+# into a demo of another method: heads narrowed like the VICReg demo's 512-wide
+# expander, everything else (data, augmentations, LARS lr 0.3, budget) shared so
+# the rows are comparable, except where noted. A registered method missing here runs with its
+# DEFAULTS (recipe-sized heads).
+DEMO_METHODS: Dict[str, List[str]] = {
+    "vicreg": [],
+    "simclr": ["method.projector=[512,128]", "method.temperature=0.2"],
+    "mocov2": ["method.projector=[512,128]", "method.queue_size=4096", "method.temperature=0.2",
+               "method.momentum=0.99", "method.final_momentum=0.999"],
+    "byol": ["method.projector=[512,128]", "method.predictor_hidden=512", "method.momentum=0.99",
+             "method.final_momentum=1.0"],
+    # SimSiam keeps its recipe's optimiser (SGD lr 0.5, solo-learn): with the
+    # shared LARS 0.3 it did not beat random init in the 46-step budget
+    # (benchmarks/results/cpu/methods_demo.md).
+    "simsiam": ["method.projector=[512,512,512]", "method.predictor_hidden=128", "optim.name=sgd",
+                "optim.lr=0.5", "optim.weight_decay=1.0e-5", "optim.exclude_bias_norm=false"],
+}
+
+
+def method_overrides(method: str) -> List[str]:
+    """``--set`` overrides that make the demo config train ``method``."""
+    if method == "vicreg":
+        return []
+    return [f"method.name={method}", f"name=demo_fashion_mnist_{method}", *DEMO_METHODS.get(method, [])]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sslext.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: %(default)s)")
+    p.add_argument("--method", default=None,
+                   help="train this registered method with demo-sized heads (default: the config's, VICReg)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
     from .config import ConfigError, load_config
     from .data import DatasetError, load_fashion_mnist
+    from .methods import METHODS
 
+    if args.method is not None and args.method not in METHODS:
+        print(f"demo: --method: expected one of {sorted(METHODS)}, got {args.method!r}", file=sys.stderr)
+        return 2
+    pre = method_overrides(args.method) if args.method else []
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, pre + list(args.overrides))
     except ConfigError as e:
         print(f"demo: config error: {e}", file=sys.stderr)
         return 2

@@ -17,15 +17,20 @@ class MLP(nn.Sequential):
     The hidden Linears have no bias because BatchNorm follows them.
     ``last_bn`` adds an affine-free BN on the output (Barlow Twins applies
     one inside its loss; SimSiam-style heads use it on the projector).
+    ``hidden_bn=False`` gives Linear(+bias)-ReLU blocks, MoCo v2's head.
     """
 
-    def __init__(self, dims: Sequence[int], last_bn: bool = False) -> None:
+    def __init__(self, dims: Sequence[int], last_bn: bool = False, hidden_bn: bool = True) -> None:
         dims = list(dims)
         if len(dims) < 2 or any((not isinstance(d, int)) or isinstance(d, bool) or d <= 0 for d in dims):
             raise ValueError(f"dims: expected >= 2 positive ints, got {dims!r}")
         layers = []
         for i in range(len(dims) - 2):
-            layers += [nn.Linear(dims[i], dims[i + 1], bias=False), nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
+            if hidden_bn:
+                layers += [nn.Linear(dims[i], dims[i + 1], bias=False), nn.BatchNorm1d(dims[i + 1]),
+                           nn.ReLU(inplace=True)]
+            else:
+                layers += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU(inplace=True)]
         layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
         if last_bn:
             layers.append(nn.BatchNorm1d(dims[-1], affine=False))
@@ -33,11 +38,11 @@ class MLP(nn.Sequential):
         self.out_dim = dims[-1]
 
 
-def build_projector(in_dim: int, widths: Sequence[int], last_bn: bool = False) -> MLP:
+def build_projector(in_dim: int, widths: Sequence[int], last_bn: bool = False, hidden_bn: bool = True) -> MLP:
     """Projector from backbone features of size ``in_dim`` through ``widths``."""
     if not widths:
         raise ValueError("model.projector: expected a non-empty list of layer widths")
-    return MLP([in_dim, *widths], last_bn=last_bn)
+    return MLP([in_dim, *widths], last_bn=last_bn, hidden_bn=hidden_bn)
 
 
 class TiCoHead(MLP):
