@@ -303,3 +303,25 @@ def signal_worker(rank: int, world: int, init_file: str, out_dir: str, overrides
         torch.save(res, out / f"sig_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def moco_queue_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Two MoCo v2 steps per rank on different rows; every rank must hold the same global queue."""
+    _init(rank, world, init_file)
+    from sslext.methods import build_method
+    from sslext.models import build_backbone
+
+    try:
+        torch.manual_seed(0)
+        method = build_method("mocov2", build_backbone("resnet10", True, 8), projector=[32, 16], queue_size=256)
+        g = torch.Generator().manual_seed(3)
+        keys = []
+        for _ in range(2):
+            x = torch.randn(2, 16, 3, 16, 16, generator=g)  # (views, global batch 16, ...)
+            rows = slice(rank * 8, (rank + 1) * 8)
+            with torch.no_grad():
+                method.training_step([x[0, rows], x[1, rows]])
+            keys.append(method.queue.keys.clone())
+        torch.save({"queue": keys, "ptr": method.queue.ptr.clone()}, Path(out_dir) / f"moco_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

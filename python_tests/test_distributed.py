@@ -289,3 +289,20 @@ def test_signal_on_one_rank_stops_every_rank_at_the_same_step(train_results, tmp
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["kind"] == "signal"] == [3]
     assert _step_losses(run) == _step_losses(src / "ref0" / "run")
+
+
+def test_moco_queue_is_global_and_identical_across_ranks(tmp_path):
+    # MoCo's queue must hold every rank's keys (the official concat_all_gather),
+    # or ranks would contrast against different negatives and the checkpoint
+    # (rank 0's buffers) would not describe the others.
+    from dist_helpers import moco_queue_worker
+
+    run_ranks(moco_queue_worker, WORLD, tmp_path, str(tmp_path), timeout=300)
+    r0, r1 = (torch.load(tmp_path / f"moco_rank{r}.pt", weights_only=True) for r in range(WORLD))
+    # symmetric: 2 views x 8 rows x 2 ranks = 32 keys per step
+    assert int(r0["ptr"]) == int(r1["ptr"]) == 64
+    for a, b in zip(r0["queue"], r1["queue"]):
+        assert torch.equal(a, b)
+    first, second = r0["queue"]
+    # step 2 appended its 32 keys after step 1's, leaving those in place
+    assert torch.equal(first[:32], second[:32]) and not torch.equal(first[32:64], second[32:64])

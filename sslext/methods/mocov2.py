@@ -4,9 +4,11 @@ from __future__ import annotations
 from typing import List
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..contrastive import InfoNCELoss, KeyQueue
+from ..distributed import get_world_size, is_distributed
 from ..models.heads import build_projector
 from ..models.momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
 from ..models.split_bn import convert_split_bn
@@ -81,10 +83,12 @@ class MoCoV2(Method):
     def training_step(self, views: List[torch.Tensor]):
         x1, x2 = run_two_views(views, lambda v: v)
         n = x1.shape[0]
-        per_step = 2 * n if self.symmetric else n
+        world = get_world_size()
+        per_step = (2 * n if self.symmetric else n) * world
         if per_step > self.queue.size:
             raise ValueError(f"method.queue_size: {self.queue.size} is smaller than the {per_step} keys enqueued "
-                             f"per step (optim.batch_size {n}{' x 2 views, symmetric' if self.symmetric else ''}); "
+                             f"per step (batch {n}{' x 2 views, symmetric' if self.symmetric else ''}"
+                             f"{f' x {world} processes' if world > 1 else ''}); "
                              f"use a queue of at least {per_step} (MoCo uses thousands)")
         h1 = self.backbone(x1)
         q1, k2 = self.projector(h1), self._keys(x2)
@@ -99,7 +103,15 @@ class MoCoV2(Method):
             if self.symmetric:
                 loss = (loss + self.loss_fn(q2.float(), k1, negatives)) / 2
                 terms = {k: (v + self.loss_fn.last_terms[k]) / 2 for k, v in terms.items()}
-        self.queue.enqueue(torch.cat([k1, k2]) if self.symmetric else k2)
+        keys = torch.cat([k1, k2]) if self.symmetric else k2
+        if is_distributed():
+            # One global queue, as the official code's concat_all_gather: every
+            # rank enqueues every rank's keys in rank order, so the queues (and
+            # the checkpoint, written from rank 0) stay identical across ranks.
+            parts = [torch.empty_like(keys) for _ in range(world)]
+            dist.all_gather(parts, keys.contiguous())
+            keys = torch.cat(parts)
+        self.queue.enqueue(keys)
         self.last_outputs = {"feats": h1.detach(), "z": q1.detach()}
         return loss, {k: v.detach().float() for k, v in terms.items()}
 
