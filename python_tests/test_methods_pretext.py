@@ -282,11 +282,10 @@ def test_methods_learn_on_a_fixed_batch(name, kw, size):
     and the online-probe features are whole-image backbone features."""
     torch.set_num_threads(2)
     m = build_method(name, _tiny_backbone(), **kw)
-    x = torch.randn(16, 3, size, size)
-    torch.manual_seed(1)
+    x = torch.randn(8, 3, size, size)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(12):
         state = torch.get_rng_state()
         torch.manual_seed(2)  # jigsaw: same puzzles every step, so the loss is comparable
         loss, terms = m.training_step([x])
@@ -295,11 +294,11 @@ def test_methods_learn_on_a_fixed_batch(name, kw, size):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(map(math.isfinite, losses))
-    assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
     feats = m.last_outputs["feats"]
-    assert feats.shape == (16, m.feat_dim) and not feats.requires_grad
+    assert feats.shape == (8, m.feat_dim) and not feats.requires_grad
 
 
 def test_trainer_uses_one_view_for_pretext(tmp_path):
@@ -331,3 +330,21 @@ def test_resume_is_exact_jigsaw(tmp_path):
     assert "permutations" in a["method"]
     for k, v in a["method"].items():
         assert torch.equal(v, b["method"][k]), k
+
+
+@pytest.mark.parametrize("name", ["rotnet", "jigsaw", "cpc"])
+def test_cifar_configs_build_and_step(name):
+    """The shipped CIFAR-10 recipes fit 32 px crops (grid sizes, steps ahead)."""
+    from pathlib import Path
+
+    from sslext.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}_resnet18_cifar10.yaml")
+    mkw = {k: v for k, v in cfg["method"].items() if k != "name"}
+    torch.manual_seed(0)
+    m = build_method(name, build_backbone("resnet10", True, 8), **mkw)  # the heads/geometry, on a small trunk
+    crop = cfg["augment"]["view1"]["crop_size"]
+    loss, terms = m.training_step([torch.randn(4, 3, crop, crop)])
+    assert math.isfinite(float(loss.detach())) and m.last_outputs["feats"].shape == (4, m.feat_dim)
+    if name == "jigsaw":
+        assert m.permutations.shape == (100, 9) and m.min_hamming == 6
