@@ -366,7 +366,8 @@ class Trainer:
                 and self.train_ds.labels is not None:
             res = evaluate_backbone(self.method.backbone, self.train_ds, self.test_ds, device=self.device,
                                     crop_size=self.crop_size, mean=self.mean, std=self.std,
-                                    projector=getattr(self.method, "projector", None), batch_size=cfg["eval"]["batch_size"],
+                                    projector=getattr(self.method, "projector", None),
+                                    batch_size=cfg["eval"]["batch_size"],
                                     probe_epochs=cfg["eval"]["offline_epochs"], probe_lr=cfg["eval"]["offline_lr"],
                                     label_fraction=cfg["eval"]["label_fraction"], knn_k=cfg["eval"]["knn_k"],
                                     knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=t["progress"])
