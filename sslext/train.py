@@ -253,9 +253,13 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
     method = build_method(cfg["method"]["name"], backbone, **mkw).to(device)
     mean, std = _stats(cfg)
     a = cfg["augment"]
-    augment = TwoViewAugment([a["view1"], a["view2"]], mean, std, seed=cfg["seed"])
+    nv = method.num_views
+    if nv not in (1, 2):
+        raise ValueError(f"method.name: {cfg['method']['name']!r} declares num_views={nv}; the trainer supports 1 or 2")
+    # Slicing keeps two-view methods' augmentation RNG stream unchanged.
+    augment = TwoViewAugment([a["view1"], a["view2"]][:nv], mean, std, seed=cfg["seed"])
     crop = a["view1"]["crop_size"]
-    if a["view2"]["crop_size"] != crop:
+    if nv == 2 and a["view2"]["crop_size"] != crop:
         raise ConfigError("augment.view2.crop_size: both views must use the same crop_size "
                           f"({crop} vs {a['view2']['crop_size']})")
     return dict(train_ds=train_ds, test_ds=test_ds, method=method, augment=augment, mean=mean, std=std,
@@ -522,10 +526,11 @@ class Trainer:
         ntr = len(self.train_ds)
         pick = torch.randperm(ntr, generator=g)[: min(ntr, ev["knn_train_limit"] or ntr)]
         feats, z = extract_features(self.method.backbone, self.train_ds.images[pick], ev["batch_size"], self.device,
-                                    self.crop_size, self.mean, self.std, self.method.projector)
+                                    self.crop_size, self.mean, self.std, getattr(self.method, "projector", None))
         nd = min(ev["diag_samples"], feats.shape[0])
         out.update(collapse_diagnostics(feats[:nd], "backbone_"))
-        out.update(collapse_diagnostics(z[:nd], "projector_"))
+        if z is not None:  # pretext methods have no projector
+            out.update(collapse_diagnostics(z[:nd], "projector_"))
         if self.test_ds is not None and self.train_ds.labels is not None:
             tf, _ = extract_features(self.method.backbone, self.test_ds.images, ev["batch_size"], self.device,
                                      self.crop_size, self.mean, self.std)
@@ -806,7 +811,8 @@ class Trainer:
                 and self.train_ds.labels is not None:
             res = evaluate_backbone(self.method.backbone, self.train_ds, self.test_ds, device=self.device,
                                     crop_size=self.crop_size, mean=self.mean, std=self.std,
-                                    projector=self.method.projector, batch_size=cfg["eval"]["batch_size"],
+                                    projector=getattr(self.method, "projector", None),
+                                    batch_size=cfg["eval"]["batch_size"],
                                     probe_epochs=cfg["eval"]["offline_epochs"], probe_lr=cfg["eval"]["offline_lr"],
                                     label_fraction=cfg["eval"]["label_fraction"], knn_k=cfg["eval"]["knn_k"],
                                     knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=t["progress"])

@@ -61,10 +61,16 @@ class Method(nn.Module):
     ``training_step``. After each call, ``last_outputs`` holds detached
     backbone features (``feats``) and embeddings (``z``) of the first view for
     the online probe and collapse diagnostics, at no extra forward cost.
+
+    ``num_views`` is how many augmented views ``training_step`` takes: 2 for
+    joint-embedding methods, 1 for pretext-task methods (RotNet, Jigsaw,
+    CPC), which the trainer then augments with ``augment.view1`` only.
+    Methods without an embedding head set ``self.projector = None``.
     """
 
     name: str = "base"
     DEFAULTS: Dict[str, Any] = {}
+    num_views: int = 2
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
