@@ -348,3 +348,18 @@ def test_cifar_configs_build_and_step(name):
     assert math.isfinite(float(loss.detach())) and m.last_outputs["feats"].shape == (4, m.feat_dim)
     if name == "jigsaw":
         assert m.permutations.shape == (100, 9) and m.min_hamming == 6
+
+
+@pytest.mark.parametrize("name", ["rotnet", "jigsaw", "cpc"])
+def test_demo_method_overrides_give_valid_configs(name):
+    # `python -m sslext.demo --method <name>` must resolve to a config that builds
+    from sslext import demo
+    from sslext.config import load_config
+    from sslext.methods import build_method
+    from sslext.models import build_backbone
+
+    cfg = load_config(demo.DEMO_CONFIG, demo.method_overrides(name))
+    assert cfg["method"]["name"] == name and cfg["optim"]["batch_size"] == 128
+    m = build_method(name, build_backbone("resnet10", True, 16), **{k: v for k, v in cfg["method"].items()
+                                                                     if k != "name"})
+    assert m.num_views == 1

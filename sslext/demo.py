@@ -42,6 +42,13 @@ DEMO_METHODS: Dict[str, List[str]] = {
     # (benchmarks/results/cpu/methods_demo.md).
     "simsiam": ["method.projector=[512,512,512]", "method.predictor_hidden=128", "optim.name=sgd",
                 "optim.lr=0.5", "optim.weight_decay=1.0e-5", "optim.exclude_bias_norm=false"],
+    # Pretext methods: the settings of their measured demo rows (methods_demo.md):
+    # batch 128 without warmup; Jigsaw on a 2x2 grid (the 3x3 default's 7 px
+    # tiles did not beat random init at 28 px); CPC with its recipe's AdamW.
+    "rotnet": ["optim.batch_size=128", "optim.warmup_epochs=0"],
+    "jigsaw": ["method.grid=2", "method.num_permutations=24", "optim.batch_size=128", "optim.warmup_epochs=0"],
+    "cpc": ["optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.0001", "optim.batch_size=128",
+            "optim.warmup_epochs=0"],
 }
 
 
