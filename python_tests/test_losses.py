@@ -251,3 +251,17 @@ def test_deterministic(case):
         loss.backward()
         outs.append((loss.detach(), a.grad))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_column_centers_to_exact_zero(dtype):
+    # N copies of v summed and divided by N need not give v back; the column
+    # mean is taken over deviations from row 0 so a constant column centers to
+    # exact zeros, and VICReg's variance gradient (which amplifies a centering
+    # residual by 1/sqrt(eps)) is exactly zero there, as in float64 PyTorch.
+    z = torch.full((10, 3), 9486.83300001, dtype=dtype)
+    z[:, 1:] = torch.randn(10, 2, dtype=dtype)
+    a = z.clone().requires_grad_()
+    b = z.clone().requires_grad_()
+    sslext.functional.vicreg_loss(a, b, strategy="covariance").backward()
+    assert torch.equal(a.grad[:, 0], torch.zeros(10, dtype=dtype))

@@ -31,14 +31,21 @@ std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z,
         at::parallel_for(0, d, kColumnGrain, [&](int64_t d0, int64_t d1) {
           const int64_t w = d1 - d0;
           // Column sums in float64: a sequential float32 sum over N rows would
-          // put O(N eps |mean|) into every centered value.
+          // put O(N eps |mean|) into every centered value. The sums are of
+          // deviations from row 0 (shifted data), so a constant column has a
+          // mean equal to its value and centers to exact zeros — N copies of v
+          // summed and divided by N need not give v back, and VICReg's
+          // variance gradient amplifies that residual by 1/sqrt(eps).
           std::vector<double> s(w, 0.0);
-          for (int64_t i = 0; i < n; ++i) {
+          const scalar_t* row0 = zp + d0;
+          for (int64_t i = 1; i < n; ++i) {
             const scalar_t* row = zp + i * d + d0;
-            for (int64_t j = 0; j < w; ++j) s[j] += static_cast<double>(row[j]);
+            for (int64_t j = 0; j < w; ++j)
+              s[j] += static_cast<double>(row[j]) - static_cast<double>(row0[j]);
           }
           for (int64_t j = 0; j < w; ++j) {
-            mp[d0 + j] = static_cast<acc_t>(s[j] / static_cast<double>(n));
+            mp[d0 + j] = static_cast<acc_t>(static_cast<double>(row0[j]) +
+                                            s[j] / static_cast<double>(n));
             s[j] = 0.0;
           }
           for (int64_t i = 0; i < n; ++i) {

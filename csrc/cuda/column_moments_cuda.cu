@@ -75,10 +75,13 @@ __global__ __launch_bounds__(kThreads) void column_sum_partial_kernel(
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_split;
   const int64_t r1 = std::min(n, r0 + rows_per_split);
+  // Deviations from row 0 (shifted data): a constant column then has a mean
+  // equal to its value and centers to exact zeros (see column_moments_cpu).
   acc_t s = acc_t(0);
   if (c < d) {
+    const acc_t shift = static_cast<acc_t>(z[c]);
     for (int64_t i = r0 + threadIdx.y; i < r1; i += kRowGroups)
-      s += static_cast<acc_t>(z[i * d + c]);
+      s += static_cast<acc_t>(z[i * d + c]) - shift;
   }
   s = column_group_sum<kColTile, kRowGroups>(s);
   if (threadIdx.y == 0 && c < d) partial[blockIdx.y * d + c] = s;
@@ -98,7 +101,7 @@ __global__ __launch_bounds__(kThreads) void column_center_kernel(
   if (threadIdx.y == 0) {
     acc_t m = acc_t(0);
     if (c < d) {
-      m = sum_splits(sum_partial, splits, d, c) / static_cast<acc_t>(n);
+      m = static_cast<acc_t>(z[c]) + sum_splits(sum_partial, splits, d, c) / static_cast<acc_t>(n);
       if (blockIdx.y == 0) mean[c] = m;
     }
     tile_mean[threadIdx.x] = m;
