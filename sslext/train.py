@@ -98,6 +98,28 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): where bf16
+    autocast pays off. Elsewhere bf16 is emulated and slower than float32."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_amp(setting: Any, device: torch.device) -> bool:
+    """``train.amp``: true (bf16 autocast on any device), false, or ``auto``
+    (bf16 on CUDA, and on a CPU that computes bf16 natively)."""
+    if setting == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return bool(setting)
+
+
 def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
     """``torch.load(weights_only=True)`` with clear errors for missing/corrupt files."""
     path = Path(path)
@@ -315,8 +337,10 @@ class Trainer:
         nc = max(self.train_ds.num_classes, 1)
         self.probe = nn.Linear(self.method.feat_dim, nc).to(self.device)
         self.probe_opt = torch.optim.SGD(self.probe.parameters(), lr=cfg["eval"]["probe_lr"], momentum=0.9)
-        self.amp = t["amp"] and self.device.type == "cuda"
-        if t["channels_last"] and self.device.type == "cuda":
+        # bf16 autocast covers the backbone and heads; every method leaves it
+        # before its loss, which accumulates in float32 (as the ops do anyway).
+        self.amp = resolve_amp(t["amp"], self.device)
+        if t["channels_last"]:
             self.method.to(memory_format=torch.channels_last)
         # self.method / self.probe stay the unwrapped modules (state_dict keys,
         # hooks, evaluation); self.model / self.probe_model are what the loop
@@ -702,7 +726,7 @@ class Trainer:
                 idx = perm[start:start + b]
                 x = self.train_images[idx].to(self.device, non_blocking=True)
                 views = self.augment(x)
-                if self.device.type == "cuda" and t["channels_last"]:
+                if t["channels_last"]:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 snap = self._snapshot_buffers() if t["on_nonfinite"] == "skip" else None
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
