@@ -98,8 +98,14 @@ def _as_overrides(mapping: Any, where: str) -> List[str]:
         return []
     if not isinstance(mapping, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys to values, got {mapping!r}")
-    # JSON is YAML, so every value survives apply_override's parse unchanged.
-    return [f"{k}={json.dumps(v)}" for k, v in mapping.items()]
+    return [f"{k}={_yaml_value(v)}" for k, v in mapping.items()]
+
+
+def _yaml_value(v: Any) -> str:
+    """``v`` as the YAML text apply_override parses back to ``v`` (JSON's 1e+30
+    would come back a string: YAML 1.1 floats need a dot)."""
+    text = yaml.safe_dump(v, default_flow_style=True, width=1 << 30).strip()
+    return text[:-3].strip() if text.endswith("\n...") else text
 
 
 def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequence[str] = ()) -> Sweep:
@@ -177,7 +183,7 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
         for s in seeds:
             cname = f"{r['name']}-s{s}"
             ov = [*sweep.overrides, *_as_overrides(r.get("set"), f"rows.{r['name']}.set"),
-                  f"seed={s}", f"name={json.dumps(cname)}", f"train.out_dir={json.dumps(str(runs_dir))}",
+                  f"seed={s}", f"name={_yaml_value(cname)}", f"train.out_dir={_yaml_value(str(runs_dir))}",
                   "train.progress=false"]
             if epochs is not None:
                 ov.append(f"train.epochs={epochs}")
@@ -398,7 +404,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         sweep = load_sweep(args.file, getattr(args, "out", None), getattr(args, "extra", ()))
         if args.cmd == "_cell":
-            return run_cell(sweep, sweep.cell(args.cell))
+            from .train import NonFiniteLossError
+
+            try:
+                return run_cell(sweep, sweep.cell(args.cell))
+            except NonFiniteLossError as e:  # sslext-train's exit code for it
+                print(f"sslext-sweep: {e}", file=sys.stderr)
+                return 3
         if args.cmd == "status":
             for c in sweep.cells:
                 print(f"{c.name:32s} {cell_status(sweep, c)}")
