@@ -6,8 +6,10 @@ a scratch working copy of the repository (a temporary directory whose entries
 link to the repository's, except the folders runs write to), so relative paths
 such as ``configs/`` work and nothing lands in the source tree:
 
-* ``python`` blocks run as a script with the interpreter running this check,
-  the repository first on ``PYTHONPATH`` (its built extension is imported);
+* ``python`` blocks run with the interpreter running this check, the
+  repository first on ``PYTHONPATH`` (its built extension is imported); each
+  block gets fresh globals, and consecutive python blocks share one process
+  (torch is imported once);
 * ``bash`` blocks run under ``bash -euo pipefail`` with that interpreter first
   on ``PATH`` as ``python``, and ``sslext-train`` / ``sslext-eval`` commands
   that call ``sslext.cli`` (so an in-place build needs no install).
@@ -24,6 +26,7 @@ tail.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -32,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 LANGUAGES = ("bash", "python")
@@ -112,18 +115,70 @@ def make_scratch(root: Path) -> Path:
     return bin_dir
 
 
-def run_block(block: Block, cwd: Path, bin_dir: Path) -> subprocess.CompletedProcess:
+# Runs consecutive python blocks in one interpreter (importing torch once), each in
+# fresh globals, with its output captured; compiled with the page's line numbers.
+_PY_DRIVER = r"""
+import contextlib, io, json, sys, traceback
+blocks = json.load(open(sys.argv[1]))
+results = []
+for b in blocks:
+    out = io.StringIO()
+    ok = True
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            exec(compile("\n" * b["line"] + b["code"], b["file"], "exec"), {"__name__": "__main__"})
+        except SystemExit as e:
+            ok = e.code in (None, 0)
+            if not ok:
+                print(f"SystemExit: {e.code}")
+        except BaseException:
+            ok = False
+            traceback.print_exc()
+    results.append({"ok": ok, "output": out.getvalue()})
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+def _env(bin_dir: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env.setdefault("OMP_NUM_THREADS", "1")  # the blocks are small; threads would only contend
     env["MPLBACKEND"] = "Agg"
-    if block.language == "python":
-        cmd = [sys.executable, "-"]
-    else:
-        cmd = ["bash", "-euo", "pipefail", "-s"]
-    return subprocess.run(cmd, input=block.code, cwd=cwd, env=env, text=True, capture_output=True,
-                          timeout=TIMEOUT_S)
+    return env
+
+
+def _timeout_output(e: subprocess.TimeoutExpired) -> str:
+    return "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+
+
+def run_bash(block: Block, cwd: Path, bin_dir: Path) -> Tuple[bool, str, str]:
+    """(ok, status, output) of one bash block."""
+    try:
+        res = subprocess.run(["bash", "-euo", "pipefail", "-s"], input=block.code, cwd=cwd, env=_env(bin_dir),
+                             text=True, capture_output=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        return False, f"timed out after {TIMEOUT_S} s", _timeout_output(e)
+    return res.returncode == 0, f"exit {res.returncode}", res.stdout + res.stderr
+
+
+def run_python(blocks: List[Block], cwd: Path, bin_dir: Path) -> List[Tuple[bool, str, str]]:
+    """(ok, status, output) of each of consecutive python blocks, run in one interpreter."""
+    spec = cwd / ".docs-bin" / "blocks.json"
+    result = cwd / ".docs-bin" / "results.json"
+    spec.write_text(json.dumps([{"file": b.where.rsplit(":", 1)[0], "line": b.line, "code": b.code}
+                                for b in blocks]))
+    if result.exists():
+        result.unlink()
+    timeout = TIMEOUT_S * len(blocks)
+    try:
+        res = subprocess.run([sys.executable, "-c", _PY_DRIVER, str(spec), str(result)], cwd=cwd,
+                             env=_env(bin_dir), text=True, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        return [(False, f"timed out after {timeout} s", _timeout_output(e))] * len(blocks)
+    if res.returncode != 0 or not result.exists():  # the interpreter itself died
+        return [(False, f"interpreter exit {res.returncode}", res.stdout + res.stderr)] * len(blocks)
+    return [(r["ok"], "exception" if not r["ok"] else "ok", r["output"]) for r in json.loads(result.read_text())]
 
 
 def check(files: Sequence[Path], verbose: bool = True) -> List[str]:
@@ -137,23 +192,29 @@ def check(files: Sequence[Path], verbose: bool = True) -> List[str]:
             continue
         if not blocks:
             continue
+        # Consecutive python blocks form one group (one interpreter); each bash block is its own.
+        groups: List[List[Block]] = []
+        for b in blocks:
+            if b.language == "python" and groups and groups[-1][0].language == "python":
+                groups[-1].append(b)
+            else:
+                groups.append([b])
         with tempfile.TemporaryDirectory(prefix="sslext-docs-") as tmp:
             bin_dir = make_scratch(Path(tmp))
-            for block in blocks:
+            for group in groups:
                 t0 = time.perf_counter()
-                try:
-                    res = run_block(block, Path(tmp), bin_dir)
-                    ok, out = res.returncode == 0, res.stdout + res.stderr
-                    status = f"exit {res.returncode}"
-                except subprocess.TimeoutExpired as e:
-                    ok, status = False, f"timed out after {TIMEOUT_S} s"
-                    out = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+                if group[0].language == "python":
+                    outcomes = run_python(group, Path(tmp), bin_dir)
+                else:
+                    outcomes = [run_bash(group[0], Path(tmp), bin_dir)]
                 dt = time.perf_counter() - t0
-                if verbose:
-                    print(f"{'ok  ' if ok else 'FAIL'} {block.where} ({block.language}, {dt:.1f} s)", flush=True)
-                if not ok:
-                    tail = "\n".join(out.splitlines()[-25:])
-                    failures.append(f"{block.where}: {block.language} block failed ({status}):\n{tail}")
+                for block, (ok, status, out) in zip(group, outcomes):
+                    if verbose:
+                        print(f"{'ok  ' if ok else 'FAIL'} {block.where} ({block.language}, "
+                              f"{dt:.1f} s for {len(group)} block(s))", flush=True)
+                    if not ok:
+                        tail = "\n".join(out.splitlines()[-25:])
+                        failures.append(f"{block.where}: {block.language} block failed ({status}):\n{tail}")
     return failures
 
 

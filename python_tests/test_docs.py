@@ -46,18 +46,20 @@ def test_failure_names_file_and_line_and_blocks_share_a_scratch_copy(tmp_path):
         "test -d configs && mkdir -p runs && echo hi > runs/x",  # the repository's files are visible
         "```",
         "```python runnable",
-        "import sslext, pathlib",
+        "import pathlib",
         "assert pathlib.Path('runs/x').read_text() == 'hi\\n'",   # an earlier block's output
         "```",
         "",
         "```python runnable",
-        "raise SystemExit('broken example')",
+        "x = 1",
+        "raise ValueError('broken example')",
         "```",
     ]) + "\n")
     failures = check([page], verbose=False)
     assert len(failures) == 1
-    assert failures[0].startswith(f"{page}:9: python block failed (exit 1)")
-    assert "broken example" in failures[0]
+    assert failures[0].startswith(f"{page}:9: python block failed")
+    # the traceback points into the page: the raise is on line 11
+    assert "broken example" in failures[0] and f'File "{page}", line 11' in failures[0]
     assert not (REPO / "runs" / "x").exists()
 
 
