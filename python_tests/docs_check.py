@@ -14,6 +14,8 @@ such as ``configs/`` work and nothing lands in the source tree:
   on ``PATH`` as ``python``, and ``sslext-train`` / ``sslext-eval`` commands
   that call ``sslext.cli`` (so an in-place build needs no install).
 
+It also reports relative links (outside code blocks) to files that do not exist.
+
 Blocks of one file run in order in one scratch copy, so a block may use what
 an earlier block of the same page wrote (a run, then its evaluation). A
 failure reports ``file:line`` of the block's opening fence and the output's
@@ -90,6 +92,27 @@ def extract_blocks(path: Path) -> List[Block]:
         if len(words) >= 2 and words[0] in LANGUAGES and "runnable" in words[1:]:
             blocks.append(Block(path, start + 1, words[0], "\n".join(body) + "\n"))
     return blocks
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def broken_links(path: Path) -> List[str]:
+    """Relative links of a page (outside code) whose file does not exist, as ``file:line: target``."""
+    out: List[str] = []
+    in_code = False
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if FENCE.match(line):
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
+        for target in LINK.findall(line):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL, or an anchor on the same page
+            if not (path.parent / target.split("#", 1)[0]).exists():
+                out.append(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{n}: broken link {target}")
+    return out
 
 
 def default_files() -> List[Path]:
@@ -222,6 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="*", type=Path, help="markdown files (default: README.md and docs/*.md)")
     p.add_argument("--list", action="store_true", help="list the runnable blocks without running them")
+    p.add_argument("--no-links", action="store_true", help="skip the check of relative links")
     args = p.parse_args(argv)
     files = [f.resolve() for f in args.files] or default_files()
     if args.list:
@@ -230,7 +254,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{b.where} {b.language}")
         return 0
     t0 = time.perf_counter()
-    failures = check(files)
+    failures = [] if args.no_links else [b for f in files for b in broken_links(f)]
+    failures += check(files)
     for f in failures:
         print(f"\n{f}", file=sys.stderr)
     print(f"docs-check: {len(failures)} failure(s), {time.perf_counter() - t0:.1f} s")

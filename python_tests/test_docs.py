@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import docs_check
-from docs_check import REPO, check, default_files, extract_blocks
+from docs_check import REPO, broken_links, check, default_files, extract_blocks
 
 
 def _page(tmp_path: Path, text: str) -> Path:
@@ -69,3 +69,15 @@ def test_every_runnable_block_of_the_docs_runs():
     assert len(extract_blocks(REPO / "README.md")) >= 2, "README's quickstarts must be runnable"
     failures = check(files, verbose=False)
     assert not failures, "\n\n".join(failures)
+
+
+def test_link_check_finds_missing_files(tmp_path):
+    (tmp_path / "there.md").write_text("x\n")
+    page = _page(tmp_path, "[ok](there.md#a) [url](https://example.org) [anchor](#b)\n"
+                           "```bash\n[not a link](missing.md)\n```\n[bad](missing.md)\n")
+    assert broken_links(page) == [f"{page}:5: broken link missing.md"]
+
+
+def test_relative_links_of_the_docs_resolve():
+    broken = [b for f in default_files() for b in broken_links(f)]
+    assert not broken, "\n".join(broken)
