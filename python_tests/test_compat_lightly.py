@@ -343,3 +343,16 @@ def test_distributed_matches_lightlys_gather_semantics(compat_dist):
             _assert_parity(res["tico"]["steps"][step], _value_and_grads(tico, z_a[rows], z_b[rows]))
         assert_grad_close(res["tico"]["C"], ref.C)
     assert torch.equal(compat_dist[0]["tico"]["C"], compat_dist[1]["tico"]["C"])
+
+
+@pytest.mark.parametrize("cls", [VICRegLoss, BarlowTwinsLoss, TiCoLoss], ids=lambda c: c.__name__)
+def test_bfloat16_inputs_accumulate_in_float32(cls):
+    # lightly would compute in bfloat16; the fused ops return a float32 loss and input-dtype gradients
+    z_a, z_b = make_views(32, 48)
+    a, b = z_a.bfloat16().requires_grad_(), z_b.bfloat16().requires_grad_()
+    loss = cls()(a, b)
+    loss.backward()
+    assert loss.dtype == torch.float32 and a.grad.dtype == torch.bfloat16
+    # the same bfloat16 values in float64: only float32 rounding remains
+    exact = cls()(a.detach().double(), b.detach().double())
+    assert_forward_close(loss, exact)
