@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from .safe_pickle import UnsafePickleError, load_restricted
 
 __all__ = [
     "ImageDataset",
@@ -100,10 +101,11 @@ _CIFAR = {
 
 def _unpickle(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+        obj = load_restricted(path)
     except FileNotFoundError:
         raise
+    except UnsafePickleError as e:
+        raise DatasetError(str(e)) from e
     except Exception as e:  # truncated/garbled pickles raise many different types
         raise DatasetError(f"{path}: cannot be read as a CIFAR pickle ({type(e).__name__}: {e}); "
                            "the file is corrupt, re-create or re-download it") from e
@@ -119,15 +121,37 @@ def _find_cifar_dir(root: Path, folder: str) -> Optional[Path]:
     return None
 
 
+def _download_cifar(root: Path, name: str) -> None:
+    """Fetch and unpack the official archive through torchvision (md5-checked)."""
+    try:
+        import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
+    except ImportError as e:
+        raise DatasetError(f"data.download: torchvision is needed to download {name} ({e})") from e
+    cls = getattr(tvd, _CIFAR[name]["tv"])
+    # Not cls(root, download=True): its constructor then reads the batches with an
+    # unrestricted pickle.load; we only want the archive, read below by load_restricted.
+    try:
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+    except Exception as e:  # URLError, socket errors, HTTP errors, a failed md5 check
+        raise DatasetError(
+            f"{name}: data.download=true could not fetch the dataset into {root} "
+            f"({type(e).__name__}: {e}). On a machine without internet, download it elsewhere (the same "
+            f"command with data.download=true, or torchvision.datasets.{_CIFAR[name]['tv']}(root, download=True)) "
+            f"and copy the '{_CIFAR[name]['folder']}' folder under data.root.") from e
+
+
 def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "train",
                download: bool = False) -> ImageDataset:
     """Load CIFAR-10/100 from the official *python* layout.
 
     ``root`` may be the directory containing ``cifar-10-batches-py`` (what
-    torchvision downloads) or that folder itself. File checksums are NOT
-    verified, deliberately: re-encoded copies (e.g. the JPEG mirror in
-    ``/work/shared/data``) differ from the official md5 sums but are valid.
-    With ``download=True`` a missing dataset is fetched through torchvision.
+    torchvision downloads) or that folder itself. The batches are read with a
+    restricted unpickler (``safe_pickle.load_restricted``) that cannot run code.
+    File checksums are NOT verified, deliberately: re-encoded copies of the
+    dataset differ from the official md5 sums but are valid. With
+    ``download=True`` a missing dataset is fetched through torchvision (whose
+    download does check the archive's md5).
     """
     if name not in _CIFAR:
         raise ValueError(f"name: expected one of {sorted(_CIFAR)}, got {name!r}")
@@ -137,17 +161,14 @@ def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "tra
     root = Path(root).expanduser()
     d = _find_cifar_dir(root, spec["folder"])
     if d is None and download:
-        import torchvision
-        # torchvision verifies the archive md5 when downloading, which is right
-        # for a fresh download; loading below never re-checks it.
-        getattr(torchvision.datasets, spec["tv"])(str(root), train=True, download=True)
+        _download_cifar(root, name)
         d = _find_cifar_dir(root, spec["folder"])
     if d is None:
+        files = ", ".join(spec["train"] + spec["test"] + [spec["meta"]])
         raise DatasetError(
-            f"{name}: no '{spec['folder']}' directory with the python-format batches under {root}. "
-            f"Pass the directory that contains '{spec['folder']}' (as torchvision downloads it), "
-            f"set data.download=true on a machine with internet, or for the offline CIFAR-10 copy run "
-            f"`python /work/shared/data/cifar10_from_jpeg.py {root}`.")
+            f"{name}: no '{spec['folder']}' folder with the python-format batches under {root} (data.root). "
+            f"Set data.download=true (or pass --download) to fetch it through torchvision, or point data.root "
+            f"at the folder that contains '{spec['folder']}/' with the files {files}.")
     xs, ys = [], []
     for fname in spec[split]:
         path = d / fname
@@ -168,7 +189,9 @@ def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "tra
     if meta.exists():
         try:
             classes = list(_unpickle(meta).get(spec["names_key"], []))
-        except DatasetError:
+        except DatasetError as e:
+            if isinstance(e.__cause__, UnsafePickleError):
+                raise  # a crafted file is worth stopping for, even where a corrupt one is not
             classes = []  # class names are cosmetic; pixels/labels are what matter
     images = torch.from_numpy(np.ascontiguousarray(np.concatenate(xs)))
     labels = torch.from_numpy(np.concatenate(ys))
