@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -56,6 +57,8 @@ class ImageDataset:
     labels: Optional[torch.Tensor]
     classes: List[str] = field(default_factory=list)
     name: str = "dataset"
+    # Files left out by ``on_bad_image="skip"`` (paths relative to the folder), so a run can report them.
+    skipped: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -86,7 +89,7 @@ class ImageDataset:
         indices = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[indices].contiguous(),
                             None if self.labels is None else self.labels[indices].clone(),
-                            list(self.classes), self.name)
+                            list(self.classes), self.name, list(self.skipped))
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -311,18 +314,28 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
+ON_BAD_IMAGE = ("error", "skip")
+
+
 def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Optional[str] = None,
-                      cache_dir: Optional[str | os.PathLike] = None) -> ImageDataset:
+                      cache_dir: Optional[str | os.PathLike] = None, on_bad_image: str = "error") -> ImageDataset:
     """Load ``root/<class>/*.jpg|png`` (or ``root/*.jpg`` unlabeled) into memory.
 
-    Images are decoded, resized (short side) and center-cropped to
-    ``image_size`` once; the result is cached on disk (``cache_dir``, default
-    ``root/.sslext_cache``) keyed by the file list, sizes, mtimes and size, and
-    written atomically so an interrupted run never leaves a corrupt cache.
-    ``split`` selects ``root/<split>`` (Imagenette uses ``train``/``val``).
+    Images are decoded, converted to RGB (grayscale, palette, RGBA and CMYK
+    included), resized (short side) and center-cropped to ``image_size`` once;
+    the result is cached on disk (``cache_dir``, default ``root/.sslext_cache``)
+    keyed by the file list, sizes, mtimes, size and policy, and written
+    atomically so an interrupted run never leaves a corrupt cache. ``split``
+    selects ``root/<split>`` (Imagenette uses ``train``/``val``).
+
+    ``on_bad_image``: ``"error"`` stops at the first file that cannot be
+    decoded, naming it; ``"skip"`` leaves such files out, warns once per file
+    and lists them in the returned dataset's ``skipped``.
     """
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"data.on_bad_image: expected one of {list(ON_BAD_IMAGE)}, got {on_bad_image!r}")
     root = Path(root).expanduser()
     if split:
         root = root / split
@@ -331,7 +344,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Opti
     files, labels, classes = _list_folder(root)
     if not files:
         raise DatasetError(f"image folder: no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
-    h = hashlib.sha1(f"v1|{image_size}".encode())
+    skip = on_bad_image == "skip"
+    h = hashlib.sha1(f"v1|{image_size}{'|skip' if skip else ''}".encode())
     for p in files:
         st = p.stat()
         h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -340,7 +354,10 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Opti
     if cache.exists():
         try:
             obj = torch.load(cache, weights_only=True)
-            return ImageDataset(obj["images"], obj["labels"], list(classes), f"folder:{root.name}")
+            skipped = [str(x) for x in obj.get("skipped", [])]
+            for rel in skipped:
+                warnings.warn(f"{root / rel}: skipped (cannot be decoded; data.on_bad_image=skip)", stacklevel=2)
+            return ImageDataset(obj["images"], obj["labels"], list(classes), f"folder:{root.name}", skipped)
         except Exception:
             pass  # unreadable cache: rebuild it below rather than fail
     try:
@@ -348,18 +365,29 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Opti
         it = tqdm(files, desc=f"decoding {root.name}", leave=False, disable=len(files) < 500)
     except ImportError:
         it = files
-    arr = np.stack([_decode(p, image_size) for p in it])
-    images = torch.from_numpy(arr)
-    lab = None if labels is None else torch.tensor(labels, dtype=torch.int64)
+    arrs, kept, skipped = [], [], []
+    for i, p in enumerate(it):
+        try:
+            arrs.append(_decode(p, image_size))
+            kept.append(i)
+        except DatasetError as e:
+            if not skip:
+                raise DatasetError(f"{e}; set data.on_bad_image=skip to leave such files out") from e.__cause__
+            skipped.append(str(p.relative_to(root)))
+            warnings.warn(f"{e}: skipped (data.on_bad_image=skip)", stacklevel=2)
+    if not arrs:
+        raise DatasetError(f"image folder: none of the {len(files)} images under {root} could be decoded")
+    images = torch.from_numpy(np.stack(arrs))
+    lab = None if labels is None else torch.tensor([labels[i] for i in kept], dtype=torch.int64)
     try:
-        atomic_save({"images": images, "labels": lab}, cache)
+        atomic_save({"images": images, "labels": lab, "skipped": skipped}, cache)
     except OSError:
         pass  # read-only dataset dirs are common; caching is an optimisation
-    return ImageDataset(images, lab, list(classes), f"folder:{root.name}")
+    return ImageDataset(images, lab, list(classes), f"folder:{root.name}", skipped)
 
 
 # --------------------------------------------------------------------------- factory
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "image_folder", "imagenette", "imagewoof", "synthetic")
 
 
 def synthetic_dataset(n: int = 256, num_classes: int = 4, image_size: int = 32, seed: int = 0) -> ImageDataset:
@@ -374,12 +402,20 @@ def synthetic_dataset(n: int = 256, num_classes: int = 4, image_size: int = 32, 
 
 def build_dataset(name: str, split: str, root: Optional[str] = None, download: bool = False,
                   image_size: int = 32, cache_dir: Optional[str] = None, limit: Optional[int] = None,
-                  seed: int = 0) -> ImageDataset:
-    """Build a dataset by name (``DATASETS``); ``limit`` keeps a seeded random subset."""
+                  seed: int = 0, variant: str = "160px", on_bad_image: str = "error") -> ImageDataset:
+    """Build a dataset by name (``DATASETS``); ``limit`` keeps a seeded random subset.
+
+    ``variant`` selects the Imagenette/Imagewoof archive (``full``, ``320px``,
+    ``160px``); ``on_bad_image`` applies to the image-folder datasets.
+    """
     if name in ("cifar10", "cifar100"):
         ds = load_cifar(root or "data", name, split, download)
     elif name == "fashion_mnist":
         ds = load_fashion_mnist(root, split)
+    elif name in ("imagenette", "imagewoof"):
+        from .imagenette import load_imagenette
+
+        ds = load_imagenette(root or "data", name, split, variant, image_size, download, cache_dir, on_bad_image)
     elif name == "image_folder":
         if not root:
             raise ValueError("data.root: required for dataset 'image_folder'")
@@ -390,7 +426,7 @@ def build_dataset(name: str, split: str, root: Optional[str] = None, download: b
                 raise DatasetError(f"image folder: no 'val' or 'test' sub-folder under {root} for the test split")
         else:
             sub = "train" if Path(root, "train").is_dir() else None
-        ds = load_image_folder(root, image_size, sub, cache_dir)
+        ds = load_image_folder(root, image_size, sub, cache_dir, on_bad_image)
     elif name == "synthetic":
         ds = synthetic_dataset(256 if split == "train" else 128, 4, image_size, seed + (split == "test"))
     else:
