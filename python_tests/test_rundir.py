@@ -43,7 +43,8 @@ def test_cli_refuses_then_resume_and_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
     # --resume continues it (here: to 3 epochs).
-    assert main(_args(tmp_path, 3) + ["--resume"]) == 0
+    with pytest.warns(UserWarning, match="train.epochs"):  # a longer schedule than the checkpoint's
+        assert main(_args(tmp_path, 3) + ["--resume"]) == 0
     assert _state(run)[:2] == (3, 12)
     capsys.readouterr()
 
