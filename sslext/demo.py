@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .evaluate import evaluate_backbone
     from .models import build_backbone
-    from .train import Trainer
+    from .training import Trainer
 
     t0 = time.time()
     trainer = Trainer(cfg)
