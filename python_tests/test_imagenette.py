@@ -249,3 +249,12 @@ def test_recipe_sees_images_at_128px(tmp_path, monkeypatch):
 def test_unknown_variant_is_a_config_error():
     with pytest.raises(ConfigError, match="data.variant"):
         load_config(NETTE, ["data.variant=80px"])
+
+
+def test_adam_is_coupled_l2_on_every_parameter_when_asked():
+    from sslext.optim import build_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    opt = build_optimizer("adam", net, lr=1e-3, weight_decay=1e-6, exclude_bias_norm=False)
+    assert type(opt) is torch.optim.Adam and len(opt.param_groups) == 1
+    assert opt.param_groups[0]["weight_decay"] == 1e-6 and not opt.param_groups[0].get("decoupled_weight_decay")

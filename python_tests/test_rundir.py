@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sslext.config import load_config
-from sslext.rundir import RunExistsError, describe_run, prepare_run_dir
+from sslext.training.rundir import RunExistsError, describe_run, prepare_run_dir
 from sslext.train import main, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -40,11 +40,11 @@ from .config import ConfigError, dump_config, load_config
 from .distributed import cleanup_distributed
 # The trainer's public names, importable from here as before the split into sslext.training.
 from .training import (CHECKPOINT_VERSION, CheckpointMismatchError, NonFiniteLossError, Trainer,  # noqa: F401
-                       build_everything, load_checkpoint_file, resolve_device, train)
+                       RunExistsError, build_everything, load_checkpoint_file, resolve_device, train)
 from .training.faults import FaultInjector as _FaultInjector  # noqa: F401
 
-__all__ = ["train", "Trainer", "NonFiniteLossError", "CheckpointMismatchError", "build_everything",
-           "load_checkpoint_file", "resolve_device", "main", "EXIT_INTERRUPTED"]
+__all__ = ["train", "Trainer", "NonFiniteLossError", "CheckpointMismatchError", "RunExistsError",
+           "build_everything", "load_checkpoint_file", "resolve_device", "main", "EXIT_INTERRUPTED"]
 
 EXIT_INTERRUPTED = 4  # sslext-train stopped by SIGTERM/SIGINT after writing its checkpoint
 
@@ -55,7 +55,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=0.1 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/last.pt")
-    p.add_argument("--download", action="store_true", help="download the dataset if missing (CIFAR)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh where a run exists: the old run is moved to <name>.old-<time>, not deleted")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing (CIFAR, Imagenette)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -72,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(dump_config(cfg))
         return 0
     try:
-        summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except NonFiniteLossError as e:
         print(f"sslext-train: {e}", file=sys.stderr)
         return 3
@@ -84,6 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     finally:
         cleanup_distributed()
+    if int(os.environ.get("RANK", "0")) == 0 and summary.get("moved_aside"):
+        print(f"sslext-train: --overwrite: the previous run was moved to {summary['moved_aside']}", file=sys.stderr)
     if int(os.environ.get("RANK", "0")) == 0:  # the group is gone by now; torchrun's RANK still says who we are
         print(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str))
     if summary.get("interrupted"):

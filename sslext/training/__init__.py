@@ -7,6 +7,7 @@
 - ``nonfinite``: the policy for NaN/Inf steps (stop or skip);
 - ``metrics``: metrics.jsonl and metrics.csv;
 - ``faults``: the test hook that interrupts a run at a chosen point;
+- ``rundir``: a run never destroys another (refuse, ``--resume`` or ``--overwrite``);
 - ``checkpoint_eval``: offline evaluation of a checkpoint (``sslext-eval``).
 
 The command line is :mod:`sslext.train` (``python -m sslext.train``, ``sslext-train``).
@@ -17,7 +18,9 @@ from .build import build_everything, resolve_device
 from .checkpoint import CHECKPOINT_VERSION, CheckpointMismatchError, load_checkpoint_file
 from .checkpoint_eval import evaluate_checkpoint
 from .nonfinite import NonFiniteLossError
+from .rundir import RunExistsError
 from .trainer import Trainer, train
 
 __all__ = ["Trainer", "train", "build_everything", "resolve_device", "load_checkpoint_file",
-           "CheckpointMismatchError", "NonFiniteLossError", "CHECKPOINT_VERSION", "evaluate_checkpoint"]
+           "CheckpointMismatchError", "NonFiniteLossError", "CHECKPOINT_VERSION", "evaluate_checkpoint",
+           "RunExistsError"]

@@ -35,7 +35,7 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
     """Datasets, method and augmentation described by ``cfg`` (no optimizer)."""
     d = cfg["data"]
     kw = dict(root=d["root"], download=d["download"], image_size=d["image_size"], cache_dir=d["cache_dir"],
-              seed=cfg["seed"])
+              seed=cfg["seed"], variant=d["variant"], on_bad_image=d["on_bad_image"])
     train_ds = build_dataset(d["dataset"], "train", limit=d["train_limit"], **kw)
     try:
         test_ds = build_dataset(d["dataset"], "test", limit=d["test_limit"], **kw)

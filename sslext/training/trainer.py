@@ -30,6 +30,7 @@ from .checkpoint import (CHECKPOINT_VERSION, RANK_SEED_STRIDE, check_resume_comp
 from .faults import FaultInjector
 from .metrics import MetricsLog, atomic_write_text
 from .nonfinite import NonFinitePolicy, nonfinite_reason
+from .rundir import prepare_run_dir
 from .signals import StopSignals
 
 __all__ = ["Trainer", "train"]
@@ -38,7 +39,7 @@ __all__ = ["Trainer", "train"]
 class Trainer:
     """Owns every piece of training state; ``fit()`` runs (or resumes) a config."""
 
-    def __init__(self, cfg: Dict[str, Any], resume: bool = False) -> None:
+    def __init__(self, cfg: Dict[str, Any], resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg
         t = cfg["train"]
         if t["threads"]:
@@ -51,6 +52,8 @@ class Trainer:
         self.main = is_main_process()
         self.run_dir = Path(t["out_dir"]) / cfg["name"]
         self.ckpt_path = self.run_dir / "last.pt"
+        # Before the (possibly slow) dataset build: a refused start costs nothing.
+        self.moved_aside = prepare_run_dir(self.run_dir, resume, overwrite) if self.main else None
         parts = build_everything(cfg, self.device)
         self.__dict__.update(parts)
         if self.rank > 0:
@@ -112,6 +115,11 @@ class Trainer:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        if not resume:
+            for split, ds in (("train", self.train_ds), ("test", self.test_ds)):
+                if ds is not None and ds.skipped:  # data.on_bad_image=skip
+                    self._log({"kind": "data", "split": split, "skipped_images": len(ds.skipped),
+                               "skipped": list(ds.skipped)})
 
     # ------------------------------------------------------------------ state
     def _reset_acc(self) -> None:
@@ -246,6 +254,9 @@ class Trainer:
             summary = self._fit_loop()
         finally:
             self._restore_signal_handlers()
+        summary["skipped_images"] = sum(len(ds.skipped) for ds in (self.train_ds, self.test_ds) if ds is not None)
+        if self.moved_aside is not None:
+            summary["moved_aside"] = str(self.moved_aside)
         return self._finish(summary)
 
     def _fit_loop(self) -> Dict[str, Any]:
@@ -425,6 +436,11 @@ class Trainer:
         return summary
 
 
-def train(cfg: Dict[str, Any], resume: bool = False) -> Dict[str, Any]:
-    """Run (or resume) pretraining for a validated config dict."""
-    return Trainer(cfg, resume=resume).fit()
+def train(cfg: Dict[str, Any], resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Run (or resume) pretraining for a validated config dict.
+
+    A run directory that already holds a run needs ``resume=True`` (continue
+    it) or ``overwrite=True`` (move it aside, start afresh); otherwise
+    ``RunExistsError`` (see :mod:`sslext.training.rundir`).
+    """
+    return Trainer(cfg, resume=resume, overwrite=overwrite).fit()
