@@ -37,7 +37,7 @@ def test_cli_refuses_then_resume_and_overwrite(tmp_path, capsys):
     # The same command again: refused, nothing touched.
     assert main(_args(tmp_path, 1)) == 1
     err = capsys.readouterr().err
-    assert str(run) in err and "epoch 2 of 2" in err and "step 8" in err and "finished" in err
+    assert str(run) in err and "2 of 2 epochs done" in err and "step 8" in err and "finished" in err
     assert "--resume" in err and "--overwrite" in err
     assert _state(run) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -66,7 +66,7 @@ def test_library_api_same_rule(tmp_path):
     cfg = load_config(None, TINY + [f"train.out_dir={tmp_path}", "train.epochs=1"])
     s = train(cfg)
     assert s["finished"]
-    with pytest.raises(RunExistsError, match="epoch 1 of 1"):
+    with pytest.raises(RunExistsError, match="1 of 1 epochs done"):
         train(cfg)
     s2 = train(cfg, overwrite=True)
     assert s2["finished"] and s2.get("moved_aside")
@@ -80,7 +80,7 @@ def test_cli_subprocess_exit_code_and_message(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sslext.train", *_args(tmp_path, 1)], capture_output=True, text=True,
                        cwd=REPO, timeout=300)
     assert p.returncode == 1
-    assert "already holds a run at epoch 5 (step 50)" in p.stderr and "metrics.jsonl" in p.stderr
+    assert "already holds a run with 5 epochs done (step 50)" in p.stderr and "metrics.jsonl" in p.stderr
     assert (run / "metrics.jsonl").read_text().count("\n") == 1
 
 

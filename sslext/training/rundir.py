@@ -75,7 +75,7 @@ def describe_run(run_dir: str | os.PathLike) -> Optional[str]:
     else:
         of = f" of {pos['epochs']}" if pos.get("epochs") else ""
         done = ", finished" if pos.get("epochs") and pos["epoch"] >= pos["epochs"] else ""
-        what = f"a run at epoch {pos['epoch']}{of} (step {pos['step']}{done})"
+        what = f"a run with {pos['epoch']}{of} epochs done (step {pos['step']}{done})"
     return f"{what}; files: {', '.join(files)}"
 
 
