@@ -6,8 +6,9 @@
 #           in the python layout, DATA_DIR/cifar-10-batches-py/ (what
 #           `--set data.download=true` fetches). Without it the throughput
 #           benchmark and the short training run are skipped.
-# Scratch files (the training run) go under OUTDIR/.scratch and are removed at
-# the end; the script names no folder outside the repository and its arguments.
+# The training run's own files go to runs/gpu_check/ in the repository (ignored
+# by git), emptied before and after; the script names no folder outside the
+# repository and its arguments.
 # SSLEXT_GPU_CHECK_DRY_RUN=1 prints the steps without running them (any machine).
 # It builds the extension for the visible GPU, runs the whole test suite with the
 # CUDA tests, compute-sanitizer memcheck + racecheck over every op forward and
@@ -28,8 +29,9 @@ if [ -n "$DATA" ]; then
   [ -d "$DATA" ] || { echo "gpu_check.sh: DATA_DIR '$DATA' is not a directory" >&2; exit 2; }
   DATA=$(cd "$DATA" && pwd)
 fi
-SCRATCH="$OUT/.scratch"
 cd "$(dirname "$0")/.."
+SCRATCH="$PWD/runs/gpu_check"
+[ "$DRY_RUN" = 1 ] || rm -rf "$SCRATCH"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
 start=$(date +%s)
@@ -93,5 +95,5 @@ if [ -n "$DATA" ] && [ -d "$DATA/cifar-10-batches-py" ]; then
 else
   echo "=== no DATA_DIR with cifar-10-batches-py/ given: throughput and training steps skipped" | tee -a "$OUT/train.log"
 fi
-rm -rf "$SCRATCH"
+[ "$DRY_RUN" = 1 ] || rm -rf "$SCRATCH"
 echo "gpu_check done in $(elapsed)s; files:" ; ls -la "$OUT"

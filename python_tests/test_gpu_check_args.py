@@ -37,8 +37,9 @@ def test_data_dir_is_used_for_throughput_and_training(tmp_path, how):
         p = _run(tmp_path / "out", env={"SSLEXT_GPU_CHECK_DATA": str(data)})
     assert p.returncode == 0, p.stderr
     assert f"--data {data}" in p.stdout
-    assert f"data.root={data}" in p.stdout and f"train.out_dir={tmp_path / 'out' / '.scratch'}" in p.stdout
-    assert not (tmp_path / "out" / ".scratch").exists()
+    assert f"data.root={data}" in p.stdout and f"train.out_dir={REPO / 'runs' / 'gpu_check'}" in p.stdout
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [
+        "build.log", "memcheck.log", "racecheck.log", "tests.log", "train.log"]
 
 
 def test_missing_data_dir_is_an_error(tmp_path):
