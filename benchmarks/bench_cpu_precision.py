@@ -39,7 +39,7 @@ def main() -> None:
     from sslext.methods import build_method
     from sslext.models import build_backbone
     from sslext.optim import build_optimizer
-    from sslext.train import cpu_has_native_bf16
+    from sslext.training import cpu_has_native_bf16
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet10")

@@ -172,7 +172,8 @@ METHOD_CASES = ("vicreg_tico", "barlow_twins")
 def method_overrides(method: str, out_dir: str) -> List[str]:
     from test_train_e2e import TINY
 
-    return [f"method.name={method}", "method.projector=[32,32]", "name=grad", "train.epochs=1", *TINY,
+    # One run directory per method: a second run never starts in another's directory.
+    return [f"method.name={method}", "method.projector=[32,32]", f"name=grad_{method}", "train.epochs=1", *TINY,
             "train.threads=1", "eval.final=false", f"train.out_dir={out_dir}"]
 
 

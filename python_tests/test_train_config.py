@@ -27,7 +27,7 @@ def test_config_matrix_complete():
 
 @pytest.mark.parametrize("override,key", [
     ("optim.lrr=0.1", "optim.lrr"), ("optim.lr=fast", "optim.lr"), ("optim.lr=-1", "optim.lr"),
-    ("optim.name=adam", "optim.name"), ("bogus=1", "bogus"), ("method.lambd=0.1", "method.lambd"),
+    ("optim.name=rmsprop", "optim.name"), ("bogus=1", "bogus"), ("method.lambd=0.1", "method.lambd"),
     ("augment.view1.solarize_prob=1.5", "augment.view1.solarize_prob"), ("train.amp=maybe", "train.amp"),
     ("method.name=no_such_method", "method.name"), ("optim.batch_size=0", "optim.batch_size"),
     ("data.dataset=mnist", "data.dataset"), ("method.projector=[0,4]", "method.projector"),

@@ -29,7 +29,7 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--output", help="JSON file for the results (default: <checkpoint>.eval.json)")
     args = p.parse_args(argv)
     from .config import ConfigError
-    from .evaluate import evaluate_checkpoint
+    from .training import evaluate_checkpoint
 
     try:
         res = evaluate_checkpoint(args.checkpoint, args.overrides, args.output)

@@ -34,7 +34,8 @@ DEFAULTS: Dict[str, Any] = {
     "method": {"name": "vicreg"},
     "model": {"backbone": "resnet18", "cifar_stem": True, "width": 64},
     "data": {"dataset": "cifar10", "root": None, "download": False, "image_size": 32, "cache_dir": None,
-             "train_limit": None, "test_limit": None, "mean": None, "std": None},
+             "train_limit": None, "test_limit": None, "mean": None, "std": None, "variant": "160px",
+             "on_bad_image": "error"},
     "augment": {"view1": dict(_VIEW), "view2": {**_VIEW, "solarize_prob": 0.2}},
     "optim": {"name": "lars", "batch_size": 256, "lr": 0.3, "weight_decay": 1e-4, "momentum": 0.9, "eta": 0.02,
               "clip_lr": True, "exclude_bias_norm": True, "warmup_epochs": 10, "warmup_start_factor": 0.0,
@@ -57,8 +58,10 @@ _NULLABLE = {
 }
 
 _CHOICES = {
-    "optim.name": ("lars", "sgd", "adamw"),
-    "data.dataset": ("cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic"),
+    "optim.name": ("lars", "sgd", "adam", "adamw"),
+    "data.dataset": ("cifar10", "cifar100", "fashion_mnist", "image_folder", "imagenette", "imagewoof", "synthetic"),
+    "data.variant": ("full", "320px", "160px"),
+    "data.on_bad_image": ("error", "skip"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.on_nonfinite": ("stop", "skip"),
 }

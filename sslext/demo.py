@@ -7,7 +7,8 @@ Debian package ``dataset-fashion-mnist``. ``--method simclr`` (any registered
 method) trains that method instead, with demo-sized heads from
 ``DEMO_METHODS``; ``--set key=value`` overrides come last. Prints a table and
 writes the run directory (metrics, checkpoint, report.md with plots) under
-``runs/``.
+``runs/``; running the demo again moves the previous demo run aside
+(``runs/<name>.old-<time>``) rather than refusing or deleting it.
 """
 from __future__ import annotations
 
@@ -93,10 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .evaluate import evaluate_backbone
     from .models import build_backbone
-    from .train import Trainer
+    from .training import Trainer
 
     t0 = time.time()
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=True)  # a demo is meant to be rerun; the old run is kept aside
     summary = trainer.fit()
     t_train = time.time() - t0
     ssl = summary["final_eval"]
@@ -125,7 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for label, key in rows:
         print(f"| {label:<32} | {ssl[key]:8.2f} | {rnd[key]:11.2f} |")
     print(f"\npretraining + SSL eval: {t_train:.0f} s, random-init eval: {time.time() - t1:.0f} s, "
-          f"total {total:.0f} s; run dir: {summary['run_dir']}")
+          f"total {total:.0f} s; run dir: {summary['run_dir']}"
+          + (f" (previous run moved to {summary['moved_aside']})" if summary.get("moved_aside") else ""))
     result = {"ssl": ssl, "random_init": rnd, "train_seconds": t_train, "total_seconds": total}
     Path(summary["run_dir"], "demo_result.json").write_text(json.dumps(result, indent=2))
     return 0

@@ -2,22 +2,22 @@
 and collapse diagnostics (per-dimension std, RankMe effective rank, dead dims).
 
 All accuracies are on the *test* split. Probes run on frozen features that
-are standardised with statistics of the (labelled) training features.
+are standardised with statistics of the (labelled) training features. The
+offline evaluation of a saved run, which rebuilds its model, is
+:func:`sslext.training.evaluate_checkpoint` (``sslext-eval``).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["extract_features", "linear_probe", "knn_accuracy", "rankme", "singular_spectrum",
-           "collapse_diagnostics", "stratified_subset", "evaluate_backbone", "evaluate_checkpoint"]
+           "collapse_diagnostics", "stratified_subset", "evaluate_backbone"]
 
 
 def _check_feats(name: str, x: torch.Tensor) -> None:
@@ -235,34 +235,4 @@ def evaluate_backbone(encoder: nn.Module, train_ds, test_ds, *, device="cpu", cr
         res.update(collapse_diagnostics(ztr[pick], "projector_"))
         res["projector_spectrum"] = singular_spectrum(ztr[pick])
     res["eval_seconds"] = time.time() - t0
-    return res
-
-
-def evaluate_checkpoint(checkpoint: str | Path, overrides: Optional[Sequence[str]] = None,
-                        output: Optional[str | Path] = None) -> Dict[str, float]:
-    """Load a training checkpoint and run ``evaluate_backbone`` with its config.
-
-    ``overrides`` (``eval.*``, ``data.*``...) adjust the stored config; results
-    are written as JSON next to the checkpoint unless ``output`` is given.
-    """
-    from .config import apply_override, validate
-    from .train import build_everything, load_checkpoint_file, resolve_device
-
-    ckpt = load_checkpoint_file(checkpoint)
-    cfg = ckpt["config"]
-    for o in overrides or []:
-        apply_override(cfg, o)
-    validate(cfg)
-    device = resolve_device(cfg["train"]["device"])
-    parts = build_everything(cfg, device, need_train_labels=True)
-    parts["method"].load_state_dict(ckpt["method"])
-    m = parts["method"]
-    res = evaluate_backbone(m.backbone, parts["train_ds"], parts["test_ds"], device=device,
-                            crop_size=parts["crop_size"], mean=parts["mean"], std=parts["std"],
-                            projector=getattr(m, "projector", None), batch_size=cfg["eval"]["batch_size"],
-                            probe_epochs=cfg["eval"]["offline_epochs"], probe_lr=cfg["eval"]["offline_lr"],
-                            label_fraction=cfg["eval"]["label_fraction"], knn_k=cfg["eval"]["knn_k"],
-                            knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=cfg["train"]["progress"])
-    out = Path(output) if output else Path(checkpoint).with_suffix(".eval.json")
-    out.write_text(json.dumps(res, indent=2))
     return res

@@ -1,4 +1,4 @@
-"""Optimizers (LARS, SGD, AdamW) with weight-decay exclusion, and warmup+cosine."""
+"""Optimizers (LARS, SGD, Adam, AdamW) with weight-decay exclusion, and warmup+cosine."""
 from __future__ import annotations
 
 import math
@@ -94,7 +94,7 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
                     eta: float = 0.02, clip_lr: bool = True, exclude_bias_norm: bool = True) -> Optimizer:
-    """``lars``, ``sgd`` or ``adamw`` over ``param_groups(model, ...)``."""
+    """``lars``, ``sgd``, ``adam`` or ``adamw`` over ``param_groups(model, ...)``."""
     groups = param_groups(model, weight_decay, exclude_bias_norm)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr)
@@ -102,9 +102,12 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
         g.pop("lars_adapt", None)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        # Adam's weight decay is an L2 term added to the gradient (coupled), as torch.optim.Adam does.
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optim.name: expected one of ['adamw', 'lars', 'sgd'], got {name!r}")
+    raise ValueError(f"optim.name: expected one of ['adam', 'adamw', 'lars', 'sgd'], got {name!r}")
 
 
 class WarmupCosine:

@@ -237,14 +237,16 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
     import torch
 
     from .evaluate import evaluate_backbone
-    from .train import Trainer, build_everything, resolve_device
+    from .training import Trainer, build_everything, resolve_device
 
     cfg = sweep.config(cell)
     run_dir = sweep.run_dir(cell)
     t0 = time.time()
     if cell.train:
         resume = (run_dir / "last.pt").exists()
-        summary = Trainer(cfg, resume=resume).fit()
+        # Without a checkpoint, whatever an earlier attempt left (a run that
+        # failed before its first save) is moved aside, never deleted.
+        summary = Trainer(cfg, resume=resume, overwrite=not resume).fit()
         if summary.get("interrupted"):
             return EXIT_INTERRUPTED
         if not summary["finished"] or "final_eval" not in summary:
@@ -404,7 +406,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         sweep = load_sweep(args.file, getattr(args, "out", None), getattr(args, "extra", ()))
         if args.cmd == "_cell":
-            from .train import NonFiniteLossError
+            from .training import NonFiniteLossError
 
             try:
                 return run_cell(sweep, sweep.cell(args.cell))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -18,13 +18,14 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from .safe_pickle import UnsafePickleError, load_restricted
+
 __all__ = [
     "ImageDataset",
     "DatasetError",
     "load_cifar",
     "load_fashion_mnist",
     "load_image_folder",
-    "build_dataset",
     "FASHION_MNIST_DIRS",
 ]
 
@@ -55,6 +56,8 @@ class ImageDataset:
     labels: Optional[torch.Tensor]
     classes: List[str] = field(default_factory=list)
     name: str = "dataset"
+    # Files left out by ``on_bad_image="skip"`` (paths relative to the folder), so a run can report them.
+    skipped: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -85,7 +88,7 @@ class ImageDataset:
         indices = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[indices].contiguous(),
                             None if self.labels is None else self.labels[indices].clone(),
-                            list(self.classes), self.name)
+                            list(self.classes), self.name, list(self.skipped))
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -100,10 +103,11 @@ _CIFAR = {
 
 def _unpickle(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+        obj = load_restricted(path)
     except FileNotFoundError:
         raise
+    except UnsafePickleError as e:
+        raise DatasetError(str(e)) from e
     except Exception as e:  # truncated/garbled pickles raise many different types
         raise DatasetError(f"{path}: cannot be read as a CIFAR pickle ({type(e).__name__}: {e}); "
                            "the file is corrupt, re-create or re-download it") from e
@@ -119,15 +123,37 @@ def _find_cifar_dir(root: Path, folder: str) -> Optional[Path]:
     return None
 
 
+def _download_cifar(root: Path, name: str) -> None:
+    """Fetch and unpack the official archive through torchvision (md5-checked)."""
+    try:
+        import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
+    except ImportError as e:
+        raise DatasetError(f"data.download: torchvision is needed to download {name} ({e})") from e
+    cls = getattr(tvd, _CIFAR[name]["tv"])
+    # Not cls(root, download=True): its constructor then reads the batches with an
+    # unrestricted pickle.load; we only want the archive, read below by load_restricted.
+    try:
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+    except Exception as e:  # URLError, socket errors, HTTP errors, a failed md5 check
+        raise DatasetError(
+            f"{name}: data.download=true could not fetch the dataset into {root} "
+            f"({type(e).__name__}: {e}). On a machine without internet, download it elsewhere (the same "
+            f"command with data.download=true, or torchvision.datasets.{_CIFAR[name]['tv']}(root, download=True)) "
+            f"and copy the '{_CIFAR[name]['folder']}' folder under data.root.") from e
+
+
 def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "train",
                download: bool = False) -> ImageDataset:
     """Load CIFAR-10/100 from the official *python* layout.
 
     ``root`` may be the directory containing ``cifar-10-batches-py`` (what
-    torchvision downloads) or that folder itself. File checksums are NOT
-    verified, deliberately: re-encoded copies (e.g. the JPEG mirror in
-    ``/work/shared/data``) differ from the official md5 sums but are valid.
-    With ``download=True`` a missing dataset is fetched through torchvision.
+    torchvision downloads) or that folder itself. The batches are read with a
+    restricted unpickler (``safe_pickle.load_restricted``) that cannot run code.
+    File checksums are NOT verified, deliberately: re-encoded copies of the
+    dataset differ from the official md5 sums but are valid. With
+    ``download=True`` a missing dataset is fetched through torchvision (whose
+    download does check the archive's md5).
     """
     if name not in _CIFAR:
         raise ValueError(f"name: expected one of {sorted(_CIFAR)}, got {name!r}")
@@ -137,17 +163,14 @@ def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "tra
     root = Path(root).expanduser()
     d = _find_cifar_dir(root, spec["folder"])
     if d is None and download:
-        import torchvision
-        # torchvision verifies the archive md5 when downloading, which is right
-        # for a fresh download; loading below never re-checks it.
-        getattr(torchvision.datasets, spec["tv"])(str(root), train=True, download=True)
+        _download_cifar(root, name)
         d = _find_cifar_dir(root, spec["folder"])
     if d is None:
+        files = ", ".join(spec["train"] + spec["test"] + [spec["meta"]])
         raise DatasetError(
-            f"{name}: no '{spec['folder']}' directory with the python-format batches under {root}. "
-            f"Pass the directory that contains '{spec['folder']}' (as torchvision downloads it), "
-            f"set data.download=true on a machine with internet, or for the offline CIFAR-10 copy run "
-            f"`python /work/shared/data/cifar10_from_jpeg.py {root}`.")
+            f"{name}: no '{spec['folder']}' folder with the python-format batches under {root} (data.root). "
+            f"Set data.download=true (or pass --download) to fetch it through torchvision, or point data.root "
+            f"at the folder that contains '{spec['folder']}/' with the files {files}.")
     xs, ys = [], []
     for fname in spec[split]:
         path = d / fname
@@ -168,7 +191,9 @@ def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "tra
     if meta.exists():
         try:
             classes = list(_unpickle(meta).get(spec["names_key"], []))
-        except DatasetError:
+        except DatasetError as e:
+            if isinstance(e.__cause__, UnsafePickleError):
+                raise  # a crafted file is worth stopping for, even where a corrupt one is not
             classes = []  # class names are cosmetic; pixels/labels are what matter
     images = torch.from_numpy(np.ascontiguousarray(np.concatenate(xs)))
     labels = torch.from_numpy(np.concatenate(ys))
@@ -288,18 +313,28 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
+ON_BAD_IMAGE = ("error", "skip")
+
+
 def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Optional[str] = None,
-                      cache_dir: Optional[str | os.PathLike] = None) -> ImageDataset:
+                      cache_dir: Optional[str | os.PathLike] = None, on_bad_image: str = "error") -> ImageDataset:
     """Load ``root/<class>/*.jpg|png`` (or ``root/*.jpg`` unlabeled) into memory.
 
-    Images are decoded, resized (short side) and center-cropped to
-    ``image_size`` once; the result is cached on disk (``cache_dir``, default
-    ``root/.sslext_cache``) keyed by the file list, sizes, mtimes and size, and
-    written atomically so an interrupted run never leaves a corrupt cache.
-    ``split`` selects ``root/<split>`` (Imagenette uses ``train``/``val``).
+    Images are decoded, converted to RGB (grayscale, palette, RGBA and CMYK
+    included), resized (short side) and center-cropped to ``image_size`` once;
+    the result is cached on disk (``cache_dir``, default ``root/.sslext_cache``)
+    keyed by the file list, sizes, mtimes, size and policy, and written
+    atomically so an interrupted run never leaves a corrupt cache. ``split``
+    selects ``root/<split>`` (Imagenette uses ``train``/``val``).
+
+    ``on_bad_image``: ``"error"`` stops at the first file that cannot be
+    decoded, naming it; ``"skip"`` leaves such files out, warns once per file
+    and lists them in the returned dataset's ``skipped``.
     """
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"data.on_bad_image: expected one of {list(ON_BAD_IMAGE)}, got {on_bad_image!r}")
     root = Path(root).expanduser()
     if split:
         root = root / split
@@ -308,7 +343,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Opti
     files, labels, classes = _list_folder(root)
     if not files:
         raise DatasetError(f"image folder: no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
-    h = hashlib.sha1(f"v1|{image_size}".encode())
+    skip = on_bad_image == "skip"
+    h = hashlib.sha1(f"v1|{image_size}{'|skip' if skip else ''}".encode())
     for p in files:
         st = p.stat()
         h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -317,7 +353,10 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Opti
     if cache.exists():
         try:
             obj = torch.load(cache, weights_only=True)
-            return ImageDataset(obj["images"], obj["labels"], list(classes), f"folder:{root.name}")
+            skipped = [str(x) for x in obj.get("skipped", [])]
+            for rel in skipped:
+                warnings.warn(f"{root / rel}: skipped (cannot be decoded; data.on_bad_image=skip)", stacklevel=2)
+            return ImageDataset(obj["images"], obj["labels"], list(classes), f"folder:{root.name}", skipped)
         except Exception:
             pass  # unreadable cache: rebuild it below rather than fail
     try:
@@ -325,54 +364,22 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Opti
         it = tqdm(files, desc=f"decoding {root.name}", leave=False, disable=len(files) < 500)
     except ImportError:
         it = files
-    arr = np.stack([_decode(p, image_size) for p in it])
-    images = torch.from_numpy(arr)
-    lab = None if labels is None else torch.tensor(labels, dtype=torch.int64)
+    arrs, kept, skipped = [], [], []
+    for i, p in enumerate(it):
+        try:
+            arrs.append(_decode(p, image_size))
+            kept.append(i)
+        except DatasetError as e:
+            if not skip:
+                raise DatasetError(f"{e}; set data.on_bad_image=skip to leave such files out") from e.__cause__
+            skipped.append(str(p.relative_to(root)))
+            warnings.warn(f"{e}: skipped (data.on_bad_image=skip)", stacklevel=2)
+    if not arrs:
+        raise DatasetError(f"image folder: none of the {len(files)} images under {root} could be decoded")
+    images = torch.from_numpy(np.stack(arrs))
+    lab = None if labels is None else torch.tensor([labels[i] for i in kept], dtype=torch.int64)
     try:
-        atomic_save({"images": images, "labels": lab}, cache)
+        atomic_save({"images": images, "labels": lab, "skipped": skipped}, cache)
     except OSError:
         pass  # read-only dataset dirs are common; caching is an optimisation
-    return ImageDataset(images, lab, list(classes), f"folder:{root.name}")
-
-
-# --------------------------------------------------------------------------- factory
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic")
-
-
-def synthetic_dataset(n: int = 256, num_classes: int = 4, image_size: int = 32, seed: int = 0) -> ImageDataset:
-    """Class-dependent coloured blobs: a tiny stand-in used by tests/smoke runs."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % num_classes
-    base = torch.rand(num_classes, 3, 1, 1, generator=g) * 200
-    noise = torch.rand(n, 3, image_size, image_size, generator=g) * 55
-    img = (base[labels] + noise).clamp(0, 255).to(torch.uint8)
-    return ImageDataset(img, labels, [f"c{i}" for i in range(num_classes)], "synthetic")
-
-
-def build_dataset(name: str, split: str, root: Optional[str] = None, download: bool = False,
-                  image_size: int = 32, cache_dir: Optional[str] = None, limit: Optional[int] = None,
-                  seed: int = 0) -> ImageDataset:
-    """Build a dataset by name (``DATASETS``); ``limit`` keeps a seeded random subset."""
-    if name in ("cifar10", "cifar100"):
-        ds = load_cifar(root or "data", name, split, download)
-    elif name == "fashion_mnist":
-        ds = load_fashion_mnist(root, split)
-    elif name == "image_folder":
-        if not root:
-            raise ValueError("data.root: required for dataset 'image_folder'")
-        if split == "test":
-            sub = next((s for s in ("val", "test") if Path(root, s).is_dir()), None)
-            if sub is None:
-                # Never evaluate on the pretraining images by accident.
-                raise DatasetError(f"image folder: no 'val' or 'test' sub-folder under {root} for the test split")
-        else:
-            sub = "train" if Path(root, "train").is_dir() else None
-        ds = load_image_folder(root, image_size, sub, cache_dir)
-    elif name == "synthetic":
-        ds = synthetic_dataset(256 if split == "train" else 128, 4, image_size, seed + (split == "test"))
-    else:
-        raise ValueError(f"data.dataset: expected one of {list(DATASETS)}, got {name!r}")
-    if limit is not None and limit < len(ds):
-        g = torch.Generator().manual_seed(seed + 12345)
-        ds = ds.subset(torch.randperm(len(ds), generator=g)[:limit].sort().values)
-    return ds
+    return ImageDataset(images, lab, list(classes), f"folder:{root.name}", skipped)

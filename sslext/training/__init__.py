@@ -1,0 +1,27 @@
+"""The SSL trainer, one concern per module.
+
+- ``trainer``: :class:`Trainer` (the loop) and :func:`train`;
+- ``build``: datasets, method and augmentation from a config;
+- ``checkpoint``: atomic write, weights-only load, resume compatibility, RNG streams;
+- ``signals``: SIGTERM/SIGINT as "stop after the current step";
+- ``nonfinite``: the policy for NaN/Inf steps (stop or skip);
+- ``metrics``: metrics.jsonl and metrics.csv;
+- ``faults``: the test hook that interrupts a run at a chosen point;
+- ``rundir``: a run never destroys another (refuse, ``--resume`` or ``--overwrite``);
+- ``checkpoint_eval``: offline evaluation of a checkpoint (``sslext-eval``).
+
+The command line is :mod:`sslext.train` (``python -m sslext.train``, ``sslext-train``).
+"""
+from __future__ import annotations
+
+from .build import build_everything, cpu_has_native_bf16, resolve_amp, resolve_device
+from .checkpoint import CHECKPOINT_VERSION, CheckpointMismatchError, load_checkpoint_file
+from .checkpoint_eval import evaluate_checkpoint
+from .nonfinite import NonFiniteLossError
+from .rundir import RunExistsError
+from .trainer import Trainer, train
+
+__all__ = ["Trainer", "train", "build_everything", "resolve_device", "resolve_amp", "cpu_has_native_bf16",
+           "load_checkpoint_file",
+           "CheckpointMismatchError", "NonFiniteLossError", "CHECKPOINT_VERSION", "evaluate_checkpoint",
+           "RunExistsError"]

@@ -1,0 +1,46 @@
+"""``sslext-eval``: the offline evaluation of a checkpoint written by the trainer.
+
+It lives with the trainer, not in :mod:`sslext.evaluate`, because it rebuilds
+the run's model from the checkpoint's config (``build``) and reads the file
+(``checkpoint``); :mod:`sslext.evaluate` stays a leaf that the trainer uses.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from ..config import apply_override, validate
+from ..evaluate import evaluate_backbone
+from .build import build_everything, resolve_device
+from .checkpoint import load_checkpoint_file
+from .metrics import atomic_write_text
+
+__all__ = ["evaluate_checkpoint"]
+
+
+def evaluate_checkpoint(checkpoint: str | Path, overrides: Optional[Sequence[str]] = None,
+                        output: Optional[str | Path] = None) -> Dict[str, float]:
+    """Load a training checkpoint and run ``evaluate_backbone`` with its config.
+
+    ``overrides`` (``eval.*``, ``data.*``...) adjust the stored config; results
+    are written as JSON next to the checkpoint unless ``output`` is given.
+    """
+    ckpt = load_checkpoint_file(checkpoint)
+    cfg = ckpt["config"]
+    for o in overrides or []:
+        apply_override(cfg, o)
+    validate(cfg)
+    device = resolve_device(cfg["train"]["device"])
+    parts = build_everything(cfg, device, need_train_labels=True)
+    parts["method"].load_state_dict(ckpt["method"])
+    m = parts["method"]
+    res = evaluate_backbone(m.backbone, parts["train_ds"], parts["test_ds"], device=device,
+                            crop_size=parts["crop_size"], mean=parts["mean"], std=parts["std"],
+                            projector=getattr(m, "projector", None), batch_size=cfg["eval"]["batch_size"],
+                            probe_epochs=cfg["eval"]["offline_epochs"], probe_lr=cfg["eval"]["offline_lr"],
+                            label_fraction=cfg["eval"]["label_fraction"], knn_k=cfg["eval"]["knn_k"],
+                            knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=cfg["train"]["progress"])
+    out = Path(output) if output else Path(checkpoint).with_suffix(".eval.json")
+    atomic_write_text(out, json.dumps(res, indent=2))
+    return res
