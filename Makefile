@@ -67,7 +67,7 @@ demo: build
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist); \
 	fi
-	$(PY) -m sslext.demo
+	$(PY) -m sslext.demo --compare-precision
 
 clean:
 	rm -rf build build-cmake build-cmake.log sslext/*.so *.egg-info

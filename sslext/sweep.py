@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from .config import ConfigError, load_config
+from .sweep_report import read_record
+from .training.metrics import atomic_write_text
 
 __all__ = ["Sweep", "Cell", "load_sweep", "run_sweep", "main"]
 
@@ -204,22 +205,9 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
     return sweep
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
+def _write_record(path: Path, obj: Dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_record(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        rec = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return rec if isinstance(rec, dict) else None
+    atomic_write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 def cell_status(sweep: Sweep, cell: Cell) -> str:
@@ -237,6 +225,7 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
     import torch
 
     from .evaluate import evaluate_backbone
+    from .report import read_metrics
     from .training import Trainer, build_everything, resolve_device
 
     cfg = sweep.config(cell)
@@ -252,7 +241,7 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
         if not summary["finished"] or "final_eval" not in summary:
             raise RuntimeError(f"cell {cell.name}: the run stopped before its final evaluation: {summary}")
         final = summary["final_eval"]
-        epochs = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+        epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
         steps = summary["global_step"]
     else:
         # The network exactly as the trained rows start from it (same seed, same build).
@@ -268,7 +257,7 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
                                   label_fraction=ev["label_fraction"], knn_k=ev["knn_k"], knn_t=ev["knn_t"],
                                   seed=cfg["seed"], progress=False)
         epochs, steps = [], 0
-    _atomic_json(sweep.record_path(cell), {
+    _write_record(sweep.record_path(cell), {
         "status": "done", "cell": cell.name, "row": cell.row, "seed": cell.seed, "method": cfg["method"]["name"],
         "trained": cell.train, "steps": steps, "run_dir": str(run_dir), "overrides": cell.overrides,
         "config": cfg, "final_eval": final, "epochs": epochs, "seconds": time.time() - t0,
@@ -276,16 +265,6 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     return 0
-
-
-def _read_jsonl(path: Path) -> List[Dict[str, Any]]:
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 # ------------------------------------------------------------------ runner
@@ -357,7 +336,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
                     counts["interrupted"] += 1
                 else:
                     counts["failed"] += 1
-                    _atomic_json(sweep.record_path(c), {
+                    _write_record(sweep.record_path(c), {
                         "status": "failed", "cell": c.name, "row": c.row, "seed": c.seed, "returncode": rc,
                         "run_dir": str(sweep.run_dir(c)), "log": str(log), "error": _tail(log),
                         "overrides": c.overrides, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -3,7 +3,9 @@
 Writes into the sweep's results directory: ``results.md``, ``results.csv``
 (one row per cell), ``results.json`` (cells, per-row aggregates, paired
 differences) and ``plot_final.png``, ``plot_curves.png``, ``plot_spectrum.png``.
-Every aggregate names the run directories it came from.
+Every aggregate names the run directories it came from. ``sweep`` arguments
+are :class:`sslext.sweep.Sweep` objects (not imported here: the runner imports
+this module).
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .sweep import Sweep, _atomic_json, read_record
+from .training.metrics import atomic_write_text
 
-__all__ = ["collect", "aggregate", "paired_differences", "write_report", "t_quantile_975"]
+__all__ = ["read_record", "collect", "aggregate", "paired_differences", "write_report", "t_quantile_975"]
 
 # Final metrics reported per cell, with the label used in tables.
 METRICS = {
@@ -38,6 +40,15 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.045, 2.042]
 
 
+def read_record(path: Path) -> Optional[Dict[str, Any]]:
+    """A cell's record, or None when it is missing or torn (records are written atomically)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def t_quantile_975(df: int) -> float:
     if df < 1:
         raise ValueError(f"df: expected >= 1, got {df}")
@@ -51,7 +62,7 @@ def _mean_std(xs: List[float]) -> tuple:
     return m, sd
 
 
-def collect(sweep: Sweep) -> Dict[str, Dict[str, Any]]:
+def collect(sweep: Any) -> Dict[str, Dict[str, Any]]:
     """Every cell's record (done or failed) by cell name; cells never run are absent."""
     out = {}
     for c in sweep.cells:
@@ -61,7 +72,7 @@ def collect(sweep: Sweep) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-def aggregate(sweep: Sweep, records: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def aggregate(sweep: Any, records: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """Per row and metric: mean, std (n - 1), n, the per-seed values and their run directories."""
     rows: Dict[str, Dict[str, Any]] = {}
     for r in sweep.rows:
@@ -80,7 +91,7 @@ def aggregate(sweep: Sweep, records: Dict[str, Dict[str, Any]]) -> Dict[str, Dic
     return rows
 
 
-def paired_differences(sweep: Sweep, records: Dict[str, Dict[str, Any]], baseline: Optional[str],
+def paired_differences(sweep: Any, records: Dict[str, Dict[str, Any]], baseline: Optional[str],
                        metrics=HEADLINE) -> Dict[str, Dict[str, Any]]:
     """Row minus its baseline, seed by seed (same seed = same init and data order), with a 95 % t-interval.
 
@@ -123,7 +134,7 @@ def _fmt(m: Dict[str, Any], digits: int = 2) -> str:
     return f"{m['mean']:.{digits}f}"
 
 
-def _markdown(sweep: Sweep, records, agg, diffs) -> str:
+def _markdown(sweep: Any, records, agg, diffs) -> str:
     lines = [f"# Sweep `{sweep.name}`", ""]
     if sweep.description:
         lines += [sweep.description.strip(), ""]
@@ -172,7 +183,7 @@ def _markdown(sweep: Sweep, records, agg, diffs) -> str:
     return "\n".join(lines)
 
 
-def _csv(sweep: Sweep, records) -> str:
+def _csv(sweep: Any, records) -> str:
     keys = sorted({k for r in records.values() for k, v in r.get("final_eval", {}).items()
                    if isinstance(v, (int, float))})
     buf = io.StringIO()
@@ -188,7 +199,7 @@ def _csv(sweep: Sweep, records) -> str:
     return buf.getvalue()
 
 
-def _plots(sweep: Sweep, records, agg, out: Path) -> None:
+def _plots(sweep: Any, records, agg, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,19 +276,18 @@ def _summary(rec: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def write_report(sweep: Sweep) -> Path:
+def write_report(sweep: Any) -> Path:
     """Write the tables and plots of ``sweep`` from its records; returns the path of results.md."""
     out = sweep.results_dir
     out.mkdir(parents=True, exist_ok=True)
     records = collect(sweep)
     agg = aggregate(sweep, records)
     diffs = {k: v for k, v in paired_differences(sweep, records, sweep.baseline).items() if v}
-    _atomic_json(out / "results.json", {"sweep": sweep.name, "seeds": sweep.seeds, "rows": agg,
+    atomic_write_text(out / "results.json", json.dumps({"sweep": sweep.name, "seeds": sweep.seeds, "rows": agg,
                                         "paired_differences": {"baseline": sweep.baseline, "rows": diffs},
-                                        "cells": {k: _summary(v) for k, v in records.items()}})
-    for name, text in (("results.csv", _csv(sweep, records)), ("results.md", _markdown(sweep, records, agg, diffs))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+                                        "cells": {k: _summary(v) for k, v in records.items()}},
+                                       indent=1, default=float))
+    atomic_write_text(out / "results.csv", _csv(sweep, records))
+    atomic_write_text(out / "results.md", _markdown(sweep, records, agg, diffs))
     _plots(sweep, records, agg, out)
     return out / "results.md"
