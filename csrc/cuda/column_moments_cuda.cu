@@ -210,15 +210,15 @@ std::tuple<at::Tensor, at::Tensor> column_moments_cuda(const at::Tensor& z,
       at::kHalf, at::kBFloat16, z.scalar_type(), "column_moments_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* zp = z.const_data_ptr<scalar_t>();
-        column_sum_partial_kernel<scalar_t, acc_t><<<grid, block, 0, stream>>>(
+        SSLEXT_LAUNCH(grid, block, 0, stream, column_sum_partial_kernel<scalar_t, acc_t>)(
             zp, sum_ws.data_ptr<acc_t>(), n, d, plan.rows_per_split);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        column_center_kernel<scalar_t, acc_t><<<grid, block, 0, stream>>>(
+        SSLEXT_LAUNCH(grid, block, 0, stream, column_center_kernel<scalar_t, acc_t>)(
             zp, sum_ws.const_data_ptr<acc_t>(), centered.data_ptr<acc_t>(),
             mean.data_ptr<acc_t>(), sq_ws.data_ptr<acc_t>(), n, d,
             plan.rows_per_split, plan.splits);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        column_finalize_kernel<acc_t><<<fin_grid, kFinalizeThreads, 0, stream>>>(
+        SSLEXT_LAUNCH(fin_grid, kFinalizeThreads, 0, stream, column_finalize_kernel<acc_t>)(
             sq_ws.const_data_ptr<acc_t>(), m2.data_ptr<acc_t>(), d, plan.splits);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -242,13 +242,13 @@ at::Tensor bn_backward_cuda(const at::Tensor& da, const at::Tensor& a,
     const acc_t* gp = da.const_data_ptr<acc_t>();
     const acc_t* ap = a.const_data_ptr<acc_t>();
     const acc_t* ip = inv_std.const_data_ptr<acc_t>();
-    bn_backward_partial_kernel<acc_t><<<grid, block, 0, stream>>>(
+    SSLEXT_LAUNCH(grid, block, 0, stream, bn_backward_partial_kernel<acc_t>)(
         gp, ap, g_ws.data_ptr<acc_t>(), ga_ws.data_ptr<acc_t>(), n, d,
         plan.rows_per_split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, out_dtype, "bn_backward_cuda_out", [&] {
-          bn_backward_apply_kernel<acc_t, scalar_t><<<grid, block, 0, stream>>>(
+          SSLEXT_LAUNCH(grid, block, 0, stream, bn_backward_apply_kernel<acc_t, scalar_t>)(
               gp, ap, ip, g_ws.const_data_ptr<acc_t>(),
               ga_ws.const_data_ptr<acc_t>(), dz.data_ptr<scalar_t>(), n, d,
               plan.rows_per_split, plan.splits);

@@ -124,13 +124,12 @@ at::Tensor offdiag_sums_cuda(const at::Tensor& m, double diag_target) {
   auto out = at::empty({2}, m.options().dtype(at::kDouble));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "offdiag_sums_cuda", [&] {
-    offdiag_partial_kernel<scalar_t>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+    SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, offdiag_partial_kernel<scalar_t>)(
             m.const_data_ptr<scalar_t>(), d, diag_target,
             partials.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  finalize_partials_kernel<2><<<1, kThreads, 0, stream>>>(
+  SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<2>)(
       partials.const_data_ptr<double>(), blocks, out.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -146,13 +145,12 @@ at::Tensor sum_sq_diff_cuda(const at::Tensor& a, const at::Tensor& b) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, a.scalar_type(), "sum_sq_diff_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        sum_sq_diff_partial_kernel<scalar_t, acc_t>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, sum_sq_diff_partial_kernel<scalar_t, acc_t>)(
                 a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
                 numel, partials.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
-  finalize_partials_kernel<1><<<1, kThreads, 0, stream>>>(
+  SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<1>)(
       partials.const_data_ptr<double>(), blocks, out.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -166,13 +164,12 @@ at::Tensor dot_f64_cuda(const at::Tensor& a, const at::Tensor& b) {
   auto out = at::empty({}, a.options().dtype(at::kDouble));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "dot_f64_cuda", [&] {
-    dot_partial_kernel<scalar_t>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+    SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, dot_partial_kernel<scalar_t>)(
             a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), numel,
             partials.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  finalize_partials_kernel<1><<<1, kThreads, 0, stream>>>(
+  SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<1>)(
       partials.const_data_ptr<double>(), blocks, out.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -98,8 +98,7 @@ std::tuple<at::Tensor, at::Tensor> row_normalize_cuda(const at::Tensor& z,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, z.scalar_type(), "row_normalize_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        row_normalize_kernel<scalar_t, acc_t>
-            <<<static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream>>>(
+        SSLEXT_LAUNCH(static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream, row_normalize_kernel<scalar_t, acc_t>)(
                 z.const_data_ptr<scalar_t>(), zhat.data_ptr<acc_t>(),
                 norms.data_ptr<acc_t>(), n, d, static_cast<acc_t>(eps));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -129,8 +128,7 @@ at::Tensor row_normalize_backward_cuda(const at::Tensor& other,
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, out_dtype, "row_normalize_backward_cuda_out",
         [&] {
-          row_normalize_backward_kernel<acc_t, scalar_t>
-              <<<static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream>>>(
+          SSLEXT_LAUNCH(static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream, row_normalize_backward_kernel<acc_t, scalar_t>)(
                   otp, pp, hp, np, wp, dz.data_ptr<scalar_t>(), n, d,
                   static_cast<acc_t>(eps));
           C10_CUDA_KERNEL_LAUNCH_CHECK();

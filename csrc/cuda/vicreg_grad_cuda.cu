@@ -89,8 +89,7 @@ at::Tensor vicreg_grad_cuda(const at::Tensor& z, const at::Tensor& z_other,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, z.scalar_type(), "vicreg_grad_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        vicreg_grad_kernel<scalar_t, acc_t>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, vicreg_grad_kernel<scalar_t, acc_t>)(
                 z.const_data_ptr<scalar_t>(),
                 z_other.const_data_ptr<scalar_t>(),
                 centered.const_data_ptr<acc_t>(), var.const_data_ptr<acc_t>(),
