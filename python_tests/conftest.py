@@ -1,9 +1,14 @@
 """Shared fixtures, markers and the per-dtype tolerance table."""
 
+import os
+
 import pytest
 import torch
 
 import sslext  # noqa: F401  (loads the ops)
+
+# The emulated-CUDA suite needs the emulated build loaded (make test-emulated).
+collect_ignore = [] if os.environ.get("SSLEXT_EMULATED") == "1" else ["emulated"]
 
 # One table for every comparison against the float64 reference.
 # forward: relative error of the scalar loss; grad: elementwise rtol with an

@@ -298,6 +298,9 @@ std::string where(const Launch& L, int tid) {
 // thread's stack is abandoned and the launch ends (the access that triggered
 // a memcheck error is therefore never performed).
 [[noreturn]] EMU_NOSAN void fail_in_fiber(Launch& L, const char* check, const std::string& msg) {
+  // The linker may have kept an instrumented copy of a library function the
+  // report uses (COMDAT): no checks while reporting. launch() resets it.
+  t_in_hook = 1;
   if (!L.failed) {
     L.failed = true;
     L.error = std::string("sslext emu ") + check + ": " + where(L, L.cur) + ": " + msg;
@@ -442,7 +445,15 @@ EMU_NOSAN bool try_resolve_shuffle(Launch& L, int tid, bool final) {
   return true;
 }
 
+// Scheduler code is not the kernel's: checks are off except while a fiber runs
+// (a report may call an instrumented copy of a library function).
+EMU_NOSAN void run_block_checked(Launch& L);
 EMU_NOSAN void run_block(Launch& L) {
+  ++t_in_hook;
+  run_block_checked(L);
+  --t_in_hook;
+}
+EMU_NOSAN void run_block_checked(Launch& L) {
   auto& F = *L.fibers;
   const int n = L.nthreads;
   for (int t = 0; t < n; ++t) init_fiber(F[t]);
@@ -454,7 +465,9 @@ EMU_NOSAN void run_block(Launch& L) {
       if (F[t].st != St::Runnable) continue;
       any_runnable = true;
       L.cur = t;
+      --t_in_hook;
       sslext_emu_switch(&L.sched_sp, F[t].sp);
+      ++t_in_hook;
       if (L.failed) return;
     }
     if (any_runnable) continue;
@@ -559,9 +572,6 @@ EMU_NOSAN void check_global(Launch& L, uintptr_t a, int size, bool write) {
         hit = {it->first, it->first + it->second};
     }
   }
-  if (std::getenv("SSLEXT_EMU_DEBUG"))
-    std::fprintf(stderr, "global %s %#lx size %d -> [%#lx, %#lx)\n", write ? "write" : "read",
-                 (unsigned long)a, size, (unsigned long)hit.first, (unsigned long)hit.second);
   if (hit.second != 0) {
     L.ok_ranges.push_back(hit);
     return;
@@ -626,6 +636,9 @@ EMU_NOSAN uint64_t shfl(const char* file, int line, unsigned mask, uint64_t bits
   const int tid = L.cur;
   Fiber& f = (*L.fibers)[tid];
   const int base = tid - tid % 32;
+  // Reports built here may run instrumented library code (see fail_in_fiber):
+  // checks off until this thread switches away or returns.
+  ++t_in_hook;
   if (width < 1 || width > 32 || (width & (width - 1)) != 0)
     fail_in_fiber(L, "synccheck", "shuffle width " + std::to_string(width) + " is not a power of two <= 32");
   if (kind == 3 && (arg < 0 || arg > 31))
@@ -646,7 +659,9 @@ EMU_NOSAN uint64_t shfl(const char* file, int line, unsigned mask, uint64_t bits
   f.kind = kind;
   f.arg = arg;
   f.width = width;
-  if (!try_resolve_shuffle(L, tid, /*final=*/false)) {
+  const bool done = try_resolve_shuffle(L, tid, /*final=*/false);
+  --t_in_hook;
+  if (!done) {
     if (L.failed) {
       f.st = St::Exited;
       sslext_emu_switch(&f.sp, L.sched_sp);
