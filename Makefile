@@ -2,6 +2,7 @@
 # make demo   the embedded default: SSL pretraining on Fashion-MNIST on the CPU
 # make bench  the CPU loss microbenchmarks (writes benchmarks/results/cpu/)
 # make cmake  build the ops with CMake into build-cmake/ and load them
+# make test-emulated  the CUDA kernels on the CPU under the emulator's checks (docs/cuda.md)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ export CUDA_HOME
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export TORCH_CUDA_ARCH_LIST
 
-.PHONY: venv build test cmake bench demo clean
+.PHONY: venv build test test-emulated emulated cmake bench demo clean
 
 venv: $(VENV)/.deps-installed
 $(VENV)/.deps-installed: Makefile
@@ -43,8 +44,21 @@ cmake: venv
 	$(PY) -c "import torch; torch.ops.load_library('build-cmake/libsslext_ops.so'); \
 	  print('cmake build loads:', torch.ops.sslext.build_info())"
 
-test: build cmake
+# The emulated-CUDA build: csrc/cuda/*.cu compiled as host C++ against csrc/emu
+# into sslext/_C_emu.so (needs GCC, no CUDA toolkit); SSLEXT_EMULATED=1 loads it.
+emulated: sslext/_C_emu.so
+sslext/_C_emu.so: $(VENV)/.deps-installed $(SSLEXT_SOURCES)
+	$(VENV)/bin/cmake -S csrc/emu -B build-emu -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+	  -DSSLEXT_PYTHON=$(abspath $(PY)) > build-emu.log 2>&1 || { tail -40 build-emu.log; exit 1; }
+	$(VENV)/bin/cmake --build build-emu -j $$(nproc) >> build-emu.log 2>&1 || { tail -40 build-emu.log; exit 1; }
+
+# Its parity tests compare with the CPU build, hence `build`.
+test-emulated: build emulated
+	SSLEXT_EMULATED=1 $(PY) -m pytest python_tests/emulated -q
+
+test: build cmake emulated
 	$(PY) -m pytest python_tests -q
+	SSLEXT_EMULATED=1 $(PY) -m pytest python_tests/emulated -q
 
 # lightly (a peer in the benchmark) lives in .bench-pkgs only, never in the test environment;
 # its loss modules need nothing beyond torch.
@@ -61,4 +75,4 @@ demo: build
 	$(PY) -m sslext.demo
 
 clean:
-	rm -rf build build-cmake build-cmake.log sslext/*.so *.egg-info
+	rm -rf build build-cmake build-cmake.log build-emu build-emu.log sslext/*.so *.egg-info

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Proof that the emulated suite catches broken CUDA kernels (docs/cuda.md):
+#   bash benchmarks/mutate_cuda.sh WORKDIR
+# For each mutation below: a copy of csrc/cuda/ in WORKDIR gets the one edit,
+# the emulated build is compiled from the copy (into WORKDIR, never over
+# sslext/_C_emu.so) and the emulated suite runs against it; the mutation is
+# CAUGHT when the suite fails. Exit status 0 when every mutation is caught.
+# Needs the CPU build in place (the parity tests compare against it) and the
+# venv (PYTHON, default .venv/bin/python, with cmake and ninja beside it).
+set -uo pipefail
+WORK=$(mkdir -p "${1:?usage: mutate_cuda.sh WORKDIR}" && cd "$1" && pwd)
+cd "$(dirname "$0")/.."
+PY=$(realpath "${PYTHON:-.venv/bin/python}")
+BIN=$(dirname "$PY")
+
+# name | file in csrc/cuda | python expression turning the text s into the mutant
+MUTATIONS=(
+  "drop-barrier|reduce.cuh|s.replace('__syncthreads();', '', 1)"
+  "bound-c<=d|column_moments_cuda.cu|s.replace('if (c < d) out[c]', 'if (c <= d) out[c]', 1)"
+  "shuffle-offset|reduce.cuh|s.replace('offset = kWarpSize / 2', 'offset = kWarpSize / 4', 1)"
+)
+
+rm -rf "$WORK/cuda" && cp -rp csrc/cuda "$WORK/cuda"
+"$BIN/cmake" -S csrc/emu -B "$WORK/build" -G Ninja -DCMAKE_MAKE_PROGRAM="$BIN/ninja" -DSSLEXT_PYTHON="$PY" \
+  -DSSLEXT_EMU_CUDA_DIR="$WORK/cuda" -DSSLEXT_EMU_OUTPUT_DIR="$WORK/lib" > "$WORK/configure.log" 2>&1 \
+  || { tail -20 "$WORK/configure.log"; exit 2; }
+
+missed=0
+for m in "${MUTATIONS[@]}"; do
+  IFS='|' read -r name file expr <<< "$m"
+  cp -p csrc/cuda/* "$WORK/cuda/" && touch "$WORK/cuda/"*  # a restored file must rebuild too
+  "$PY" - "$WORK/cuda/$file" "$expr" <<'PYEOF' || { echo "$name: the edit did not apply"; exit 2; }
+import sys
+path, expr = sys.argv[1], sys.argv[2]
+s = open(path).read()
+t = eval(expr, {"s": s})
+if t == s:
+    sys.exit(1)
+open(path, "w").write(t)
+PYEOF
+  start=$(date +%s)
+  if ! "$BIN/cmake" --build "$WORK/build" > "$WORK/$name.build.log" 2>&1; then
+    echo "$name: CAUGHT (does not compile)"; continue
+  fi
+  SSLEXT_EMULATED=1 SSLEXT_EMU_LIBRARY="$WORK/lib/_C_emu.so" "$PY" -m pytest python_tests/emulated -x -q \
+    -p no:cacheprovider > "$WORK/$name.test.log" 2>&1
+  rc=$?
+  first=$(grep -m1 -E "^(FAILED|ERROR) " "$WORK/$name.test.log" | cut -c1-160)
+  if [ $rc -ne 0 ]; then
+    echo "$name: CAUGHT after $(( $(date +%s) - start ))s: $first"
+    grep -m1 -oE "sslext emu [a-z ]+: kernel [a-z_]+[^:]*" "$WORK/$name.test.log" | sed 's/^/    /'
+  else
+    echo "$name: MISSED (the emulated suite passed)"; missed=$((missed + 1))
+  fi
+done
+exit $missed
