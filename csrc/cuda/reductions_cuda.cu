@@ -61,15 +61,18 @@ __global__ __launch_bounds__(kThreads) void sum_sq_diff_partial_kernel(
   double s = 0.0;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
        k < numel; k += stride) {
-    const acc_t diff = static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]);
-    s += static_cast<double>(diff * diff);
+    // The difference in opmath, its square in float64, as on the CPU: a
+    // float32 square overflows for |diff| > ~1.8e19.
+    const double diff =
+        static_cast<double>(static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]));
+    s += diff * diff;
   }
   s = block_reduce_sum<kThreads>(s);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
-// Same mapping as sum_sq_diff_partial_kernel; products in the input precision,
-// as on the CPU, sums in float64.
+// Same mapping as sum_sq_diff_partial_kernel; products and sums in float64,
+// as on the CPU.
 template <typename scalar_t>
 __global__ __launch_bounds__(kThreads) void dot_partial_kernel(
     const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
@@ -78,8 +81,7 @@ __global__ __launch_bounds__(kThreads) void dot_partial_kernel(
   double s = 0.0;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
        k < numel; k += stride) {
-    const scalar_t p = a[k] * b[k];
-    s += static_cast<double>(p);
+    s += static_cast<double>(a[k]) * static_cast<double>(b[k]);
   }
   s = block_reduce_sum<kThreads>(s);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
@@ -101,8 +103,8 @@ __global__ __launch_bounds__(kThreads) void offdiag_partial_kernel(
         const double t = static_cast<double>(v) - diag_target;
         on += t * t;
       } else {
-        const scalar_t sq = v * v;
-        off += static_cast<double>(sq);
+        const double w = static_cast<double>(v);
+        off += w * w;
       }
     }
   }

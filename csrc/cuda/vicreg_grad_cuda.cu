@@ -40,7 +40,9 @@ __global__ __launch_bounds__(kThreads) void vicreg_grad_kernel(
     const acc_t* __restrict__ g, const acc_t* __restrict__ grad_terms,
     scalar_t* __restrict__ dz, int64_t n, int64_t d, VicregCoeffs co,
     bool subtract_diag) {
-  // Same expressions, in the same order, as the CPU reference.
+  // Same expressions, in the same order, as the CPU reference. Parity is
+  // within tolerance, not bitwise: nvcc contracts a * b + c into FMAs
+  // (--fmad=true, its default), the CPU build does not (docs/cuda.md).
   const acc_t gt0 = grad_terms[0];
   const acc_t w_inv = gt0 * static_cast<acc_t>(co.inv_coeff) + grad_terms[1];
   const acc_t w_var = gt0 * static_cast<acc_t>(co.var_coeff) + grad_terms[2];
