@@ -10,7 +10,8 @@
 set -uo pipefail
 WORK=$(mkdir -p "${1:?usage: mutate_cuda.sh WORKDIR}" && cd "$1" && pwd)
 cd "$(dirname "$0")/.."
-PY=$(realpath "${PYTHON:-.venv/bin/python}")
+PY=${PYTHON:-.venv/bin/python}
+PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # absolute, symlink kept (venv)
 BIN=$(dirname "$PY")
 
 # name | file in csrc/cuda | python expression turning the text s into the mutant
