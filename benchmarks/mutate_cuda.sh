@@ -15,10 +15,17 @@ PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # absolute, symlink kept (
 BIN=$(dirname "$PY")
 
 # name | file in csrc/cuda | python expression turning the text s into the mutant
+# (nth(s, old, new, k) replaces the k-th occurrence only). The three of issue
+# 10 come first; the other barriers of reduce.cuh follow. MUTATIONS_ONLY=name,...
+# runs a subset.
 MUTATIONS=(
-  "drop-barrier|reduce.cuh|s.replace('__syncthreads();', '', 1)"
+  "drop-barrier-1|reduce.cuh|nth(s, '__syncthreads();', '', 1)"
   "bound-c<=d|column_moments_cuda.cu|s.replace('if (c < d) out[c]', 'if (c <= d) out[c]', 1)"
   "shuffle-offset|reduce.cuh|s.replace('offset = kWarpSize / 2', 'offset = kWarpSize / 4', 1)"
+  "drop-barrier-2|reduce.cuh|nth(s, '__syncthreads();', '', 2)"
+  "drop-barrier-3|reduce.cuh|nth(s, '__syncthreads();', '', 3)"
+  "drop-barrier-4|reduce.cuh|nth(s, '__syncthreads();', '', 4)"
+  "drop-barrier-5|reduce.cuh|nth(s, '__syncthreads();', '', 5)"
 )
 
 rm -rf "$WORK/cuda" && cp -rp csrc/cuda "$WORK/cuda"
@@ -29,12 +36,24 @@ rm -rf "$WORK/cuda" && cp -rp csrc/cuda "$WORK/cuda"
 missed=0
 for m in "${MUTATIONS[@]}"; do
   IFS='|' read -r name file expr <<< "$m"
+  if [ -n "${MUTATIONS_ONLY:-}" ] && [[ ",$MUTATIONS_ONLY," != *",$name,"* ]]; then continue; fi
   cp -p csrc/cuda/* "$WORK/cuda/" && touch "$WORK/cuda/"*  # a restored file must rebuild too
   "$PY" - "$WORK/cuda/$file" "$expr" <<'PYEOF' || { echo "$name: the edit did not apply"; exit 2; }
 import sys
 path, expr = sys.argv[1], sys.argv[2]
 s = open(path).read()
-t = eval(expr, {"s": s})
+
+
+def nth(text, old, new, k):
+    at = -1
+    for _ in range(k):
+        at = text.find(old, at + 1)
+        if at < 0:
+            return text
+    return text[:at] + new + text[at + len(old):]
+
+
+t = eval(expr, {"s": s, "nth": nth})
 if t == s:
     sys.exit(1)
 open(path, "w").write(t)
