@@ -6,6 +6,7 @@
 # make wheel  build the wheel (dist/), check its CUDA archs and PTX
 # make test-install  install that wheel (not editable) into a fresh venv and smoke-test it
 # make test-torch211  build CPU+CUDA kernels against torch 2.11 (the GPU machine's) and run the op tests
+# make test-emulated  the CUDA kernels on the CPU under the emulator's checks (docs/cuda.md)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,7 +21,7 @@ export CUDA_HOME
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export TORCH_CUDA_ARCH_LIST
 
-.PHONY: venv build test cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
+.PHONY: venv build test test-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
 
 venv: $(VENV)/.deps-installed
 $(VENV)/.deps-installed: Makefile
@@ -48,8 +49,21 @@ cmake: venv
 	$(PY) -c "import torch; torch.ops.load_library('build-cmake/libsslext_ops.so'); \
 	  print('cmake build loads:', torch.ops.sslext.build_info())"
 
-test: build cmake test-install
+# The emulated-CUDA build: csrc/cuda/*.cu compiled as host C++ against csrc/emu
+# into sslext/_C_emu.so (needs GCC, no CUDA toolkit); SSLEXT_EMULATED=1 loads it.
+emulated: sslext/_C_emu.so
+sslext/_C_emu.so: $(VENV)/.deps-installed $(SSLEXT_SOURCES)
+	$(VENV)/bin/cmake -S csrc/emu -B build-emu -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+	  -DSSLEXT_PYTHON=$(abspath $(PY)) > build-emu.log 2>&1 || { tail -40 build-emu.log; exit 1; }
+	$(VENV)/bin/cmake --build build-emu -j $$(nproc) >> build-emu.log 2>&1 || { tail -40 build-emu.log; exit 1; }
+
+# Its parity tests compare with the CPU build, hence `build`.
+test-emulated: build emulated
+	SSLEXT_EMULATED=1 $(PY) -m pytest python_tests/emulated -q
+
+test: build cmake emulated test-install
 	$(PY) -m pytest python_tests -q
+	SSLEXT_EMULATED=1 $(PY) -m pytest python_tests/emulated -q
 
 # One build serves both packaging checks: the wheel is built once, its extension is
 # checked for SASS/PTX, and that same file is what the fresh venv installs.
@@ -135,4 +149,4 @@ demo: build
 	$(PY) -m sslext.demo --compare-precision
 
 clean:
-	rm -rf build build-cmake build-cmake.log dist sslext/*.so *.egg-info
+	rm -rf build build-cmake build-cmake.log build-emu build-emu.log dist sslext/*.so *.egg-info

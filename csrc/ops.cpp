@@ -37,7 +37,12 @@ std::string build_info() {
 #else
   const char* with_cuda = "false";
 #endif
-  return std::string("{\"with_cuda\": ") + with_cuda +
+#ifdef SSLEXT_EMULATE_CUDA
+  const char* emulated = "true";
+#else
+  const char* emulated = "false";
+#endif
+  return std::string("{\"with_cuda\": ") + with_cuda + ", \"emulated_cuda\": " + emulated +
          ", \"cuda_archs\": \"" SSLEXT_CUDA_ARCHS "\", \"cuda_version\": \"" SSLEXT_CUDA_VERSION
          "\", \"torch_version\": \"" SSLEXT_TORCH_VERSION "\"}";
 }
@@ -108,6 +113,7 @@ TORCH_LIBRARY(sslext, m) {
 
 TORCH_LIBRARY_IMPL(sslext, CPU, m) { SSLEXT_REGISTER_IMPLS(m); }
 
-#ifdef SSLEXT_WITH_CUDA
+// The emulated build registers for CPU only: its "CUDA" kernels take CPU tensors.
+#if defined(SSLEXT_WITH_CUDA) && !defined(SSLEXT_EMULATE_CUDA)
 TORCH_LIBRARY_IMPL(sslext, CUDA, m) { SSLEXT_REGISTER_IMPLS(m); }
 #endif

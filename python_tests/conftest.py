@@ -1,9 +1,16 @@
 """Shared fixtures, markers and the per-dtype tolerance table."""
 
+import os
+
 import pytest
 import torch
 
 import sslext  # noqa: F401  (loads the ops)
+
+# The emulated-CUDA suite (python_tests/emulated, docs/cuda.md) needs the
+# emulated build loaded: make test-emulated runs it with SSLEXT_EMULATED=1.
+EMULATED = os.environ.get("SSLEXT_EMULATED") == "1"
+collect_ignore = [] if EMULATED else ["emulated"]
 
 # One table for every comparison against the float64 reference.
 # forward: relative error of the scalar loss; grad: elementwise rtol with an
@@ -47,3 +54,31 @@ def assert_forward_close(actual, expected, dtype=torch.float32):
     torch.testing.assert_close(
         actual.double(), expected.double(), rtol=tol["forward_rtol"], atol=0.0
     )
+
+
+if EMULATED:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _HERE = Path(__file__).resolve().parent
+
+    def pytest_report_header(config):
+        seed = torch.ops.sslext_emu.seed()
+        return f"sslext emulated CUDA: block order seed {seed} (SSLEXT_EMU_SEED={seed} replays it)"
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _emulated_build_loaded():
+        assert sslext.build_info()["emulated_cuda"], "SSLEXT_EMULATED=1 must load sslext/_C_emu.so"
+
+    @pytest.fixture(scope="session")
+    def cpu_results(tmp_path_factory):
+        """The CPU build's side of the emulated parity matrix, computed in a subprocess
+        (one process cannot load both builds: both register the sslext library)."""
+        out = tmp_path_factory.mktemp("cpu") / "cpu.pt"
+        env = {k: v for k, v in os.environ.items() if k not in ("SSLEXT_EMULATED", "SSLEXT_EMU_LIBRARY")}
+        paths = [str(_HERE / "emulated"), str(_HERE), str(_HERE.parent), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        script = _HERE / "emulated" / "parity_cases.py"
+        subprocess.run([sys.executable, str(script), str(out)], cwd=_HERE.parent, env=env, check=True)
+        return torch.load(out)

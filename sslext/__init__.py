@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from . import _C  # noqa: F401  (registers torch.ops.sslext.*)
+from . import _native  # noqa: F401  (registers torch.ops.sslext.*: _C, or _C_emu)
 from . import functional, ops, reference  # noqa: F401
 from .contrastive import BYOLLoss, InfoNCELoss, KeyQueue, NTXentLoss, SimSiamLoss
 from .losses import BarlowTwinsLoss, TiCoLoss, VICRegLoss, VICRegTiCoLoss

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (registers torch.ops.sslext.*)
+from . import _native  # noqa: F401  (registers torch.ops.sslext.*: _C, or _C_emu)
 from ._checks import (
     check_embedding,
     check_non_negative,

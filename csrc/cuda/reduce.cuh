@@ -6,6 +6,13 @@
 
 #include <cstdint>
 
+// Every launch goes through SSLEXT_LAUNCH(grid, block, smem, stream, kernel)(args):
+// kernel<<<grid, block, smem, stream>>>(args) under nvcc, the emulator's
+// checked launch when the kernels are compiled as host C++ (docs/cuda.md).
+#ifndef SSLEXT_EMULATE_CUDA
+#define SSLEXT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 namespace sslext::cuda {
 
 constexpr int kWarpSize = 32;

@@ -61,15 +61,18 @@ __global__ __launch_bounds__(kThreads) void sum_sq_diff_partial_kernel(
   double s = 0.0;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
        k < numel; k += stride) {
-    const acc_t diff = static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]);
-    s += static_cast<double>(diff * diff);
+    // The difference in opmath, its square in float64, as on the CPU: a
+    // float32 square overflows for |diff| > ~1.8e19.
+    const double diff =
+        static_cast<double>(static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]));
+    s += diff * diff;
   }
   s = block_reduce_sum<kThreads>(s);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
-// Same mapping as sum_sq_diff_partial_kernel; products in the input precision,
-// as on the CPU, sums in float64.
+// Same mapping as sum_sq_diff_partial_kernel; products and sums in float64,
+// as on the CPU.
 template <typename scalar_t>
 __global__ __launch_bounds__(kThreads) void dot_partial_kernel(
     const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
@@ -78,8 +81,7 @@ __global__ __launch_bounds__(kThreads) void dot_partial_kernel(
   double s = 0.0;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
        k < numel; k += stride) {
-    const scalar_t p = a[k] * b[k];
-    s += static_cast<double>(p);
+    s += static_cast<double>(a[k]) * static_cast<double>(b[k]);
   }
   s = block_reduce_sum<kThreads>(s);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
@@ -101,8 +103,8 @@ __global__ __launch_bounds__(kThreads) void offdiag_partial_kernel(
         const double t = static_cast<double>(v) - diag_target;
         on += t * t;
       } else {
-        const scalar_t sq = v * v;
-        off += static_cast<double>(sq);
+        const double w = static_cast<double>(v);
+        off += w * w;
       }
     }
   }
@@ -124,13 +126,12 @@ at::Tensor offdiag_sums_cuda(const at::Tensor& m, double diag_target) {
   auto out = at::empty({2}, m.options().dtype(at::kDouble));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "offdiag_sums_cuda", [&] {
-    offdiag_partial_kernel<scalar_t>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+    SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, offdiag_partial_kernel<scalar_t>)(
             m.const_data_ptr<scalar_t>(), d, diag_target,
             partials.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  finalize_partials_kernel<2><<<1, kThreads, 0, stream>>>(
+  SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<2>)(
       partials.const_data_ptr<double>(), blocks, out.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -146,13 +147,12 @@ at::Tensor sum_sq_diff_cuda(const at::Tensor& a, const at::Tensor& b) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, a.scalar_type(), "sum_sq_diff_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        sum_sq_diff_partial_kernel<scalar_t, acc_t>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, sum_sq_diff_partial_kernel<scalar_t, acc_t>)(
                 a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
                 numel, partials.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
-  finalize_partials_kernel<1><<<1, kThreads, 0, stream>>>(
+  SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<1>)(
       partials.const_data_ptr<double>(), blocks, out.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -166,13 +166,12 @@ at::Tensor dot_f64_cuda(const at::Tensor& a, const at::Tensor& b) {
   auto out = at::empty({}, a.options().dtype(at::kDouble));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "dot_f64_cuda", [&] {
-    dot_partial_kernel<scalar_t>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+    SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, dot_partial_kernel<scalar_t>)(
             a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), numel,
             partials.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  finalize_partials_kernel<1><<<1, kThreads, 0, stream>>>(
+  SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<1>)(
       partials.const_data_ptr<double>(), blocks, out.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -35,13 +35,15 @@ __global__ __launch_bounds__(kThreads) void row_normalize_kernel(
     acc_t* __restrict__ norms, int64_t n, int64_t d, acc_t eps) {
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     const scalar_t* row = z + i * d;
-    acc_t s = acc_t(0);
+    // Sum of squares and its sqrt in float64, as on the CPU: in float32 a row
+    // with |z| ~ 1e20 would overflow to norm = inf and zhat = 0.
+    double s = 0.0;
     for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-      const acc_t v = static_cast<acc_t>(row[j]);
+      const double v = static_cast<double>(row[j]);
       s += v * v;
     }
     s = block_reduce_sum<kThreads>(s);
-    const acc_t norm = device_sqrt(s);
+    const acc_t norm = static_cast<acc_t>(device_sqrt(s));
     if (threadIdx.x == 0) norms[i] = norm;
     // std::max(norm, eps) of the CPU path: a NaN norm stays NaN.
     const acc_t inv = acc_t(1) / (norm < eps ? eps : norm);
@@ -98,8 +100,7 @@ std::tuple<at::Tensor, at::Tensor> row_normalize_cuda(const at::Tensor& z,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, z.scalar_type(), "row_normalize_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        row_normalize_kernel<scalar_t, acc_t>
-            <<<static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream>>>(
+        SSLEXT_LAUNCH(static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream, row_normalize_kernel<scalar_t, acc_t>)(
                 z.const_data_ptr<scalar_t>(), zhat.data_ptr<acc_t>(),
                 norms.data_ptr<acc_t>(), n, d, static_cast<acc_t>(eps));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -129,8 +130,7 @@ at::Tensor row_normalize_backward_cuda(const at::Tensor& other,
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, out_dtype, "row_normalize_backward_cuda_out",
         [&] {
-          row_normalize_backward_kernel<acc_t, scalar_t>
-              <<<static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream>>>(
+          SSLEXT_LAUNCH(static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream, row_normalize_backward_kernel<acc_t, scalar_t>)(
                   otp, pp, hp, np, wp, dz.data_ptr<scalar_t>(), n, d,
                   static_cast<acc_t>(eps));
           C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -62,7 +62,7 @@ at::Tensor row_normalize_backward_cpu(const at::Tensor& other,
                                       const at::Tensor& w, double eps,
                                       at::ScalarType out_dtype);
 
-#ifdef SSLEXT_WITH_CUDA
+#if defined(SSLEXT_WITH_CUDA) || defined(SSLEXT_EMULATE_CUDA)
 std::tuple<at::Tensor, at::Tensor> column_moments_cuda(const at::Tensor& z,
                                                        at::Tensor& centered);
 at::Tensor sum_sq_diff_cuda(const at::Tensor& a, const at::Tensor& b);
@@ -95,6 +95,11 @@ at::Tensor row_normalize_backward_cuda(const at::Tensor& other,
               "sslext was built without CUDA kernels; reinstall it where " \
               "nvcc is present (or with SSLEXT_FORCE_CUDA=1)")
 #endif
+#ifdef SSLEXT_EMULATE_CUDA
+// The emulated build (sslext/_C_emu, docs/cuda.md) runs the CUDA kernels,
+// compiled as host C++, on CPU tensors: every call goes to the _cuda twin.
+#define SSLEXT_DISPATCH_DEVICE(t, name, ...) return name##_cuda(__VA_ARGS__)
+#else
 #define SSLEXT_DISPATCH_DEVICE(t, name, ...)    \
   do {                                          \
     if ((t).is_cuda()) {                        \
@@ -102,6 +107,7 @@ at::Tensor row_normalize_backward_cuda(const at::Tensor& other,
     }                                           \
     return name##_cpu(__VA_ARGS__);             \
   } while (0)
+#endif
 
 inline std::tuple<at::Tensor, at::Tensor> column_moments(const at::Tensor& z,
                                                          at::Tensor& centered) {
