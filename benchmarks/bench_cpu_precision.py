@@ -78,7 +78,7 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     for name in SETTINGS:  # warm-up: allocator, oneDNN primitive caches
         step(name)
