@@ -2,6 +2,9 @@
 # make demo   the embedded default: SSL pretraining on Fashion-MNIST on the CPU
 # make bench  the CPU loss microbenchmarks (writes benchmarks/results/cpu/)
 # make cmake  build the ops with CMake into build-cmake/ and load them
+# make wheel  build the wheel (dist/), check its CUDA archs and PTX
+# make test-install  install that wheel (not editable) into a fresh venv and smoke-test it
+# make test-torch211  build CPU+CUDA kernels against torch 2.11 (the GPU machine's) and run the op tests
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,11 +14,12 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 DEPS := numpy pytest hypothesis pyyaml tqdm matplotlib pillow ninja cmake setuptools wheel
 CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
 export CUDA_HOME
-# Two archs keep a 2-core build within minutes; override for other GPUs.
-TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+# Two archs keep a 2-core build within minutes; +PTX on the newest lets newer GPUs
+# JIT-compile the kernels (see docs/install.md). Override for other GPUs.
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export TORCH_CUDA_ARCH_LIST
 
-.PHONY: venv build test cmake bench demo clean
+.PHONY: venv build test cmake bench demo clean wheel test-install test-torch211
 
 venv: $(VENV)/.deps-installed
 $(VENV)/.deps-installed: Makefile
@@ -43,8 +47,69 @@ cmake: venv
 	$(PY) -c "import torch; torch.ops.load_library('build-cmake/libsslext_ops.so'); \
 	  print('cmake build loads:', torch.ops.sslext.build_info())"
 
-test: build cmake
+test: build cmake test-install
 	$(PY) -m pytest python_tests -q
+
+# One build serves both packaging checks: the wheel is built once, its extension is
+# checked for SASS/PTX, and that same file is what the fresh venv installs.
+# build/lib.* is cleared first: setuptools copies modules into it without removing
+# old ones, so a deleted module would otherwise ship in the wheel.
+WHEEL_DIR := dist
+SSLEXT_PY := $(shell find sslext -name '*.py')
+wheel: $(WHEEL_DIR)/.built
+$(WHEEL_DIR)/.built: $(VENV)/.deps-installed $(SSLEXT_SOURCES) $(SSLEXT_PY)
+	rm -rf $(WHEEL_DIR) build/lib.*
+	@echo "building the wheel (a CUDA build takes minutes)..."
+	time $(PIP) wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) .
+	EXPECT=$$([ -n "$$CUDA_HOME" ] && $(PY) -c 'import torch, sys; sys.exit(torch.version.cuda is None)' \
+	  && echo --expect-cuda); \
+	$(PY) python_tests/check_wheel_archs.py $(WHEEL_DIR)/sslext-*.whl $$EXPECT
+	touch $@
+
+# A fresh venv gets sslext only from the wheel (not editable). It sees $(VENV)'s
+# site-packages through a .pth line so that torch (GBs) is not installed twice: a
+# plain path line in a .pth only appends that directory to sys.path; the .pth files
+# inside it are not processed, so the editable install of `make build` (activated
+# by its own .pth) stays invisible there, and the fresh venv's own site-packages
+# come first. The smoke test runs with `python -I` from an empty directory and
+# fails unless sslext is imported from the fresh venv. pip installs without
+# --no-deps and without an index, so the wheel's dependencies must be satisfied too.
+test-install: wheel
+	set -e; TMP=$$(mktemp -d); trap 'rm -rf "$$TMP"' EXIT; \
+	$(PY) -m venv --without-pip "$$TMP/venv"; \
+	SITE=$$("$$TMP/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$$SITE/sslext-test-deps.pth"; \
+	$(PIP) --python "$$TMP/venv/bin/python" install -q --no-index $(WHEEL_DIR)/sslext-*.whl; \
+	cd "$$TMP" && "$$TMP/venv/bin/python" -I $(abspath python_tests/install_smoke.py)
+
+# The GPU machine runs torch 2.11 (TORCH_PIN above is newer): build the extension against
+# it, CPU and CUDA kernels, the way benchmarks/gpu_check.sh does (pip install -e with
+# SSLEXT_FORCE_CUDA=1), and run the core op tests on the CPU, so the first GPU run cannot
+# fail on a build or API difference. PyPI's torch 2.11 wheel is the CUDA 13.0 build, so it
+# matches nvcc 13. The build runs in a copy of the sources: its .so must not replace the
+# one `make build` put into the source tree. Not a prerequisite of `test`: on the 2-core
+# build machine under load it took 17 min (venv 2.5 min once, build 14.7, tests 1.7);
+# run it before a GPU session.
+VENV211 ?= .venv-torch211
+TORCH211_PIN := torch==2.11.0
+TORCH211_ARCHS ?= 9.0
+$(VENV211)/.deps-installed: Makefile
+	[ -x $(VENV211)/bin/python ] || python3 -m venv $(VENV211)
+	$(VENV211)/bin/python -m pip install -q --upgrade pip
+	$(VENV211)/bin/python -m pip install -q $(TORCH211_PIN) numpy pytest hypothesis pyyaml ninja setuptools wheel
+	touch $@
+
+test-torch211: $(VENV211)/.deps-installed
+	set -e; PY211=$(abspath $(VENV211))/bin/python; TMP=$$(mktemp -d); \
+	trap '$$PY211 -m pip uninstall -q -y sslext >/dev/null 2>&1; rm -rf "$$TMP"' EXIT; \
+	git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$$TMP"; \
+	cd "$$TMP"; \
+	echo "building against $$($$PY211 -c 'import torch; print(torch.__version__)') (CUDA_HOME=$${CUDA_HOME:-none})..."; \
+	time env $${CUDA_HOME:+SSLEXT_FORCE_CUDA=1} TORCH_CUDA_ARCH_LIST="$(TORCH211_ARCHS)" \
+	  $$PY211 -m pip install -q --no-build-isolation --no-deps -e . > build.log 2>&1 || { tail -40 build.log; exit 1; }; \
+	$$PY211 -c "import sslext, json; i = sslext.build_info(); print('torch 2.11 build:', json.dumps(i)); \
+	  assert i['torch_version'].startswith('2.11.'), i; assert i['with_cuda'] == bool('$$CUDA_HOME'), i"; \
+	$$PY211 -m pytest -q -p no:cacheprovider python_tests/test_ops.py python_tests/test_losses.py python_tests/test_compile.py
 
 # lightly (a peer in the benchmark) lives in .bench-pkgs only, never in the test environment;
 # its loss modules need nothing beyond torch.
@@ -61,4 +126,4 @@ demo: build
 	$(PY) -m sslext.demo
 
 clean:
-	rm -rf build build-cmake build-cmake.log sslext/*.so *.egg-info
+	rm -rf build build-cmake build-cmake.log dist sslext/*.so *.egg-info

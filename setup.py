@@ -6,7 +6,7 @@ whether or not a GPU is visible, so a GPU-less build host still ships them.
 Environment:
   SSLEXT_FORCE_CUDA=1   require the CUDA kernels (fail loudly if nvcc is missing)
   SSLEXT_FORCE_CPU=1    build the CPU kernels only
-  TORCH_CUDA_ARCH_LIST  target architectures (default without a visible GPU: 8.0;9.0)
+  TORCH_CUDA_ARCH_LIST  target architectures (default without a visible GPU: 8.0;9.0+PTX)
   MAX_JOBS              parallel compile jobs (default: from cores and memory)
 """
 
@@ -14,6 +14,8 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -21,7 +23,10 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;9.0"  # A100 and H100/H200, the GPUs SSL is trained on.
+# SASS for A100 (sm_80, which also runs on every 8.x GPU) and H100/H200 (sm_90); +PTX
+# embeds compute_90 PTX that the driver JIT-compiles on GPUs newer than 9.0
+# (Blackwell), so a wheel built today still loads its kernels there.
+DEFAULT_ARCHS = "8.0;9.0+PTX"
 
 
 def _env_flag(name):
@@ -113,7 +118,23 @@ def extensions():
     ]
 
 
+class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's BuildExtension with one object directory for every kind of build.
+
+    An editable install compiles in a fresh temporary directory each time, so
+    `make build` (editable) and `make wheel` would each compile the CUDA kernels
+    from scratch (minutes). With the objects always in build/temp.<platform>-<python>,
+    ninja recompiles only what changed, and an unchanged compile command reuses
+    the object another kind of build left there.
+    """
+
+    def finalize_options(self):
+        super().finalize_options()
+        tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+        self.build_temp = os.path.join(ROOT, "build", f"temp.{tag}")
+
+
 setup(
     ext_modules=extensions(),
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension},
 )
