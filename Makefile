@@ -1,6 +1,7 @@
 # make test   set up a fresh machine (venv, pinned torch, build) and run the tests
 # make demo   the embedded default: SSL pretraining on Fashion-MNIST on the CPU
 # make bench  the CPU loss microbenchmarks (writes benchmarks/results/cpu/)
+# make docs-check  run the runnable code blocks of README.md and docs/*.md (make test runs them too)
 # make cmake  build the ops with CMake into build-cmake/ and load them
 # make wheel  build the wheel (dist/), check its CUDA archs and PTX
 # make test-install  install that wheel (not editable) into a fresh venv and smoke-test it
@@ -19,7 +20,7 @@ export CUDA_HOME
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export TORCH_CUDA_ARCH_LIST
 
-.PHONY: venv build test cmake bench demo clean wheel test-install test-torch211
+.PHONY: venv build test cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
 
 venv: $(VENV)/.deps-installed
 $(VENV)/.deps-installed: Makefile
@@ -117,13 +118,21 @@ bench: build
 	[ -d .bench-pkgs/lightly ] || $(PIP) install -q --no-deps --target .bench-pkgs lightly
 	PYTHONPATH=.bench-pkgs $(PY) benchmarks/bench_losses.py --device cpu --out benchmarks/results/cpu
 
+# sslext.compat.lightly against the lightly release it mirrors: parity and CPU speedup.
+bench-lightly: build
+	[ -d .bench-pkgs/lightly ] || $(PIP) install -q --no-deps --target .bench-pkgs 'lightly==1.6.*'
+	PYTHONPATH=.bench-pkgs $(PY) benchmarks/bench_lightly_compat.py --out benchmarks/results/cpu
+
+docs-check: build
+	$(PY) python_tests/docs_check.py
+
 demo: build
 	@if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 	  echo "Installing Debian's dataset-fashion-mnist (needs root)..."; \
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist); \
 	fi
-	$(PY) -m sslext.demo
+	$(PY) -m sslext.demo --compare-precision
 
 clean:
 	rm -rf build build-cmake build-cmake.log dist sslext/*.so *.egg-info

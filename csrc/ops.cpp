@@ -4,6 +4,9 @@
 // c_new (TiCo family) is the updated running covariance where the covariance
 // path formed it anyway, and an empty tensor on the Gram path.
 //
+// VICReg-TiCo's `proposal` selects the research proposal's literal term (one
+// branch, no /D) over the symmetric default; see sslext.functional.
+//
 // Conventions: `strategy` is 0 for the D x D covariance path and 1 for the
 // N x N Gram path (Python resolves "auto"). Fused losses return the terms
 // vector first, then the tensors their backward reuses; outputs are float32
@@ -63,14 +66,14 @@ TORCH_LIBRARY(sslext, m) {
       "eps, int strategy) -> (Tensor, Tensor)");
   m.def(
       "vicreg_tico_loss(Tensor z_a, Tensor z_b, Tensor c, float inv_coeff, "
-      "float var_coeff, float cov_coeff, float beta, float eps, int strategy) "
-      "-> (Tensor terms, Tensor centered, Tensor mean_a, Tensor mean_b, Tensor "
+      "float var_coeff, float cov_coeff, float beta, float eps, int strategy, "
+      "bool proposal=False) -> (Tensor terms, Tensor centered, Tensor mean_a, Tensor mean_b, Tensor "
       "var_a, Tensor var_b, Tensor proj, Tensor c_new)");
   m.def(
       "vicreg_tico_loss_backward(Tensor grad_terms, Tensor z_a, Tensor z_b, "
       "Tensor mean_a, Tensor mean_b, Tensor var_a, Tensor var_b, Tensor proj, float "
-      "inv_coeff, float var_coeff, float cov_coeff, float eps) -> (Tensor, "
-      "Tensor)");
+      "inv_coeff, float var_coeff, float cov_coeff, float eps, bool "
+      "proposal=False) -> (Tensor, Tensor)");
   m.def(
       "barlow_twins_loss(Tensor z_a, Tensor z_b, float lambd, float eps, int "
       "strategy) -> (Tensor terms, Tensor norm_a, Tensor norm_b, Tensor "

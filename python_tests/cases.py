@@ -1,5 +1,7 @@
 """The four covariance-family losses as (sslext, reference) pairs, shared by the tests."""
 
+import functools
+
 import torch
 
 import sslext.functional as F
@@ -35,5 +37,7 @@ CASES = [
     LossCase("barlow_twins", F.barlow_twins_loss, R.barlow_twins_reference, False),
     LossCase("tico", F.tico_loss, R.tico_reference, True),
     LossCase("vicreg_tico", F.vicreg_tico_loss, R.vicreg_tico_reference, True),
+    LossCase("vicreg_tico_proposal", functools.partial(F.vicreg_tico_loss, variant="proposal"),
+             R.vicreg_tico_proposal_reference, True),
 ]
 CASE_IDS = [c.name for c in CASES]

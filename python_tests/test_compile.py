@@ -18,6 +18,7 @@ MODULES = {
     "barlow_twins": lambda: sslext.BarlowTwinsLoss(),
     "tico": lambda: sslext.TiCoLoss(dim=48),
     "vicreg_tico": lambda: sslext.VICRegTiCoLoss(dim=48),
+    "vicreg_tico_proposal": lambda: sslext.VICRegTiCoLoss(dim=48, variant="proposal"),
 }
 
 

@@ -91,6 +91,7 @@ def _opcheck_samples(device="cpu", dtype=torch.float32):
             (_ops.barlow_twins_loss, (z_a, z_b, 0.0051, 1e-5, strategy)),
             (_ops.tico_loss, (z_a, z_b, c, 0.9, 8.0, strategy)),
             (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy)),
+            (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, True)),
         ]
     return samples
 
@@ -114,18 +115,21 @@ def test_opcheck_backward_ops():
     opcheck(_ops.tico_loss_backward, (torch.ones(3), *out[1:6], 8.0, torch.float32))
     out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1)
     opcheck(_ops.vicreg_tico_loss_backward, (torch.ones(4), z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4))
+    out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1, True)
+    opcheck(_ops.vicreg_tico_loss_backward, (torch.ones(4), z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, True))
 
 
 # ---------------------------------------------------------------- gradcheck
 
 @pytest.mark.parametrize("strategy", [0, 1])
-@pytest.mark.parametrize("name", ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss"])
+@pytest.mark.parametrize("name", ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss",
+                                  "vicreg_tico_proposal"])
 def test_gradcheck_fused_losses(name, strategy):
     z_a = randn(5, 7, dtype=torch.float64).requires_grad_()
     z_b = randn(5, 7, dtype=torch.float64, seed=1).requires_grad_()
     c = torch.eye(7, dtype=torch.float64) / 7 + 0.01
     c = (c + c.T) / 2
-    op = getattr(_ops, name)
+    op = getattr(_ops, name.replace("_proposal", "_loss"))
     extra = {
         "vicreg_loss": (25.0, 25.0, 1.0, 1e-4, strategy),
         "barlow_twins_loss": (0.0051, 1e-5, strategy),
@@ -134,6 +138,7 @@ def test_gradcheck_fused_losses(name, strategy):
         # detached B is checked against the reference in test_losses.py.
         "tico_loss": (c, 1.0, 8.0, strategy),
         "vicreg_tico_loss": (c, 25.0, 25.0, 1.0, 1.0, 1e-4, strategy),
+        "vicreg_tico_proposal": (c, 25.0, 25.0, 1.0, 1.0, 1e-4, strategy, True),
     }[name]
     fn = lambda a, b: op(a, b, *extra)[0]
     # Every term of the terms vector, not just the loss, gets its gradient checked.

@@ -28,6 +28,7 @@ GRAD_ROUNDING = {torch.float32: 0.0, torch.float64: 0.0, torch.bfloat16: 2.0 ** 
 COEFFS = {  # the weight of each term in the loss, to measure errors on the loss's own scale
     "vicreg": {"invariance": 25.0, "variance": 25.0, "covariance": 1.0},
     "vicreg_tico": {"invariance": 25.0, "variance": 25.0, "covariance": 1.0},
+    "vicreg_tico_proposal": {"invariance": 25.0, "variance": 25.0, "covariance": 1.0},
     "barlow_twins": {"on_diagonal": 1.0, "off_diagonal": 0.0051},
     "tico": {"similarity": 1.0, "contrast": 8.0},
 }

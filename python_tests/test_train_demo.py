@@ -20,3 +20,41 @@ def test_demo_missing_dataset_explains_install(tmp_path, capsys):
 def test_demo_bad_override(capsys):
     assert demo.main(["--set", "optim.lrr=1"]) == 2
     assert "optim.lrr" in capsys.readouterr().err
+
+
+def _fashion_mnist(root, n_train=64, n_test=32):
+    import gzip
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def idx(path, arr):
+        arr = np.asarray(arr, dtype=np.uint8)
+        header = struct.pack(">HBB", 0, 8, arr.ndim) + b"".join(struct.pack(">I", s) for s in arr.shape)
+        with gzip.open(path, "wb") as f:
+            f.write(header + arr.tobytes())
+
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        idx(root / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+
+
+def test_demo_compares_float32_with_bf16_channels_last(tmp_path, capsys):
+    _fashion_mnist(tmp_path)
+    rc = demo.main(["--compare-precision", "--set", f"data.root={tmp_path}", "--set", f"train.out_dir={tmp_path}",
+                    "--set", "data.train_limit=null", "--set", "train.epochs=1", "--set", "optim.batch_size=32",
+                    "--set", "optim.warmup_epochs=0", "--set", "eval.offline_epochs=2", "--set", "eval.knn_k=5",
+                    "--set", "method.projector=[32,32]", "--set", "train.progress=false", "--set", "train.threads=2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "float32" in out and "bf16 + channels_last" in out and "training images/s" in out
+    import json
+
+    res = json.loads((tmp_path / "demo_fashion_mnist_fp32" / "demo_result.json").read_text())
+    runs = res["runs"]
+    assert set(runs) == {"float32", "bf16 + channels_last"} and runs["float32"]["amp"] is False
+    assert runs["float32"]["run_dir"] != runs["bf16 + channels_last"]["run_dir"]
+    for r in runs.values():
+        assert 0 <= r["ssl"]["linear_acc"] <= 100

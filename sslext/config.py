@@ -40,7 +40,7 @@ DEFAULTS: Dict[str, Any] = {
     "optim": {"name": "lars", "batch_size": 256, "lr": 0.3, "weight_decay": 1e-4, "momentum": 0.9, "eta": 0.02,
               "clip_lr": True, "exclude_bias_norm": True, "warmup_epochs": 10, "warmup_start_factor": 0.0,
               "final_lr_factor": 0.0},
-    "train": {"epochs": 1000, "max_steps": None, "device": "auto", "amp": True, "channels_last": True,
+    "train": {"epochs": 1000, "max_steps": None, "device": "auto", "amp": "auto", "channels_last": True,
               "out_dir": "runs", "checkpoint_every": 1, "checkpoint_every_steps": None, "log_every": 20,
               "progress": True, "threads": None, "on_nonfinite": "stop", "max_consecutive_skips": 10},
     "distributed": {"sync_batchnorm": True, "find_unused_parameters": False},
@@ -80,6 +80,10 @@ def _suggest(key: str, options: Iterable[str]) -> str:
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
+    if key == "train.amp":  # the one key that takes a bool or a word
+        if not (isinstance(value, bool) or value == "auto"):
+            raise ConfigError(f"{key}: expected true, false or auto, got {value!r}")
+        return value
     expected = _NULLABLE.get(key, type(default) if default is not None else None)
     if value is None:
         if key in _NULLABLE or default is None:

@@ -66,9 +66,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--method", default=None,
                    help="train this registered method with demo-sized heads (default: the config's, VICReg)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--compare-precision", action="store_true",
+                   help="train twice with the same seed, float32 and then bf16 autocast + channels_last "
+                        "(train.amp=auto), and print both (make demo does)")
     args = p.parse_args(argv)
 
-    from .config import ConfigError, load_config
+    from .config import ConfigError, apply_override, load_config
     from .data import DatasetError, load_fashion_mnist
     from .methods import METHODS
 
@@ -94,13 +97,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .evaluate import evaluate_backbone
     from .models import build_backbone
+    from .report import read_metrics
     from .training import Trainer
 
     t0 = time.time()
-    trainer = Trainer(cfg, overwrite=True)  # a demo is meant to be rerun; the old run is kept aside
-    summary = trainer.fit()
+    if args.compare_precision:
+        variants = [("float32", ["train.amp=false", "train.channels_last=false"], "_fp32"),
+                    ("bf16 + channels_last", ["train.amp=auto", "train.channels_last=true"], "_bf16")]
+    else:
+        variants = [("SSL", [], "")]
+    runs = []
+    for label, extra, suffix in variants:
+        vcfg = copy.deepcopy(cfg)
+        for item in extra + ([f"name={cfg['name']}{suffix}"] if suffix else []):
+            apply_override(vcfg, item)
+        t_v = time.time()
+        trainer = Trainer(vcfg, overwrite=True)  # a demo is meant to be rerun; the old run is kept aside
+        summary = trainer.fit()
+        epochs = [r for r in read_metrics(summary["run_dir"]) if r.get("kind") == "epoch"]
+        ips = sum(r["images_per_second"] for r in epochs) / max(len(epochs), 1)
+        runs.append((label, trainer, summary, time.time() - t_v, ips))
     t_train = time.time() - t0
-    ssl = summary["final_eval"]
+    trainer = runs[0][1]
 
     # Same architecture, same seed, no training: the baseline SSL must beat.
     torch.manual_seed(cfg["seed"])
@@ -118,18 +136,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = [("linear probe, 100% labels (%)", "linear_acc"), (f"linear probe, {pct}% labels (%)",
                                                                f"linear_acc_{pct}pct"),
             (f"kNN k={ev['knn_k']} T={ev['knn_t']} (%)", "knn_acc"), ("backbone RankMe", "backbone_rankme")]
+    w = max(8, *(len(r[0]) for r in runs))
     print()
     print(f"Fashion-MNIST test accuracy, {m['backbone']} (width {m['width']}) features, "
           f"{cfg['method']['name']} {cfg['train']['epochs']} epochs on {len(trainer.train_ds)} images")
-    print(f"| {'metric':<32} | {'SSL':>8} | {'random init':>11} |")
-    print(f"|{'-' * 34}|{'-' * 10}|{'-' * 13}|")
+    print(f"| {'metric':<32} | " + " | ".join(f"{r[0]:>{w}}" for r in runs) + f" | {'random init':>11} |")
+    print(f"|{'-' * 34}|" + "|".join("-" * (w + 2) for _ in runs) + f"|{'-' * 13}|")
     for label, key in rows:
-        print(f"| {label:<32} | {ssl[key]:8.2f} | {rnd[key]:11.2f} |")
-    print(f"\npretraining + SSL eval: {t_train:.0f} s, random-init eval: {time.time() - t1:.0f} s, "
-          f"total {total:.0f} s; run dir: {summary['run_dir']}"
-          + (f" (previous run moved to {summary['moved_aside']})" if summary.get("moved_aside") else ""))
-    result = {"ssl": ssl, "random_init": rnd, "train_seconds": t_train, "total_seconds": total}
-    Path(summary["run_dir"], "demo_result.json").write_text(json.dumps(result, indent=2))
+        print(f"| {label:<32} | " + " | ".join(f"{r[2]['final_eval'][key]:>{w}.2f}" for r in runs)
+              + f" | {rnd[key]:11.2f} |")
+    print(f"| {'training images/s':<32} | " + " | ".join(f"{r[4]:>{w}.0f}" for r in runs) + f" | {'-':>11} |")
+    for label, tr, summary, secs, _ in runs:
+        print(f"{label}: pretraining + SSL eval {secs:.0f} s (autocast {'bf16' if tr.amp else 'off'}), "
+              f"run dir: {summary['run_dir']}"
+              + (f" (previous run moved to {summary['moved_aside']})" if summary.get("moved_aside") else ""))
+    print(f"random-init eval: {time.time() - t1:.0f} s, total {total:.0f} s")
+    result = {"random_init": rnd, "train_seconds": t_train, "total_seconds": total,
+              "runs": {label: {"ssl": summary["final_eval"], "train_seconds": secs, "images_per_second": ips,
+                               "amp": tr.amp, "run_dir": summary["run_dir"]}
+                       for label, tr, summary, secs, ips in runs}}
+    if not args.compare_precision:
+        result["ssl"] = runs[0][2]["final_eval"]
+    Path(runs[0][2]["run_dir"], "demo_result.json").write_text(json.dumps(result, indent=2))
     return 0
 
 

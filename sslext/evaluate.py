@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["extract_features", "linear_probe", "knn_accuracy", "rankme", "collapse_diagnostics",
-           "stratified_subset", "evaluate_backbone"]
+__all__ = ["extract_features", "linear_probe", "knn_accuracy", "rankme", "singular_spectrum",
+           "collapse_diagnostics", "stratified_subset", "evaluate_backbone"]
 
 
 def _check_feats(name: str, x: torch.Tensor) -> None:
@@ -167,6 +167,18 @@ def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def singular_spectrum(z: torch.Tensor) -> list:
+    """Singular values of the centered ``z`` (N, D), descending, divided by the largest.
+
+    The picture of dimensional collapse (Jing et al., 2022): a collapsed
+    dimension shows as a cliff to ~0 at the end of the spectrum.
+    """
+    _check_feats("z", z)
+    x = z.double()
+    s = torch.linalg.svdvals(x - x.mean(0))
+    return (s / s[0].clamp_min(1e-300)).tolist()
+
+
 def collapse_diagnostics(z: torch.Tensor, prefix: str = "", dead_rel: float = 1e-3) -> Dict[str, float]:
     """Collapse indicators of a batch of representations ``z`` (N, D).
 
@@ -197,7 +209,9 @@ def evaluate_backbone(encoder: nn.Module, train_ds, test_ds, *, device="cpu", cr
     """Offline evaluation of a frozen encoder on labelled train/test datasets.
 
     Returns test accuracies of the linear probe (all labels and a stratified
-    ``label_fraction``), weighted kNN, and collapse diagnostics.
+    ``label_fraction``), weighted kNN, collapse diagnostics, and the
+    normalised singular-value spectra (lists) of the backbone features and
+    projector embeddings.
     """
     for nm, ds in (("train_ds", train_ds), ("test_ds", test_ds)):
         if ds.labels is None:
@@ -216,7 +230,9 @@ def evaluate_backbone(encoder: nn.Module, train_ds, test_ds, *, device="cpu", cr
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(xtr.shape[0], generator=g)[:diag_samples]
     res.update(collapse_diagnostics(xtr[pick], "backbone_"))
+    res["backbone_spectrum"] = singular_spectrum(xtr[pick])
     if ztr is not None:
         res.update(collapse_diagnostics(ztr[pick], "projector_"))
+        res["projector_spectrum"] = singular_spectrum(ztr[pick])
     res["eval_seconds"] = time.time() - t0
     return res

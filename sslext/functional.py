@@ -142,6 +142,9 @@ def tico_loss(
     return _finish(out[0], ("similarity", "contrast"), return_terms)
 
 
+VICREG_TICO_VARIANTS = ("symmetric", "proposal")
+
+
 def vicreg_tico_loss(
     z_a: Tensor,
     z_b: Tensor,
@@ -154,32 +157,46 @@ def vicreg_tico_loss(
     update: bool = True,
     strategy: str = "auto",
     return_terms: bool = False,
+    variant: str = "symmetric",
 ) -> LossOut:
     """VICReg whose covariance term is replaced by TiCo's running-covariance contrast.
 
     The invariance and variance terms are VICReg's (see :func:`vicreg_loss`).
-    The covariance term, our choices made explicit:
+    Both variants center each branch with its own batch mean (VICReg's
+    covariance, and the proposal's "standard covariance", assume centered
+    embeddings), do NOT L2-normalise (VICReg's variance term fixes the scale),
+    include the diagonal of ``C_new`` (as TiCo does) and treat ``C_new`` as a
+    constant in the gradient (TiCo's detach). With ``update=True``, ``c`` is
+    replaced by ``C_new`` in place after the loss.
 
-    * both branches are centered with their own batch mean (as VICReg's
-      covariance is), and NOT L2-normalised (VICReg's variance term fixes the
-      scale);
+    ``variant="symmetric"`` (default):
+
     * the running covariance sees both branches: ``B = Y^T Y / (2N)`` with
       ``Y = [z_a - mean(z_a); z_b - mean(z_b)]`` (2N x D), detached, and
       ``C_new = beta * c + (1 - beta) * B``;
     * the term is ``sum over branches of mean_i y_i^T C_new y_i / D``: the /D
       and the sum over branches mirror VICReg's covariance term so that
-      ``cov_coeff`` keeps VICReg's scale (default 1.0); the diagonal of
-      ``C_new`` is included, as in TiCo;
-    * gradients treat ``C_new`` as a constant (TiCo's detach); with
-      ``update=True``, ``c`` is replaced by ``C_new`` in place after the loss.
+      ``cov_coeff`` keeps VICReg's scale (default 1.0).
+
+    ``variant="proposal"``, the research proposal as written:
+    ``B = z1^T z1 / n; C <- beta C + (1 - beta) B; term = mean_i sum_j (z1 C)_ij z1_ij``
+    with ``z1 = z_a - mean(z_a)``: one branch only (``z_b`` enters through
+    the invariance and variance terms alone) and no division by D, so the
+    term is about D times the symmetric one's per-branch value and
+    ``cov_coeff`` must be chosen for that scale.
 
     Terms: ``invariance``, ``variance``, ``covariance``.
     """
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
     beta = check_unit_interval(beta, "beta")
-    # The contrast runs over 2N stacked rows, so the Gram path pays off while 2N < D.
-    code = resolve_strategy(strategy, 2 * z_a.shape[0], z_a.shape[1])
+    if variant not in VICREG_TICO_VARIANTS:
+        raise ValueError(f"variant must be one of {VICREG_TICO_VARIANTS}, got {variant!r}")
+    proposal = variant == "proposal"
+    # The contrast runs over the stacked rows (2N symmetric, N for the proposal),
+    # so the Gram path pays off while that count is below D.
+    rows = z_a.shape[0] if proposal else 2 * z_a.shape[0]
+    code = resolve_strategy(strategy, rows, z_a.shape[1])
     out = _ops.vicreg_tico_loss(
         z_a,
         z_b,
@@ -190,6 +207,7 @@ def vicreg_tico_loss(
         beta,
         check_non_negative(eps, "eps"),
         code,
+        proposal,
     )
     if update:
         _update_running_cov(c, out[-1], out[1], beta)

@@ -202,8 +202,10 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
 class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
     """VICReg with its covariance term replaced by TiCo's running-covariance contrast.
 
-    The research proposal sslext exists to test; every choice (centering, both
-    branches, /D scaling, detached ``C_new``) is spelled out in
+    The research proposal sslext exists to test. ``variant="symmetric"``
+    (default: both branches, /D scaling) or ``"proposal"`` (the proposal's
+    literal one-branch term without /D); every choice (centering, branches,
+    scaling, detached ``C_new``) is spelled out in
     :func:`sslext.functional.vicreg_tico_loss`. ``last_terms``: ``invariance``,
     ``variance``, ``covariance``.
     """
@@ -218,6 +220,7 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         dim: Optional[int] = None,
         strategy: str = "auto",
         gather_distributed: Optional[bool] = None,
+        variant: str = "symmetric",
     ):
         super().__init__(dim)
         self.inv_coeff, self.var_coeff, self.cov_coeff = float(inv_coeff), float(var_coeff), float(cov_coeff)
@@ -225,6 +228,9 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         self.eps = check_non_negative(eps, "eps")
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
+        if variant not in F.VICREG_TICO_VARIANTS:
+            raise ValueError(f"variant must be one of {F.VICREG_TICO_VARIANTS}, got {variant!r}")
+        self.variant = variant
         self.last_terms = {}
 
     def forward(self, z_a: Tensor, z_b: Tensor, update: bool = True) -> Tensor:
@@ -233,10 +239,10 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         return self._keep(
             F.vicreg_tico_loss(
                 z_a, z_b, c, self.inv_coeff, self.var_coeff, self.cov_coeff, self.beta,
-                self.eps, update, self.strategy, return_terms=True,
+                self.eps, update, self.strategy, return_terms=True, variant=self.variant,
             )
         )
 
     def extra_repr(self) -> str:
         return (f"inv_coeff={self.inv_coeff}, var_coeff={self.var_coeff}, "
-                f"cov_coeff={self.cov_coeff}, beta={self.beta}, eps={self.eps}")
+                f"cov_coeff={self.cov_coeff}, beta={self.beta}, eps={self.eps}, variant={self.variant!r}")

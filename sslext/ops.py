@@ -149,18 +149,19 @@ def _(grad_terms, z_a, z_b, *rest):
 
 
 @torch.library.register_fake("sslext::vicreg_tico_loss")
-def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy):
+def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, proposal=False):
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
     n, d = z_a.shape
+    rows = n if proposal else 2 * n  # the rows the contrast is taken over
     return (
         _empty(z_a, 4),
-        _empty(z_a, 2 * n, d),
+        _empty(z_a, rows, d),
         _empty(z_a, d),
         _empty(z_a, d),
         _empty(z_a, d),
         _empty(z_a, d),
-        _empty(z_a, 2 * n, d),
+        _empty(z_a, rows, d),
         _c_new(z_a, strategy),
     )
 
@@ -310,18 +311,19 @@ def _vicreg_backward(ctx, grad_terms, *_):
 
 
 def _vicreg_tico_setup(ctx, inputs, output):
-    z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy = inputs
+    z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, *proposal = inputs
     _, _, mean_a, mean_b, var_a, var_b, proj, _ = output
     ctx.save_for_backward(z_a, z_b, mean_a, mean_b, var_a, var_b, proj)
-    ctx.params = (inv_coeff, var_coeff, cov_coeff, eps)
+    ctx.params = (inv_coeff, var_coeff, cov_coeff, eps, *proposal)
+    ctx.n_inputs = len(inputs)
     _no_grad_outputs(ctx, output)
 
 
 def _vicreg_tico_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
-        return (None,) * 9
+        return (None,) * ctx.n_inputs
     dz_a, dz_b = _ops.vicreg_tico_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
-    return dz_a, dz_b, None, None, None, None, None, None, None
+    return (dz_a, dz_b) + (None,) * (ctx.n_inputs - 2)
 
 
 def _barlow_setup(ctx, inputs, output):
@@ -365,3 +367,29 @@ for _name, _setup, _backward in (
     ("tico_loss", _tico_setup, _tico_backward),
 ):
     torch.library.register_autograd(f"sslext::{_name}", _backward, setup_context=_setup)
+
+
+# --------------------------------------------------------------------------
+# Autocast
+# --------------------------------------------------------------------------
+# Inside torch.autocast the kernels' own GEMMs would otherwise be autocast
+# too, meeting the float32 running covariance or opmath buffers in bf16/fp16
+# (a dtype mismatch). Like torch's own losses, the ops run in float32 there:
+# half-precision inputs are cast up (float64 ones are left alone) and autocast
+# is off inside; autograd casts the gradients back to the inputs' dtype.
+for _name in (
+    "batch_covariance",
+    "cross_correlation",
+    "off_diagonal_penalty",
+    "tico_ema_update_",
+    "vicreg_loss",
+    "vicreg_loss_backward",
+    "vicreg_tico_loss",
+    "vicreg_tico_loss_backward",
+    "barlow_twins_loss",
+    "barlow_twins_loss_backward",
+    "tico_loss",
+    "tico_loss_backward",
+):
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"sslext::{_name}", _device, torch.float32)

@@ -160,3 +160,27 @@ def vicreg_tico_gram(
     loss = inv_coeff * repr_loss + var_coeff * std_loss + cov_coeff * cov_loss
     c_new = beta * c + (1 - beta) * sd.T @ sd / (2 * n)
     return loss, {"invariance": repr_loss, "variance": std_loss, "covariance": cov_loss}, c_new
+
+
+def vicreg_tico_proposal_reference(
+    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4
+):
+    """VICReg-TiCo as the research proposal writes it, term by term.
+
+    ``z1`` is branch a, centered; ``B = z1^T z1 / n``; ``C = beta c + (1 - beta) B``
+    (detached); the covariance term is ``mean_i sum_j (z1 C)_ij z1_ij`` — one
+    branch, no /D. Invariance and variance are VICReg's. Returns (loss, terms, c_new).
+    """
+    n = z_a.shape[0]
+    repr_loss = F.mse_loss(z_a, z_b)
+    z1 = z_a - z_a.mean(dim=0)
+    z2 = z_b - z_b.mean(dim=0)
+    std_loss = (
+        torch.mean(F.relu(1 - torch.sqrt(z1.var(dim=0) + eps)))
+        + torch.mean(F.relu(1 - torch.sqrt(z2.var(dim=0) + eps)))
+    ) / 2
+    b = z1.detach().T @ z1.detach() / n
+    c_new = beta * c.to(z1.dtype) + (1 - beta) * b
+    cov_loss = ((z1 @ c_new) * z1).sum(1).mean()
+    loss = inv_coeff * repr_loss + var_coeff * std_loss + cov_coeff * cov_loss
+    return loss, {"invariance": repr_loss, "variance": std_loss, "covariance": cov_loss}, c_new

@@ -128,25 +128,29 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
 Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
-                         int64_t strategy) {
+                         int64_t strategy, bool proposal) {
   check_pair(z_a, z_b);
   check_running_cov(c, z_a, "c");
   check_beta(beta);
   to_strategy(strategy);
   auto a = z_a.contiguous(), b = z_b.contiguous();
   const int64_t n = a.size(0), d = a.size(1);
-  // Both centered branches stacked (2N x D): the rows the running covariance
-  // sees and the contrast is taken over, written in place by the moments pass.
+  // Both centered branches stacked (2N x D), written in place by the moments
+  // pass. The symmetric form's running covariance and contrast see all 2N
+  // rows; the proposal's see branch a's N rows only, the leading block.
   auto y = at::empty({2 * n, d}, a.options().dtype(opmath_dtype(a.scalar_type())));
   auto [mean_a, var_a] = center_into(a, y.narrow(0, 0, n));
   auto [mean_b, var_b] = center_into(b, y.narrow(0, n, n));
   auto [inv, var] = invariance_and_variance(a, b, var_a, var_b, eps);
-  auto [proj, c_new] = tico_contrast_product(y, c, beta, strategy);
-  // Per branch mean_i y_i^T C_new y_i / D, summed over the two branches.
-  auto cov = kernels::dot_f64(y, proj).div_(static_cast<double>(n * d));
+  auto rows = proposal ? y.narrow(0, 0, n) : y;
+  auto [proj, c_new] = tico_contrast_product(rows, c, beta, strategy);
+  // Symmetric: per branch mean_i y_i^T C_new y_i / D, summed over branches.
+  // Proposal: mean_i y_i^T C_new y_i over branch a, no /D.
+  const double scale = proposal ? static_cast<double>(n) : static_cast<double>(n * d);
+  auto cov = kernels::dot_f64(rows, proj).div_(scale);
   auto terms =
       vicreg_terms(inv, var, cov, inv_coeff, var_coeff, cov_coeff, y.scalar_type());
-  return {terms, y, mean_a, mean_b, var_a, var_b, proj, c_new};
+  return {terms, rows, mean_a, mean_b, var_a, var_b, proj, c_new};
 }
 
 Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
@@ -157,19 +161,27 @@ Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   const at::Tensor& var_b,
                                   const at::Tensor& proj, double inv_coeff,
                                   double var_coeff, double cov_coeff,
-                                  double eps) {
+                                  double eps, bool proposal) {
   auto a = z_a.contiguous(), b = z_b.contiguous();
   const int64_t n = a.size(0), d = a.size(1);
   auto g = grad_terms.contiguous().to(mean_a.scalar_type());
   // C_new is held constant (as TiCo detaches it), so d cov/d y = 2 C_new y /
-  // (N D) = 2 proj / (N D); no diagonal is excluded in this contrast.
-  const double cov_scale = 2.0 / static_cast<double>(n * d);
-  auto dz_a = kernels::vicreg_grad(a, b, recenter(a, mean_a), var_a,
-                                   proj.narrow(0, 0, n), g, inv_coeff, var_coeff,
-                                   cov_coeff, eps, cov_scale, false);
-  auto dz_b = kernels::vicreg_grad(b, a, recenter(b, mean_b), var_b,
-                                   proj.narrow(0, n, n), g, inv_coeff, var_coeff,
-                                   cov_coeff, eps, cov_scale, false);
+  // (N D) = 2 proj / (N D) (2 proj / N for the proposal); no diagonal is
+  // excluded in this contrast.
+  const double cov_scale = proposal ? 2.0 / static_cast<double>(n)
+                                    : 2.0 / static_cast<double>(n * d);
+  auto xa = recenter(a, mean_a), xb = recenter(b, mean_b);
+  auto dz_a = kernels::vicreg_grad(a, b, xa, var_a, proj.narrow(0, 0, n), g,
+                                   inv_coeff, var_coeff, cov_coeff, eps,
+                                   cov_scale, false);
+  // The proposal's contrast does not involve branch b: its covariance weight
+  // is zero, and the centered rows stand in for the product it multiplies.
+  auto dz_b = proposal
+                  ? kernels::vicreg_grad(b, a, xb, var_b, xb, g, inv_coeff,
+                                         var_coeff, cov_coeff, eps, 0.0, false)
+                  : kernels::vicreg_grad(b, a, xb, var_b, proj.narrow(0, n, n),
+                                         g, inv_coeff, var_coeff, cov_coeff,
+                                         eps, cov_scale, false);
   return {dz_a, dz_b};
 }
 

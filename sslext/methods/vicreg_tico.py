@@ -12,20 +12,23 @@ class VICRegTiCo(Method):
     The running statistics are a buffer of ``VICRegTiCoLoss`` and so part of
     ``state_dict()``. Defaults follow the VICReg CIFAR recipe (expander
     2048-2048-2048, 25/25/1) with TiCo's beta 0.9 — an adaptation, no
-    published CIFAR recipe exists for this hybrid.
+    published CIFAR recipe exists for this hybrid. ``variant``: ``symmetric``
+    (default) or ``proposal`` (the proposal's literal one-branch term, no /D;
+    see :func:`sslext.functional.vicreg_tico_loss`).
     """
 
     DEFAULTS = dict(projector=[2048, 2048, 2048], inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9,
-                    eps=1e-4, strategy="auto")
+                    eps=1e-4, strategy="auto", variant="symmetric")
 
-    def __init__(self, backbone, projector, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy) -> None:
+    def __init__(self, backbone, projector, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy,
+                 variant) -> None:
         super().__init__(backbone)
         from sslext.losses import VICRegTiCoLoss
 
         self.projector = build_projector(self.feat_dim, projector)
         self.loss_fn = VICRegTiCoLoss(inv_coeff=float(inv_coeff), var_coeff=float(var_coeff),
                                       cov_coeff=float(cov_coeff), beta=float(beta), eps=float(eps),
-                                      dim=int(projector[-1]), strategy=strategy)
+                                      dim=int(projector[-1]), strategy=strategy, variant=variant)
 
     def project(self, h):
         return self.projector(h)

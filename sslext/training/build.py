@@ -5,6 +5,7 @@ rebuild exactly the same model from the same config.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict
 
 import torch
@@ -14,7 +15,7 @@ from ..data import DATASET_STATS, TwoViewAugment, build_dataset
 from ..methods import build_method
 from ..models import build_backbone
 
-__all__ = ["resolve_device", "build_everything"]
+__all__ = ["resolve_device", "resolve_amp", "cpu_has_native_bf16", "build_everything"]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -23,6 +24,28 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' requested but no CUDA device is available")
     return torch.device(spec)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): where bf16
+    autocast pays off. Elsewhere bf16 is emulated and slower than float32."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_amp(setting: Any, device: torch.device) -> bool:
+    """``train.amp``: true (bf16 autocast on any device), false, or ``auto``
+    (bf16 on CUDA, and on a CPU that computes bf16 natively)."""
+    if setting == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return bool(setting)
 
 
 def _stats(cfg: Dict[str, Any]):

@@ -24,7 +24,7 @@ from ..config import ConfigError, dump_config
 from ..distributed import convert_sync_batchnorm, get_rank, get_world_size, init_distributed, is_main_process, wrap_ddp
 from ..evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from ..optim import WarmupCosine, build_optimizer
-from .build import build_everything, resolve_device
+from .build import build_everything, resolve_amp, resolve_device
 from .checkpoint import (CHECKPOINT_VERSION, RANK_SEED_STRIDE, check_resume_compatible, gather_rank_rng,
                          load_checkpoint_file, remove_stale_temp_files, restore_rng, write_checkpoint)
 from .faults import FaultInjector
@@ -87,8 +87,10 @@ class Trainer:
         nc = max(self.train_ds.num_classes, 1)
         self.probe = nn.Linear(self.method.feat_dim, nc).to(self.device)
         self.probe_opt = torch.optim.SGD(self.probe.parameters(), lr=cfg["eval"]["probe_lr"], momentum=0.9)
-        self.amp = t["amp"] and self.device.type == "cuda"
-        if t["channels_last"] and self.device.type == "cuda":
+        # bf16 autocast covers the backbone and heads; every method leaves it
+        # before its loss, which accumulates in float32 (as the ops do anyway).
+        self.amp = resolve_amp(t["amp"], self.device)
+        if t["channels_last"]:
             self.method.to(memory_format=torch.channels_last)
         # self.method / self.probe stay the unwrapped modules (state_dict keys,
         # hooks, evaluation); self.model / self.probe_model are what the loop
@@ -322,7 +324,7 @@ class Trainer:
         idx = perm[start:start + self.local_batch]
         x = self.train_images[idx].to(self.device, non_blocking=True)
         views = self.augment(x)
-        if self.device.type == "cuda" and t["channels_last"]:
+        if t["channels_last"]:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         snap = self.nonfinite.snapshot(self.method)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

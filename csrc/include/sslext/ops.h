@@ -42,7 +42,7 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
 Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
-                         int64_t strategy);
+                         int64_t strategy, bool proposal);
 Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   const at::Tensor& z_a, const at::Tensor& z_b,
                                   const at::Tensor& mean_a,
@@ -51,7 +51,7 @@ Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   const at::Tensor& var_b,
                                   const at::Tensor& proj, double inv_coeff,
                                   double var_coeff, double cov_coeff,
-                                  double eps);
+                                  double eps, bool proposal);
 
 // csrc/ops/barlow_twins_loss.cpp
 Tensor6 barlow_twins_loss(const at::Tensor& z_a, const at::Tensor& z_b,

@@ -1,0 +1,83 @@
+"""The docs' runnable blocks run (make docs-check), and the checker itself finds what it must."""
+from pathlib import Path
+
+import pytest
+
+import docs_check
+from docs_check import REPO, broken_links, check, default_files, extract_blocks
+
+
+def _page(tmp_path: Path, text: str) -> Path:
+    page = tmp_path / "page.md"
+    page.write_text(text)
+    return page
+
+
+def test_extracts_only_runnable_blocks_with_their_line(tmp_path):
+    page = _page(tmp_path, "\n".join([
+        "# title",                    # 1
+        "```bash",                    # 2  illustrative
+        "rm -rf /",                   # 3
+        "```",                        # 4
+        "```python runnable",         # 5
+        "print('a')",                 # 6
+        "```",                        # 7
+        "````bash runnable",          # 8  a longer fence may contain ``` lines
+        "echo '```'",                 # 9
+        "````",                       # 10
+        "   ```text runnable",        # 11 not a language we run
+        "x",                          # 12
+        "   ```",                     # 13
+    ]) + "\n")
+    blocks = extract_blocks(page)
+    assert [(b.line, b.language, b.code) for b in blocks] == [
+        (5, "python", "print('a')\n"), (8, "bash", "echo '```'\n")]
+
+
+def test_unclosed_fence_is_an_error(tmp_path):
+    page = _page(tmp_path, "text\n```python runnable\nprint(1)\n")
+    with pytest.raises(ValueError, match=r"page.md:2: code fence opened here is never closed"):
+        extract_blocks(page)
+
+
+def test_failure_names_file_and_line_and_blocks_share_a_scratch_copy(tmp_path):
+    page = _page(tmp_path, "\n".join([
+        "```bash runnable",
+        "test -d configs && mkdir -p runs && echo hi > runs/x",  # the repository's files are visible
+        "```",
+        "```python runnable",
+        "import pathlib",
+        "assert pathlib.Path('runs/x').read_text() == 'hi\\n'",   # an earlier block's output
+        "```",
+        "",
+        "```python runnable",
+        "x = 1",
+        "raise ValueError('broken example')",
+        "```",
+    ]) + "\n")
+    failures = check([page], verbose=False)
+    assert len(failures) == 1
+    assert failures[0].startswith(f"{page}:9: python block failed")
+    # the traceback points into the page: the raise is on line 11
+    assert "broken example" in failures[0] and f'File "{page}", line 11' in failures[0]
+    assert not (REPO / "runs" / "x").exists()
+
+
+def test_every_runnable_block_of_the_docs_runs():
+    files = default_files()
+    assert (REPO / "README.md") in files
+    assert len(extract_blocks(REPO / "README.md")) >= 2, "README's quickstarts must be runnable"
+    failures = check(files, verbose=False)
+    assert not failures, "\n\n".join(failures)
+
+
+def test_link_check_finds_missing_files(tmp_path):
+    (tmp_path / "there.md").write_text("x\n")
+    page = _page(tmp_path, "[ok](there.md#a) [url](https://example.org) [anchor](#b)\n"
+                           "```bash\n[not a link](missing.md)\n```\n[bad](missing.md)\n")
+    assert broken_links(page) == [f"{page}:5: broken link missing.md"]
+
+
+def test_relative_links_of_the_docs_resolve():
+    broken = [b for f in default_files() for b in broken_links(f)]
+    assert not broken, "\n".join(broken)

@@ -1,0 +1,186 @@
+"""sslext-sweep: run a grid of cells resumably, record failures, aggregate into tables and plots."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sslext.config import ConfigError
+from sslext.sweep import cell_status, load_sweep, main, run_cell, run_sweep
+from sslext.sweep_report import paired_differences, t_quantile_975, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_BASE = {
+    "name": "tiny", "seed": 0,
+    "method": {"name": "vicreg", "projector": [32, 32]},
+    "model": {"backbone": "resnet10", "width": 8},
+    "data": {"dataset": "synthetic", "train_limit": 128},
+    "optim": {"batch_size": 32, "warmup_epochs": 0},
+    "train": {"epochs": 1, "threads": 1, "log_every": 1, "checkpoint_every_steps": 2},
+    "eval": {"offline_epochs": 2, "knn_k": 10, "diag_samples": 64, "knn_train_limit": 64},
+    "augment": {"view1": {"crop_size": 16}, "view2": {"crop_size": 16}},
+}
+
+
+def write_sweep(tmp_path, rows, seeds=(0,), **extra):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    spec = {"name": "t", "base": "base.yaml", "budget": {"epochs": 2}, "seeds": list(seeds), "rows": rows,
+            "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"), **extra}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_sweep_runs_every_cell_reports_and_skips_finished_cells(tmp_path):
+    path = write_sweep(tmp_path, [
+        {"name": "random_init", "train": False},
+        {"name": "vicreg"},
+        {"name": "proposal", "set": {"method.name": "vicreg_tico", "method.projector": [32, 32],
+                                     "method.variant": "proposal"}},
+    ], seeds=(0, 1), compare={"baseline": "vicreg"})
+    sweep = load_sweep(path)
+    counts = run_sweep(sweep, jobs=2, progress=False)
+    assert counts["done"] == 6 and counts["failed"] == 0, counts
+    recs = {c.name: json.loads(sweep.record_path(c).read_text()) for c in sweep.cells}
+    assert all(r["status"] == "done" for r in recs.values())
+    assert recs["vicreg-s1"]["steps"] == 8 and recs["random_init-s0"]["steps"] == 0  # 2 epochs of 4 steps
+    assert recs["proposal-s0"]["config"]["method"]["variant"] == "proposal"
+    assert len(recs["vicreg-s0"]["epochs"]) == 2 and "knn_acc" in recs["vicreg-s0"]["epochs"][-1]
+    assert recs["vicreg-s0"]["final_eval"]["projector_spectrum"][0] == pytest.approx(1.0)
+
+    md = write_report(sweep)
+    text = md.read_text()
+    assert "Paired differences" in text and "| proposal | vicreg |" in text
+    for c in sweep.cells:  # every number names its run
+        assert str(sweep.run_dir(c)) in text
+    lines = (tmp_path / "results" / "results.csv").read_text().splitlines()
+    assert len(lines) == 7 and lines[0].startswith("cell,row,method,seed,status")
+    res = json.loads((tmp_path / "results" / "results.json").read_text())
+    lin = res["rows"]["vicreg"]["metrics"]["linear_acc"]
+    assert lin["n"] == 2 and len(lin["run_dirs"]) == 2
+    for f in ("plot_final.png", "plot_curves.png", "plot_spectrum.png"):
+        assert (tmp_path / "results" / f).stat().st_size > 0
+
+    # A rerun trains nothing: every cell is done.
+    before = {c.name: sweep.record_path(c).stat().st_mtime_ns for c in sweep.cells}
+    again = run_sweep(load_sweep(path), jobs=1, progress=False)
+    assert again["skipped"] == 6 and again["done"] == 0
+    assert before == {c.name: sweep.record_path(c).stat().st_mtime_ns for c in sweep.cells}
+
+
+def test_failed_cell_is_recorded_with_its_error_then_retried(tmp_path):
+    path = write_sweep(tmp_path, [{"name": "vicreg"}, {"name": "diverges", "set": {"optim.lr": 1.0e30}}])
+    assert main(["run", str(path), "--no-report"]) == 1  # a failed cell is an error exit
+    sweep = load_sweep(path)
+    rec = json.loads(sweep.record_path(sweep.cell("diverges-s0")).read_text())
+    assert rec["status"] == "failed" and rec["returncode"] == 3 and "non-finite" in rec["error"]
+    assert cell_status(sweep, sweep.cell("vicreg-s0")) == "done"
+    assert main(["report", str(path)]) == 0
+    text = (tmp_path / "results" / "results.md").read_text()
+    assert "## Failed cells" in text and "diverges-s0" in text
+    # The next run retries the failed cell (and fails again), never the done one.
+    counts = run_sweep(sweep, progress=False)
+    assert counts == {"done": 0, "failed": 1, "interrupted": 0, "skipped": 1, "stopped_by": None}
+
+
+def test_killed_cell_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    path = write_sweep(tmp_path, [{"name": "vicreg"}])
+    monkeypatch.setenv("SSLEXT_TEST_FAULT", "kill:step:5")  # SIGKILL mid-training, after the step-4 checkpoint
+    first = run_sweep(load_sweep(path), progress=False)
+    assert first["failed"] == 1
+    sweep = load_sweep(path)
+    cell = sweep.cell("vicreg-s0")
+    assert json.loads(sweep.record_path(cell).read_text())["returncode"] == -9
+    assert cell_status(sweep, cell) == "failed" and (sweep.run_dir(cell) / "last.pt").exists()
+    monkeypatch.delenv("SSLEXT_TEST_FAULT")
+    assert run_sweep(sweep, progress=False)["done"] == 1
+    resumed = json.loads(sweep.record_path(cell).read_text())
+    # The same cell from scratch, elsewhere (--out): identical numbers, bit for bit.
+    fresh_sweep = load_sweep(path, out=tmp_path / "fresh")
+    assert run_sweep(fresh_sweep, progress=False)["done"] == 1
+    fresh = json.loads(fresh_sweep.record_path(fresh_sweep.cell("vicreg-s0")).read_text())
+    timing = {"eval_seconds"}  # wall-clock, the one entry that may differ
+    assert {k: v for k, v in resumed["final_eval"].items() if k not in timing} == \
+        {k: v for k, v in fresh["final_eval"].items() if k not in timing}
+    assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in fresh["epochs"]]
+    assert str(tmp_path / "fresh" / "runs") in fresh["run_dir"]
+
+
+def test_only_runs_one_row_or_cell(tmp_path):
+    path = write_sweep(tmp_path, [{"name": "a", "train": False}, {"name": "b", "train": False}], seeds=(0, 1))
+    assert main(["run", str(path), "--only", "a-s1", "--no-report"]) == 0
+    sweep = load_sweep(path)
+    assert [cell_status(sweep, c) for c in sweep.cells] == ["pending", "done", "pending", "pending"]
+    assert main(["run", str(path), "--only", "b", "--no-report"]) == 0
+    assert [cell_status(sweep, c) for c in sweep.cells] == ["pending", "done", "done", "done"]
+    assert main(["run", str(path), "--only", "c"]) == 2  # names neither a cell nor a row
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"bogus": 1}, "bogus"),
+    ({"rows": [{"name": "a", "colour": 1}]}, "rows[0].colour"),
+    ({"rows": [{"name": "a"}, {"name": "a"}]}, "rows[1].name"),
+    ({"seeds": [0, 0]}, "seeds"),
+    ({"compare": {"baseline": "zzz"}}, "compare.baseline"),
+    ({"rows": [{"name": "a", "baseline": "zzz"}]}, "rows[0].baseline"),
+    ({"budget": {"epochs": 0}}, "budget.epochs"),
+    ({"base": "missing.yaml"}, "base"),
+    ({"rows": [{"name": "a"}, {"name": "b", "set": {"optim.batch_size": 64}}]}, "budget"),
+    ({"rows": [{"name": "a", "set": {"optim.lrr": 0.1}}]}, "optim.lrr"),
+])
+def test_sweep_file_errors_name_the_key(tmp_path, change, key):
+    path = write_sweep(tmp_path, [{"name": "a"}])
+    spec = yaml.safe_load(path.read_text())
+    spec.update(change)
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_sweep(path)
+
+
+def test_paired_interval_matches_the_t_distribution(tmp_path):
+    path = write_sweep(tmp_path, [{"name": "base", "train": False}, {"name": "other", "train": False}],
+                       seeds=(0, 1, 2))
+    sweep = load_sweep(path)
+    values = {"base": [50.0, 52.0, 51.0], "other": [51.0, 54.0, 51.5]}
+    recs = {f"{r}-s{s}": {"status": "done", "seed": s, "run_dir": "x", "final_eval": {"linear_acc": v}}
+            for r, vs in values.items() for s, v in zip((0, 1, 2), vs)}
+    d = paired_differences(sweep, recs, "base", metrics=("linear_acc",))["other"]["linear_acc"]
+    diffs = [1.0, 2.0, 0.5]
+    mean = sum(diffs) / 3
+    sd = (sum((x - mean) ** 2 for x in diffs) / 2) ** 0.5
+    half = 4.303 * sd / 3 ** 0.5
+    assert d["mean"] == pytest.approx(mean) and d["ci95"] == pytest.approx([mean - half, mean + half])
+    assert d["excludes_zero"] == (mean - half > 0)
+    assert t_quantile_975(2) == 4.303 and t_quantile_975(100) == 1.96
+
+
+@pytest.mark.parametrize("name", ["seed_question_cpu", "seed_question_cpu_tune", "seed_question_gpu"])
+def test_shipped_sweeps_validate(name):
+    sweep = load_sweep(REPO / "configs" / "sweeps" / f"{name}.yaml")
+    assert len(sweep.seeds) >= (3 if name != "seed_question_cpu_tune" else 1)
+    methods = {sweep.config(c)["method"]["name"] for c in sweep.cells if c.train}
+    if name != "seed_question_cpu_tune":
+        assert methods == {"vicreg", "vicreg_tico", "tico", "barlow_twins"}
+        variants = {(sweep.config(c)["method"].get("variant"), sweep.config(c)["method"].get("beta"))
+                    for c in sweep.cells if c.train and sweep.config(c)["method"]["name"] == "vicreg_tico"}
+        assert variants == {("symmetric", 0.0), ("symmetric", 0.9), ("symmetric", 0.99), ("proposal", 0.9)}
+
+
+def test_gpu_sweep_dry_run_on_the_cpu(tmp_path):
+    """Every row of the GPU study, seed 0, both backbones, a few steps on synthetic data."""
+    tiny = ["data.dataset=synthetic", "data.train_limit=32", "data.test_limit=32", "optim.batch_size=16",
+            "train.epochs=1", "optim.warmup_epochs=0", "train.threads=2", "eval.offline_epochs=1",
+            "eval.knn_k=5", "eval.diag_samples=32", "eval.knn_train_limit=32", "eval.batch_size=32",
+            "augment.view1.crop_size=16", "augment.view2.crop_size=16"]
+    sweep = load_sweep(REPO / "configs" / "sweeps" / "seed_question_gpu.yaml", out=tmp_path, extra=tiny)
+    cells = [c for c in sweep.cells if c.seed == 0]
+    assert len(cells) == 16
+    for c in cells:
+        assert run_cell(sweep, c) == 0
+        rec = json.loads(sweep.record_path(c).read_text())
+        assert rec["steps"] == (2 if c.train else 0)
+        assert rec["config"]["model"]["backbone"] == ("resnet50" if c.row.startswith("r50") else "resnet18")
+    assert "r50_vicreg_tico_proposal" in write_report(sweep).read_text()

@@ -1,0 +1,417 @@
+"""Sweeps: a grid of training runs (rows x seeds), run resumably, then aggregated.
+
+``sslext-sweep run FILE [--jobs K] [--only NAME] [--out DIR]`` trains and
+evaluates every cell with the ordinary trainer, one child process per cell;
+``sslext-sweep report FILE [--out DIR]`` turns the per-cell records into
+tables and plots (:mod:`sslext.sweep_report`) without training. A sweep file::
+
+    name: seed_question_cpu
+    base: ../some_config.yaml        # a training config, relative to this file
+    set: {train.threads: 2}          # --set overrides for every cell
+    budget: {epochs: 6}              # the same optimizer steps for every trained cell
+    seeds: [0, 1, 2]
+    rows:
+      - {name: random_init, train: false}          # evaluated at initialisation
+      - {name: vicreg, set: {method.name: vicreg}}
+      - {name: vicreg_tico, set: {method.name: vicreg_tico}}   # a row may name its own baseline:
+    compare: {baseline: vicreg}      # paired differences against this row (per-row `baseline:` wins)
+    runs_dir: runs/sweeps/seed_question_cpu        # checkpoints, logs (not committed)
+    results_dir: benchmarks/results/science        # records, tables, plots
+
+A cell is ``<row>-s<seed>``. Its record ``<results_dir>/cells/<cell>.json`` is
+written atomically when the cell finished (status ``done``) or failed (status
+``failed`` with the error); a done cell is never rerun, a failed or
+interrupted one is retried on the next ``run`` (resumed from its checkpoint
+when it has one). Killing the runner at any moment loses at most the cells in
+progress, and those resume. ``--out DIR`` puts runs under ``DIR/runs`` and the
+records and tables in ``DIR``, so a rerun never touches the committed study.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from .config import ConfigError, load_config
+from .sweep_report import read_record
+from .training.metrics import atomic_write_text
+
+__all__ = ["Sweep", "Cell", "load_sweep", "run_sweep", "main"]
+
+_KEYS = {"name", "base", "set", "budget", "seeds", "rows", "compare", "runs_dir", "results_dir", "description"}
+_ROW_KEYS = {"name", "set", "train", "label", "baseline"}
+EXIT_INTERRUPTED = 4
+
+
+@dataclass
+class Cell:
+    name: str
+    row: str
+    seed: int
+    train: bool
+    overrides: List[str]
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    base: Optional[Path]
+    rows: List[Dict[str, Any]]
+    seeds: List[int]
+    epochs: Optional[int]
+    overrides: List[str]
+    runs_dir: Path
+    results_dir: Path
+    baseline: Optional[str] = None
+    description: str = ""
+    out: Optional[str] = None  # the --out it was loaded with, handed to each cell's process
+    extra: List[str] = field(default_factory=list)  # the --set overrides, likewise
+    cells: List[Cell] = field(default_factory=list)
+
+    def cell(self, name: str) -> Cell:
+        for c in self.cells:
+            if c.name == name:
+                return c
+        raise ConfigError(f"--only: no cell or row named {name!r}; cells: {[c.name for c in self.cells]}")
+
+    def record_path(self, cell: Cell) -> Path:
+        return self.results_dir / "cells" / f"{cell.name}.json"
+
+    def run_dir(self, cell: Cell) -> Path:
+        return self.runs_dir / cell.name
+
+    def config(self, cell: Cell) -> Dict[str, Any]:
+        """The validated training config of one cell."""
+        return load_config(self.base, cell.overrides)
+
+
+def _as_overrides(mapping: Any, where: str) -> List[str]:
+    if mapping is None:
+        return []
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys to values, got {mapping!r}")
+    return [f"{k}={_yaml_value(v)}" for k, v in mapping.items()]
+
+
+def _yaml_value(v: Any) -> str:
+    """``v`` as the YAML text apply_override parses back to ``v`` (JSON's 1e+30
+    would come back a string: YAML 1.1 floats need a dot)."""
+    text = yaml.safe_dump(v, default_flow_style=True, width=1 << 30).strip()
+    return text[:-3].strip() if text.endswith("\n...") else text
+
+
+def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequence[str] = ()) -> Sweep:
+    """Parse and validate a sweep file; every cell's config is validated too.
+
+    ``extra``: ``KEY=VALUE`` overrides applied to every cell after its own
+    (``sslext-sweep run --set``), e.g. to dry-run a GPU sweep on a CPU.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown sweep key; valid keys: {sorted(_KEYS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name: expected a non-empty string, got {name!r}")
+    base = data.get("base")
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"base: expected a path to a training config, got {base!r}")
+    base_path = (p.parent / base) if base else None
+    if base_path is not None and not base_path.is_file():
+        raise ConfigError(f"base: file not found: {base_path}")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds: expected a non-empty list of ints, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: duplicates in {seeds}")
+    budget = data.get("budget") or {}
+    if not isinstance(budget, dict) or set(budget) - {"epochs"}:
+        raise ConfigError(f"budget: expected a mapping with 'epochs', got {budget!r}")
+    epochs = budget.get("epochs")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0):
+        raise ConfigError(f"budget.epochs: expected a positive int, got {epochs!r}")
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError("rows: expected a non-empty list of rows")
+    seen = set()
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ConfigError(f"rows[{i}]: expected a mapping, got {r!r}")
+        bad = sorted(set(r) - _ROW_KEYS)
+        if bad:
+            raise ConfigError(f"rows[{i}].{bad[0]}: unknown row key; valid keys: {sorted(_ROW_KEYS)}")
+        rn = r.get("name")
+        if not isinstance(rn, str) or not rn or "/" in rn or rn in seen:
+            raise ConfigError(f"rows[{i}].name: expected a unique name without '/', got {rn!r}")
+        if not isinstance(r.get("train", True), bool):
+            raise ConfigError(f"rows[{i}].train: expected true or false, got {r['train']!r}")
+        seen.add(rn)
+    for i, r in enumerate(rows):
+        if "baseline" in r and r["baseline"] not in seen:
+            raise ConfigError(f"rows[{i}].baseline: {r['baseline']!r} is not a row; rows: {sorted(seen)}")
+    compare = data.get("compare") or {}
+    if not isinstance(compare, dict) or set(compare) - {"baseline"}:
+        raise ConfigError(f"compare: expected a mapping with 'baseline', got {compare!r}")
+    baseline = compare.get("baseline")
+    if baseline is not None and baseline not in seen:
+        raise ConfigError(f"compare.baseline: {baseline!r} is not a row; rows: {sorted(seen)}")
+    if out is not None:
+        runs_dir, results_dir = Path(out) / "runs", Path(out)
+    else:
+        runs_dir = Path(data.get("runs_dir") or f"runs/sweeps/{name}")
+        results_dir = Path(data.get("results_dir") or f"runs/sweeps/{name}/results")
+    sweep = Sweep(p, name, base_path, rows, seeds, epochs, _as_overrides(data.get("set"), "set"),
+                  runs_dir, results_dir, baseline, str(data.get("description", "")),
+                  None if out is None else str(out), list(extra))
+    for r in rows:
+        for s in seeds:
+            cname = f"{r['name']}-s{s}"
+            ov = [*sweep.overrides, *_as_overrides(r.get("set"), f"rows.{r['name']}.set"),
+                  f"seed={s}", f"name={_yaml_value(cname)}", f"train.out_dir={_yaml_value(str(runs_dir))}",
+                  "train.progress=false"]
+            if epochs is not None:
+                ov.append(f"train.epochs={epochs}")
+            ov += sweep.extra
+            sweep.cells.append(Cell(cname, r["name"], s, r.get("train", True), ov))
+    steps = {}
+    for c in sweep.cells:
+        try:
+            cfg = sweep.config(c)
+        except ConfigError as e:
+            raise ConfigError(f"rows.{c.row}: {e}") from None
+        if c.train:
+            steps[c.row] = (cfg["train"]["epochs"], cfg["optim"]["batch_size"], cfg["data"]["train_limit"],
+                            cfg["train"]["max_steps"])
+    if len(set(steps.values())) > 1:
+        raise ConfigError("budget: the trained rows differ in (train.epochs, optim.batch_size, data.train_limit, "
+                          f"train.max_steps), so they would not get the same optimizer steps: {steps}")
+    return sweep
+
+
+def _write_record(path: Path, obj: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=float))
+
+
+def cell_status(sweep: Sweep, cell: Cell) -> str:
+    """``done``, ``failed``, ``partial`` (a checkpoint to resume) or ``pending``."""
+    rec = read_record(sweep.record_path(cell))
+    if rec and rec.get("status") in ("done", "failed"):
+        return rec["status"]
+    return "partial" if (sweep.run_dir(cell) / "last.pt").exists() else "pending"
+
+
+# ------------------------------------------------------------------ one cell
+
+def run_cell(sweep: Sweep, cell: Cell) -> int:
+    """Train (or resume) and evaluate one cell in this process; write its record."""
+    import torch
+
+    from .evaluate import evaluate_backbone
+    from .report import read_metrics
+    from .training import Trainer, build_everything, resolve_device
+
+    cfg = sweep.config(cell)
+    run_dir = sweep.run_dir(cell)
+    t0 = time.time()
+    if cell.train:
+        resume = (run_dir / "last.pt").exists()
+        # Without a checkpoint, whatever an earlier attempt left (a run that
+        # failed before its first save) is moved aside, never deleted.
+        summary = Trainer(cfg, resume=resume, overwrite=not resume).fit()
+        if summary.get("interrupted"):
+            return EXIT_INTERRUPTED
+        if not summary["finished"] or "final_eval" not in summary:
+            raise RuntimeError(f"cell {cell.name}: the run stopped before its final evaluation: {summary}")
+        final = summary["final_eval"]
+        epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
+        steps = summary["global_step"]
+    else:
+        # The network exactly as the trained rows start from it (same seed, same build).
+        if cfg["train"]["threads"]:
+            torch.set_num_threads(cfg["train"]["threads"])
+        device = resolve_device(cfg["train"]["device"])
+        parts = build_everything(cfg, device, need_train_labels=True)
+        m, ev = parts["method"], cfg["eval"]
+        final = evaluate_backbone(m.backbone, parts["train_ds"], parts["test_ds"], device=device,
+                                  crop_size=parts["crop_size"], mean=parts["mean"], std=parts["std"],
+                                  projector=getattr(m, "projector", None), batch_size=ev["batch_size"],
+                                  probe_epochs=ev["offline_epochs"], probe_lr=ev["offline_lr"],
+                                  label_fraction=ev["label_fraction"], knn_k=ev["knn_k"], knn_t=ev["knn_t"],
+                                  seed=cfg["seed"], progress=False)
+        epochs, steps = [], 0
+    _write_record(sweep.record_path(cell), {
+        "status": "done", "cell": cell.name, "row": cell.row, "seed": cell.seed, "method": cfg["method"]["name"],
+        "trained": cell.train, "steps": steps, "run_dir": str(run_dir), "overrides": cell.overrides,
+        "config": cfg, "final_eval": final, "epochs": epochs, "seconds": time.time() - t0,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return 0
+
+
+# ------------------------------------------------------------------ runner
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except FileNotFoundError:
+        return ""
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress: bool = True) -> Dict[str, int]:
+    """Run every unfinished cell (or the cells of ``only``); returns counts by final status."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected >= 1, got {jobs}")
+    if only is not None:
+        cells = [c for c in sweep.cells if c.row == only] or [sweep.cell(only)]
+    else:
+        cells = list(sweep.cells)
+    todo = [c for c in cells if cell_status(sweep, c) != "done"]
+    sweep.runs_dir.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"sweep {sweep.name}", unit="cell",
+                   dynamic_ncols=True)
+    running: Dict[str, tuple] = {}
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signal.Signals(signum).name
+        for proc, _, _ in running.values():  # each child checkpoints and exits
+            proc.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    counts = {"done": 0, "failed": 0, "interrupted": 0, "skipped": len(cells) - len(todo)}
+    try:
+        queue = list(todo)
+        while queue or running:
+            while queue and len(running) < jobs and stop["signal"] is None:
+                c = queue.pop(0)
+                log = sweep.runs_dir / f"{c.name}.log"
+                cmd = [sys.executable, "-m", "sslext.sweep", "_cell", str(sweep.path), c.name]
+                if sweep.out is not None:
+                    cmd += ["--out", sweep.out]
+                for item in sweep.extra:
+                    cmd += ["--set", item]
+                with open(log, "a") as f:
+                    f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+                    f.flush()
+                    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                running[c.name] = (proc, c, log)
+                if bar:
+                    bar.set_postfix_str(", ".join(running))
+            if not queue and not running:
+                break
+            if stop["signal"] is not None and not running:
+                break
+            time.sleep(0.5)
+            for name in list(running):
+                proc, c, log = running[name]
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del running[name]
+                if rc == 0:
+                    counts["done"] += 1
+                elif rc == EXIT_INTERRUPTED or stop["signal"] is not None:
+                    counts["interrupted"] += 1
+                else:
+                    counts["failed"] += 1
+                    _write_record(sweep.record_path(c), {
+                        "status": "failed", "cell": c.name, "row": c.row, "seed": c.seed, "returncode": rc,
+                        "run_dir": str(sweep.run_dir(c)), "log": str(log), "error": _tail(log),
+                        "overrides": c.overrides, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    })
+                if bar:
+                    bar.update(1 if rc == 0 else 0)
+                    bar.set_postfix_str(", ".join(running) or "-")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if bar:
+            bar.close()
+    counts["stopped_by"] = stop["signal"]
+    return counts
+
+
+# ------------------------------------------------------------------ CLI
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sslext-sweep", description="Grids of sslext training runs and their tables.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train and evaluate every unfinished cell")
+    r.add_argument("file")
+    r.add_argument("--jobs", type=int, default=1, help="cells run in parallel (default 1)")
+    r.add_argument("--only", help="one cell (ROW-sSEED) or every seed of one row")
+    r.add_argument("--out", help="runs under OUT/runs, records and tables in OUT (never the committed study)")
+    r.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value of every cell, after the sweep's own (repeatable)")
+    r.add_argument("--no-report", action="store_true", help="do not write the tables after running")
+    s = sub.add_parser("report", help="aggregate the finished cells into tables and plots (no training)")
+    s.add_argument("file")
+    s.add_argument("--out", help="read and write OUT instead of the sweep's results_dir")
+    t = sub.add_parser("status", help="list every cell and its status")
+    t.add_argument("file")
+    t.add_argument("--out")
+    c = sub.add_parser("_cell", help=argparse.SUPPRESS)
+    c.add_argument("file")
+    c.add_argument("cell")
+    c.add_argument("--out")
+    c.add_argument("--set", dest="extra", action="append", default=[])
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        sweep = load_sweep(args.file, getattr(args, "out", None), getattr(args, "extra", ()))
+        if args.cmd == "_cell":
+            from .training import NonFiniteLossError
+
+            try:
+                return run_cell(sweep, sweep.cell(args.cell))
+            except NonFiniteLossError as e:  # sslext-train's exit code for it
+                print(f"sslext-sweep: {e}", file=sys.stderr)
+                return 3
+        if args.cmd == "status":
+            for c in sweep.cells:
+                print(f"{c.name:32s} {cell_status(sweep, c)}")
+            return 0
+        if args.cmd == "run":
+            counts = run_sweep(sweep, args.jobs, args.only)
+            print(f"sslext-sweep: {json.dumps(counts)}", file=sys.stderr)
+            if not args.no_report:
+                from .sweep_report import write_report
+                print(f"sslext-sweep: report in {write_report(sweep)}", file=sys.stderr)
+            if counts["stopped_by"]:
+                return EXIT_INTERRUPTED
+            return 1 if counts["failed"] else 0
+        from .sweep_report import write_report
+        print(write_report(sweep))
+        return 0
+    except ConfigError as e:
+        print(f"sslext-sweep: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""Tables and plots of a sweep, from its per-cell records alone (no training).
+
+Writes into the sweep's results directory: ``results.md``, ``results.csv``
+(one row per cell), ``results.json`` (cells, per-row aggregates, paired
+differences) and ``plot_final.png``, ``plot_curves.png``, ``plot_spectrum.png``.
+Every aggregate names the run directories it came from. ``sweep`` arguments
+are :class:`sslext.sweep.Sweep` objects (not imported here: the runner imports
+this module).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .training.metrics import atomic_write_text
+
+__all__ = ["read_record", "collect", "aggregate", "paired_differences", "write_report", "t_quantile_975"]
+
+# Final metrics reported per cell, with the label used in tables.
+METRICS = {
+    "linear_acc": "linear probe, 100 % labels (%)",
+    "linear_acc_10pct": "linear probe, 10 % labels (%)",
+    "knn_acc": "kNN (%)",
+    "backbone_rankme": "backbone RankMe",
+    "projector_rankme": "projector RankMe",
+    "backbone_dead_frac": "backbone dead dims (fraction)",
+    "projector_dead_frac": "projector dead dims (fraction)",
+}
+HEADLINE = ("linear_acc", "linear_acc_10pct", "knn_acc")
+CURVES = {"knn_acc": "kNN (%)", "online_probe_acc": "online probe (%)",
+          "backbone_rankme": "backbone RankMe", "projector_rankme": "projector RankMe"}
+
+# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def read_record(path: Path) -> Optional[Dict[str, Any]]:
+    """A cell's record, or None when it is missing or torn (records are written atomically)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def t_quantile_975(df: int) -> float:
+    if df < 1:
+        raise ValueError(f"df: expected >= 1, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def _mean_std(xs: List[float]) -> tuple:
+    n = len(xs)
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else float("nan")
+    return m, sd
+
+
+def collect(sweep: Any) -> Dict[str, Dict[str, Any]]:
+    """Every cell's record (done or failed) by cell name; cells never run are absent."""
+    out = {}
+    for c in sweep.cells:
+        rec = read_record(sweep.record_path(c))
+        if rec is not None:
+            out[c.name] = rec
+    return out
+
+
+def aggregate(sweep: Any, records: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Per row and metric: mean, std (n - 1), n, the per-seed values and their run directories."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    for r in sweep.rows:
+        done = [records[c.name] for c in sweep.cells if c.row == r["name"]
+                and records.get(c.name, {}).get("status") == "done"]
+        agg: Dict[str, Any] = {"n_done": len(done), "n_cells": len(sweep.seeds),
+                               "label": r.get("label", r["name"]), "metrics": {}}
+        for k in METRICS:
+            vals = [(d["seed"], d["final_eval"][k], d["run_dir"]) for d in done if k in d.get("final_eval", {})]
+            if not vals:
+                continue
+            m, sd = _mean_std([v for _, v, _ in vals])
+            agg["metrics"][k] = {"mean": m, "std": sd, "n": len(vals), "values": {s: v for s, v, _ in vals},
+                                 "run_dirs": [d for _, _, d in vals]}
+        rows[r["name"]] = agg
+    return rows
+
+
+def paired_differences(sweep: Any, records: Dict[str, Dict[str, Any]], baseline: Optional[str],
+                       metrics=HEADLINE) -> Dict[str, Dict[str, Any]]:
+    """Row minus its baseline, seed by seed (same seed = same init and data order), with a 95 % t-interval.
+
+    A row's baseline is its own ``baseline:`` key, else ``baseline``; rows
+    without one (and the baselines themselves) are left out.
+    """
+    out: Dict[str, Dict[str, Any]] = {}
+
+    def value(row, seed, k):
+        rec = records.get(f"{row}-s{seed}")
+        if rec and rec.get("status") == "done":
+            return rec["final_eval"].get(k)
+        return None
+
+    for r in sweep.rows:
+        base = r.get("baseline", baseline)
+        if base is None or base == r["name"]:
+            continue
+        res = {}
+        for k in metrics:
+            diffs = {}
+            for s in sweep.seeds:
+                a, b = value(r["name"], s, k), value(base, s, k)
+                if a is not None and b is not None:
+                    diffs[s] = a - b
+            if not diffs:
+                continue
+            m, sd = _mean_std(list(diffs.values()))
+            n = len(diffs)
+            half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
+            res[k] = {"baseline": base, "mean": m, "std": sd, "n": n, "per_seed": diffs, "ci95": [m - half, m + half],
+                      "excludes_zero": bool(n > 1 and (m - half > 0 or m + half < 0))}
+        out[r["name"]] = res
+    return out
+
+
+def _fmt(m: Dict[str, Any], digits: int = 2) -> str:
+    if m["n"] > 1:
+        return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
+    return f"{m['mean']:.{digits}f}"
+
+
+def _markdown(sweep: Any, records, agg, diffs) -> str:
+    lines = [f"# Sweep `{sweep.name}`", ""]
+    if sweep.description:
+        lines += [sweep.description.strip(), ""]
+    done = sum(1 for r in records.values() if r.get("status") == "done")
+    failed = [r for r in records.values() if r.get("status") == "failed"]
+    lines += [f"Cells: {done} done, {len(failed)} failed, {len(sweep.cells) - len(records)} not run "
+              f"(of {len(sweep.cells)}: {len(sweep.rows)} rows x seeds {sweep.seeds}). "
+              "Mean ± sample std over seeds; `n` is the number of finished seeds.", ""]
+    head = [k for k in METRICS if any(k in a["metrics"] for a in agg.values())]
+    lines += ["| row | n | " + " | ".join(METRICS[k] for k in head) + " |",
+              "|---|---|" + "---|" * len(head)]
+    for name, a in agg.items():
+        cells = [(_fmt(a["metrics"][k], 3 if "frac" in k else 2) if k in a["metrics"] else "-") for k in head]
+        lines.append(f"| {a['label']} | {a['n_done']}/{a['n_cells']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if diffs:
+        lines += ["## Paired differences against the baseline row (same seed), 95 % t-interval", "",
+                  "| row | baseline | metric | mean difference | 95 % interval | per seed | distinguishable from 0 |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, res in diffs.items():
+            for k, d in res.items():
+                ci = "n < 2" if d["n"] < 2 else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+                per = ", ".join(f"s{s}: {v:+.2f}" for s, v in d["per_seed"].items())
+                lines.append(f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | "
+                             f"{d['mean']:+.2f} | {ci} | {per} | "
+                             f"{'yes' if d['excludes_zero'] else 'no'} |")
+        lines.append("")
+    lines += ["## Runs behind every number", "", "| cell | status | steps | seconds | run directory |",
+              "|---|---|---|---|---|"]
+    for c in sweep.cells:
+        r = records.get(c.name)
+        if r is None:
+            lines.append(f"| {c.name} | not run | - | - | - |")
+            continue
+        secs = f"{r['seconds']:.0f}" if "seconds" in r else "-"
+        lines.append(f"| {c.name} | {r['status']} | {r.get('steps', '-')} | {secs} | `{r['run_dir']}` |")
+    lines.append("")
+    if failed:
+        lines += ["## Failed cells", ""]
+        for r in failed:
+            err = r.get("error", "").strip().splitlines()[-3:]
+            lines += [f"- `{r['cell']}` (exit {r.get('returncode')}): " + " / ".join(err)]
+        lines.append("")
+    lines += ["## Plots", "", "![final metrics](plot_final.png)", "", "![per-epoch curves](plot_curves.png)", "",
+              "![singular-value spectra](plot_spectrum.png)", ""]
+    return "\n".join(lines)
+
+
+def _csv(sweep: Any, records) -> str:
+    keys = sorted({k for r in records.values() for k, v in r.get("final_eval", {}).items()
+                   if isinstance(v, (int, float))})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["cell", "row", "method", "seed", "status", "steps", "seconds", *keys, "run_dir"])
+    for c in sweep.cells:
+        r = records.get(c.name)
+        if r is None:
+            continue
+        fe = r.get("final_eval", {})
+        w.writerow([c.name, c.row, r.get("method", ""), c.seed, r["status"], r.get("steps", ""),
+                    f"{r['seconds']:.1f}" if "seconds" in r else "", *[fe.get(k, "") for k in keys], r["run_dir"]])
+    return buf.getvalue()
+
+
+def _plots(sweep: Any, records, agg, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in sweep.rows]
+    colors = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    done = {n: [records[c.name] for c in sweep.cells if c.row == n and records.get(c.name, {}).get("status") == "done"]
+            for n in names}
+
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(4.5 * len(HEADLINE), 4))
+    for ax, k in zip(axes, HEADLINE):
+        for i, n in enumerate(names):
+            m = agg[n]["metrics"].get(k)
+            if not m:
+                continue
+            ax.scatter([i] * m["n"], list(m["values"].values()), color=colors[n], s=12, alpha=0.6)
+            ax.errorbar([i], [m["mean"]], yerr=[0 if m["n"] < 2 else m["std"]], fmt="o", color=colors[n],
+                        capsize=4, ms=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([agg[n]["label"] for n in names], rotation=45, ha="right", fontsize=8)
+        ax.set_title(METRICS[k], fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out / "plot_final.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.5 * len(CURVES), 4))
+    for ax, (k, title) in zip(axes, CURVES.items()):
+        for n in names:
+            series = [{e["epoch"] + 1: e[k] for e in r["epochs"] if e.get(k) is not None} for r in done[n]]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            xs = sorted(set().union(*series))
+            vals = [[s[x] for s in series if x in s] for x in xs]
+            mean = [sum(v) / len(v) for v in vals]
+            ax.plot(xs, mean, color=colors[n], label=agg[n]["label"], marker="o", ms=3)
+            ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals], color=colors[n], alpha=0.15)
+        ax.set_xlabel("epoch")
+        ax.set_title(title + " (mean, band = min..max over seeds)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "plot_curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, k in zip(axes, ("backbone_spectrum", "projector_spectrum")):
+        for n in names:
+            specs = [r["final_eval"][k] for r in done[n] if r["final_eval"].get(k)]
+            if not specs:
+                continue
+            d = min(len(s) for s in specs)
+            # Mean of log singular values over seeds: a geometric mean, the scale the plot is read in.
+            mean = [math.exp(sum(math.log(max(s[i], 1e-30)) for s in specs) / len(specs)) for i in range(d)]
+            ax.plot(range(1, d + 1), mean, color=colors[n], label=agg[n]["label"])
+        ax.set_yscale("log")
+        ax.set_xlabel("singular value index")
+        ax.set_ylabel("singular value / largest")
+        ax.set_title(("backbone features" if k.startswith("backbone") else "projector embeddings")
+                     + " (test of dimensional collapse)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "plot_spectrum.png", dpi=110)
+    plt.close(fig)
+
+
+def _summary(rec: Dict[str, Any]) -> Dict[str, Any]:
+    """A cell's record without its curves, spectra and config (those stay in cells/<cell>.json)."""
+    out = {k: v for k, v in rec.items() if k not in ("epochs", "config", "final_eval", "error")}
+    out["final_eval"] = {k: v for k, v in rec.get("final_eval", {}).items() if isinstance(v, (int, float))}
+    return out
+
+
+def write_report(sweep: Any) -> Path:
+    """Write the tables and plots of ``sweep`` from its records; returns the path of results.md."""
+    out = sweep.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records = collect(sweep)
+    agg = aggregate(sweep, records)
+    diffs = {k: v for k, v in paired_differences(sweep, records, sweep.baseline).items() if v}
+    atomic_write_text(out / "results.json", json.dumps({"sweep": sweep.name, "seeds": sweep.seeds, "rows": agg,
+                                        "paired_differences": {"baseline": sweep.baseline, "rows": diffs},
+                                        "cells": {k: _summary(v) for k, v in records.items()}},
+                                       indent=1, default=float))
+    atomic_write_text(out / "results.csv", _csv(sweep, records))
+    atomic_write_text(out / "results.md", _markdown(sweep, records, agg, diffs))
+    _plots(sweep, records, agg, out)
+    return out / "results.md"
