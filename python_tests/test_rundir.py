@@ -29,23 +29,23 @@ def _state(run):
 
 def test_cli_refuses_then_resume_and_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(_args(tmp_path, 2)) == 0
+    assert main(_args(tmp_path, 1)) == 0
     before = _state(run)
-    assert before[:2] == (2, 8)  # 256 synthetic images, batch 64
+    assert before[:2] == (1, 4)  # 256 synthetic images, batch 64
     capsys.readouterr()
 
     # The same command again: refused, nothing touched.
     assert main(_args(tmp_path, 1)) == 1
     err = capsys.readouterr().err
-    assert str(run) in err and "2 of 2 epochs done" in err and "step 8" in err and "finished" in err
+    assert str(run) in err and "1 of 1 epochs done" in err and "step 4" in err and "finished" in err
     assert "--resume" in err and "--overwrite" in err
     assert _state(run) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
-    # --resume continues it (here: to 3 epochs).
+    # --resume continues it (here: to 2 epochs).
     with pytest.warns(UserWarning, match="train.epochs"):  # a longer schedule than the checkpoint's
-        assert main(_args(tmp_path, 3) + ["--resume"]) == 0
-    assert _state(run)[:2] == (3, 12)
+        assert main(_args(tmp_path, 2) + ["--resume"]) == 0
+    assert _state(run)[:2] == (2, 8)
     capsys.readouterr()
 
     # --overwrite moves the old run aside, whole, and starts afresh.
