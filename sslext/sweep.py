@@ -224,9 +224,8 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
     """Train (or resume) and evaluate one cell in this process; write its record."""
     import torch
 
-    from .evaluate import evaluate_backbone
     from .report import read_metrics
-    from .training import Trainer, build_everything, resolve_device
+    from .training import Trainer, build_everything, evaluate_parts, resolve_device
 
     cfg = sweep.config(cell)
     run_dir = sweep.run_dir(cell)
@@ -248,14 +247,7 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
         if cfg["train"]["threads"]:
             torch.set_num_threads(cfg["train"]["threads"])
         device = resolve_device(cfg["train"]["device"])
-        parts = build_everything(cfg, device, need_train_labels=True)
-        m, ev = parts["method"], cfg["eval"]
-        final = evaluate_backbone(m.backbone, parts["train_ds"], parts["test_ds"], device=device,
-                                  crop_size=parts["crop_size"], mean=parts["mean"], std=parts["std"],
-                                  projector=getattr(m, "projector", None), batch_size=ev["batch_size"],
-                                  probe_epochs=ev["offline_epochs"], probe_lr=ev["offline_lr"],
-                                  label_fraction=ev["label_fraction"], knn_k=ev["knn_k"], knn_t=ev["knn_t"],
-                                  seed=cfg["seed"], progress=False)
+        final = evaluate_parts(build_everything(cfg, device, need_train_labels=True), cfg, device, progress=False)
         epochs, steps = [], 0
     _write_record(sweep.record_path(cell), {
         "status": "done", "cell": cell.name, "row": cell.row, "seed": cell.seed, "method": cfg["method"]["name"],

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from .build import build_everything, cpu_has_native_bf16, resolve_amp, resolve_device
 from .checkpoint import CHECKPOINT_VERSION, CheckpointMismatchError, load_checkpoint_file
-from .checkpoint_eval import evaluate_checkpoint
+from .checkpoint_eval import evaluate_checkpoint, evaluate_parts
 from .nonfinite import NonFiniteLossError
 from .rundir import RunExistsError
 from .trainer import Trainer, train
 
 __all__ = ["Trainer", "train", "build_everything", "resolve_device", "resolve_amp", "cpu_has_native_bf16",
-           "load_checkpoint_file",
-           "CheckpointMismatchError", "NonFiniteLossError", "CHECKPOINT_VERSION", "evaluate_checkpoint",
-           "RunExistsError"]
+           "load_checkpoint_file", "CheckpointMismatchError", "NonFiniteLossError", "CHECKPOINT_VERSION",
+           "evaluate_checkpoint", "evaluate_parts", "RunExistsError"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
+
+import torch
 
 from ..config import apply_override, validate
 from ..evaluate import evaluate_backbone
@@ -16,7 +18,20 @@ from .build import build_everything, resolve_device
 from .checkpoint import load_checkpoint_file
 from .metrics import atomic_write_text
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["evaluate_checkpoint", "evaluate_parts"]
+
+
+def evaluate_parts(parts: Dict[str, Any], cfg: Dict[str, Any], device: torch.device,
+                   progress: Optional[bool] = None) -> Dict[str, Any]:
+    """``evaluate_backbone`` of a built method (``build_everything``'s parts) with
+    the ``eval`` settings and seed of ``cfg``."""
+    m, ev = parts["method"], cfg["eval"]
+    return evaluate_backbone(m.backbone, parts["train_ds"], parts["test_ds"], device=device,
+                             crop_size=parts["crop_size"], mean=parts["mean"], std=parts["std"],
+                             projector=getattr(m, "projector", None), batch_size=ev["batch_size"],
+                             probe_epochs=ev["offline_epochs"], probe_lr=ev["offline_lr"],
+                             label_fraction=ev["label_fraction"], knn_k=ev["knn_k"], knn_t=ev["knn_t"],
+                             seed=cfg["seed"], progress=cfg["train"]["progress"] if progress is None else progress)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, overrides: Optional[Sequence[str]] = None,
@@ -34,13 +49,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: Optional[Sequence[str
     device = resolve_device(cfg["train"]["device"])
     parts = build_everything(cfg, device, need_train_labels=True)
     parts["method"].load_state_dict(ckpt["method"])
-    m = parts["method"]
-    res = evaluate_backbone(m.backbone, parts["train_ds"], parts["test_ds"], device=device,
-                            crop_size=parts["crop_size"], mean=parts["mean"], std=parts["std"],
-                            projector=getattr(m, "projector", None), batch_size=cfg["eval"]["batch_size"],
-                            probe_epochs=cfg["eval"]["offline_epochs"], probe_lr=cfg["eval"]["offline_lr"],
-                            label_fraction=cfg["eval"]["label_fraction"], knn_k=cfg["eval"]["knn_k"],
-                            knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=cfg["train"]["progress"])
+    res = evaluate_parts(parts, cfg, device)
     out = Path(output) if output else Path(checkpoint).with_suffix(".eval.json")
     atomic_write_text(out, json.dumps(res, indent=2))
     return res
