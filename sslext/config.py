@@ -19,7 +19,7 @@ import yaml
 
 from .data.augment import ViewAugment
 
-__all__ = ["ConfigError", "DEFAULTS", "load_config", "apply_override", "validate", "dump_config"]
+__all__ = ["ConfigError", "DEFAULTS", "load_config", "read_yaml_mapping", "apply_override", "validate", "dump_config"]
 
 
 class ConfigError(ValueError):
@@ -207,19 +207,26 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> Dict[str, Any]:
+    """The mapping a YAML file holds (``yaml.safe_load``: no object tags), or a
+    ``ConfigError`` that starts with ``what`` (the option that named the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what}: file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: {p} is not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: {p} must hold a mapping at the top level")
+    return data
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None) -> Dict[str, Any]:
     """Defaults <- YAML file at ``path`` <- ``overrides``; validated."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config: file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--config: {p} is not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config: {p} must hold a mapping at the top level")
+        data = read_yaml_mapping(path, "--config")
         cfg["method"] = {}
         _merge(cfg, data, DEFAULTS, "")
         cfg["method"].setdefault("name", "vicreg")

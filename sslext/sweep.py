@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, read_yaml_mapping
 from .sweep_report import read_record
 from .training.metrics import atomic_write_text
 
@@ -116,14 +116,7 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
     (``sslext-sweep run --set``), e.g. to dry-run a GPU sweep on a CPU.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+    data = read_yaml_mapping(p, "sweep file")
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown sweep key; valid keys: {sorted(_KEYS)}")
