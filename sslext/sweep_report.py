@@ -144,11 +144,11 @@ def _markdown(sweep: Any, records, agg, diffs) -> str:
               f"(of {len(sweep.cells)}: {len(sweep.rows)} rows x seeds {sweep.seeds}). "
               "Mean ± sample std over seeds; `n` is the number of finished seeds.", ""]
     head = [k for k in METRICS if any(k in a["metrics"] for a in agg.values())]
-    lines += ["| row | n | " + " | ".join(METRICS[k] for k in head) + " |",
-              "|---|---|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(["row", "n", *(METRICS[k] for k in head)]) + " |",
+              "|" + "---|" * (2 + len(head))]
     for name, a in agg.items():
         cells = [(_fmt(a["metrics"][k], 3 if "frac" in k else 2) if k in a["metrics"] else "-") for k in head]
-        lines.append(f"| {a['label']} | {a['n_done']}/{a['n_cells']} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([a["label"], f"{a['n_done']}/{a['n_cells']}", *cells]) + " |")
     lines.append("")
     if diffs:
         lines += ["## Paired differences against the baseline row (same seed), 95 % t-interval", "",
@@ -167,7 +167,9 @@ def _markdown(sweep: Any, records, agg, diffs) -> str:
     for c in sweep.cells:
         r = records.get(c.name)
         if r is None:
-            lines.append(f"| {c.name} | not run | - | - | - |")
+            # A checkpoint without a record: interrupted, and the next run resumes it.
+            state = "in progress (resumable)" if (sweep.run_dir(c) / "last.pt").exists() else "not run"
+            lines.append(f"| {c.name} | {state} | - | - | `{sweep.run_dir(c)}` |")
             continue
         secs = f"{r['seconds']:.0f}" if "seconds" in r else "-"
         lines.append(f"| {c.name} | {r['status']} | {r.get('steps', '-')} | {secs} | `{r['run_dir']}` |")
@@ -242,7 +244,8 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(title + " (mean, band = min..max over seeds)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # nothing finished yet: no legend
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "plot_curves.png", dpi=110)
     plt.close(fig)
@@ -263,7 +266,8 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
         ax.set_title(("backbone features" if k.startswith("backbone") else "projector embeddings")
                      + " (test of dimensional collapse)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # nothing finished yet: no legend
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "plot_spectrum.png", dpi=110)
     plt.close(fig)
