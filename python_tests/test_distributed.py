@@ -126,12 +126,14 @@ def test_gather_distributed_argument_checks():
 
 # ---------------------------------------------------------------------- training
 def _train_overrides():
-    # float32: these runs are compared across process counts at float32
-    # tolerance, and bf16 autocast (train.amp=auto on a CPU with native bf16)
-    # rounds the 1- and 2-process reduction orders differently.
+    # float32 and contiguous: these runs are compared across process counts at
+    # float32 tolerance, and the tiny run is ill-conditioned. bf16 autocast
+    # (train.amp=auto on a CPU with native bf16) and channels_last (other conv
+    # kernels for 16 and 32 images) each move its step-3 loss by 2.5e-4
+    # relative even within one process (measured), which is rounding, not DDP.
     head = ["method.projector=[32,32]"]
     return ["method.name=vicreg_tico", *head, "name=run", "train.epochs=1", *TINY, "train.threads=1",
-            "eval.final=false", "train.amp=false"]
+            "eval.final=false", "train.amp=false", "train.channels_last=false"]
 
 
 @pytest.fixture(scope="module")
