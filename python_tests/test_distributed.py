@@ -128,7 +128,7 @@ def test_gather_distributed_argument_checks():
 def _train_overrides():
     # float32 and contiguous: these runs are compared across process counts at
     # float32 tolerance, and the tiny run is ill-conditioned. bf16 autocast
-    # (train.amp=auto on a CPU with native bf16) and channels_last (other conv
+    # (train.amp=true) and channels_last (other conv
     # kernels for 16 and 32 images) each move its step-3 loss by 2.5e-4
     # relative even within one process (measured), which is rounding, not DDP.
     head = ["method.projector=[32,32]"]

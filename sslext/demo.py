@@ -68,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--compare-precision", action="store_true",
                    help="train twice with the same seed, float32 and then bf16 autocast + channels_last "
-                        "(train.amp=auto), and print both (make demo does)")
+                        "(train.amp=true), and print both (make demo does)")
     args = p.parse_args(argv)
 
     from .config import ConfigError, apply_override, load_config
@@ -103,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     if args.compare_precision:
         variants = [("float32", ["train.amp=false", "train.channels_last=false"], "_fp32"),
-                    ("bf16 + channels_last", ["train.amp=auto", "train.channels_last=true"], "_bf16")]
+                    ("bf16 + channels_last", ["train.amp=true", "train.channels_last=true"], "_bf16")]
     else:
         variants = [("SSL", [], "")]
     runs = []
