@@ -58,3 +58,18 @@ def test_demo_compares_float32_with_bf16_channels_last(tmp_path, capsys):
     assert runs["float32"]["run_dir"] != runs["bf16 + channels_last"]["run_dir"]
     for r in runs.values():
         assert 0 <= r["ssl"]["linear_acc"] <= 100
+
+
+def test_demo_stops_on_signal(tmp_path, capsys, monkeypatch):
+    # Ctrl-C during the float32 run must end the demo: no bf16 run, no table.
+    _fashion_mnist(tmp_path)
+    monkeypatch.setenv("SSLEXT_TEST_FAULT", "int:step:1")
+    rc = demo.main(["--compare-precision", "--set", f"data.root={tmp_path}", "--set", f"train.out_dir={tmp_path}",
+                    "--set", "data.train_limit=null", "--set", "train.epochs=2", "--set", "optim.batch_size=32",
+                    "--set", "optim.warmup_epochs=0", "--set", "method.projector=[32,32]",
+                    "--set", "train.progress=false", "--set", "train.threads=2"])
+    assert rc == demo.EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert "stopped by SIGINT" in err and "float32 run" in err and "linear probe" not in out
+    assert (tmp_path / "demo_fashion_mnist_fp32" / "last.pt").exists()
+    assert not (tmp_path / "demo_fashion_mnist_bf16").exists()

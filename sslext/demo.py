@@ -24,6 +24,8 @@ import torch
 
 __all__ = ["main", "DEMO_CONFIG", "DEMO_METHODS", "method_overrides"]
 
+EXIT_INTERRUPTED = 4  # as sslext-train: stopped by SIGTERM/SIGINT after writing a checkpoint
+
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_fashion_mnist.yaml"
 
 # Overrides that turn the demo config (VICReg, ResNet-10 with 128-d features)
@@ -113,7 +115,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             apply_override(vcfg, item)
         t_v = time.time()
         trainer = Trainer(vcfg, overwrite=True)  # a demo is meant to be rerun; the old run is kept aside
-        summary = trainer.fit()
+        try:
+            summary = trainer.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: fit stops without a new checkpoint
+            print("demo: interrupted", file=sys.stderr)
+            return 130
+        if summary.get("interrupted"):
+            # Ctrl-C means stop: training the next variant and evaluating a
+            # half-trained backbone would print a table that is not the demo's.
+            print(f"demo: stopped by {summary['interrupted']} at step {summary['global_step']} of the "
+                  f"{label} run; its checkpoint is in {summary['run_dir']}; run the demo again to start over",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
         epochs = [r for r in read_metrics(summary["run_dir"]) if r.get("kind") == "epoch"]
         ips = sum(r["images_per_second"] for r in epochs) / max(len(epochs), 1)
         runs.append((label, trainer, summary, time.time() - t_v, ips))
