@@ -126,6 +126,10 @@ def test_only_runs_one_row_or_cell(tmp_path):
     ({"seeds": [0, 0]}, "seeds"),
     ({"compare": {"baseline": "zzz"}}, "compare.baseline"),
     ({"rows": [{"name": "a", "baseline": "zzz"}]}, "rows[0].baseline"),
+    ({"compare": {"pairs": [["a", "zzz"]]}}, "compare.pairs[0]"),
+    ({"compare": {"pairs": [["a", "a"]]}}, "compare.pairs[0]"),
+    ({"compare": {"pairs": "a"}}, "compare.pairs"),
+    ({"compare": {"baseline": "a", "colour": 1}}, "compare"),
     ({"budget": {"epochs": 0}}, "budget.epochs"),
     ({"base": "missing.yaml"}, "base"),
     ({"rows": [{"name": "a"}, {"name": "b", "set": {"optim.batch_size": 64}}]}, "budget"),
@@ -155,6 +159,30 @@ def test_paired_interval_matches_the_t_distribution(tmp_path):
     assert d["mean"] == pytest.approx(mean) and d["ci95"] == pytest.approx([mean - half, mean + half])
     assert d["excludes_zero"] == (mean - half > 0)
     assert t_quantile_975(2) == 4.303 and t_quantile_975(100) == 1.96
+
+
+def test_compare_pairs_are_reported_seed_by_seed(tmp_path):
+    # compare.pairs adds comparisons between non-baseline rows (e.g. one beta
+    # against another) to the tables and results.json.
+    path = write_sweep(tmp_path, [{"name": "base", "train": False}, {"name": "a", "train": False},
+                                  {"name": "b", "train": False}], seeds=(0, 1, 2),
+                       compare={"baseline": "base", "pairs": [["b", "a"]]})
+    sweep = load_sweep(path)
+    values = {"base": [50.0, 52.0, 51.0], "a": [51.0, 54.0, 51.5], "b": [53.0, 53.0, 52.5]}
+    for r, vs in values.items():
+        for s, v in zip((0, 1, 2), vs):
+            rec = {"status": "done", "cell": f"{r}-s{s}", "row": r, "seed": s, "run_dir": f"runs/{r}-s{s}",
+                   "final_eval": {"linear_acc": v, "linear_acc_10pct": v, "knn_acc": v}}
+            sweep.record_path(sweep.cell(f"{r}-s{s}")).parent.mkdir(parents=True, exist_ok=True)
+            sweep.record_path(sweep.cell(f"{r}-s{s}")).write_text(json.dumps(rec))
+    md = write_report(sweep).read_text()
+    assert "Further paired comparisons" in md
+    assert "| b | a | linear probe, 100 % labels (%) | +0.67 |" in md and "s0: +2.00, s1: -1.00, s2: +1.00" in md
+    res = json.loads((sweep.results_dir / "results.json").read_text())["paired_differences"]
+    (pair,) = res["pairs"]
+    assert pair["row"] == "b" and pair["baseline"] == "a"
+    assert pair["metrics"]["knn_acc"]["per_seed"] == {"0": 2.0, "1": -1.0, "2": 1.0}
+    assert set(res["rows"]) == {"a", "b"}  # the baseline comparisons are unchanged
 
 
 @pytest.mark.parametrize("name", ["seed_question_cpu", "seed_question_cpu_tune", "seed_question_gpu"])

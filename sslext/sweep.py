@@ -14,7 +14,9 @@ tables and plots (:mod:`sslext.sweep_report`) without training. A sweep file::
       - {name: random_init, train: false}          # evaluated at initialisation
       - {name: vicreg, set: {method.name: vicreg}}
       - {name: vicreg_tico, set: {method.name: vicreg_tico}}   # a row may name its own baseline:
-    compare: {baseline: vicreg}      # paired differences against this row (per-row `baseline:` wins)
+    compare:
+      baseline: vicreg               # paired differences against this row (per-row `baseline:` wins)
+      pairs: [[vicreg_tico, random_init]]   # further [row, baseline] comparisons (optional)
     runs_dir: runs/sweeps/seed_question_cpu        # checkpoints, logs (not committed)
     results_dir: benchmarks/results/science        # records, tables, plots
 
@@ -76,6 +78,7 @@ class Sweep:
     out: Optional[str] = None  # the --out it was loaded with, handed to each cell's process
     extra: List[str] = field(default_factory=list)  # the --set overrides, likewise
     cells: List[Cell] = field(default_factory=list)
+    pairs: List[List[str]] = field(default_factory=list)  # compare.pairs: further [row, baseline] comparisons
 
     def cell(self, name: str) -> Cell:
         for c in self.cells:
@@ -160,11 +163,19 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
         if "baseline" in r and r["baseline"] not in seen:
             raise ConfigError(f"rows[{i}].baseline: {r['baseline']!r} is not a row; rows: {sorted(seen)}")
     compare = data.get("compare") or {}
-    if not isinstance(compare, dict) or set(compare) - {"baseline"}:
-        raise ConfigError(f"compare: expected a mapping with 'baseline', got {compare!r}")
+    if not isinstance(compare, dict) or set(compare) - {"baseline", "pairs"}:
+        raise ConfigError(f"compare: expected a mapping with 'baseline' and/or 'pairs', got {compare!r}")
     baseline = compare.get("baseline")
     if baseline is not None and baseline not in seen:
         raise ConfigError(f"compare.baseline: {baseline!r} is not a row; rows: {sorted(seen)}")
+    pairs = compare.get("pairs") or []
+    if not isinstance(pairs, list):
+        raise ConfigError(f"compare.pairs: expected a list of [row, baseline] pairs, got {pairs!r}")
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1]
+                and all(isinstance(x, str) and x in seen for x in pair)):
+            raise ConfigError(f"compare.pairs[{i}]: expected [row, baseline], two different rows of "
+                              f"{sorted(seen)}, got {pair!r}")
     if out is not None:
         runs_dir, results_dir = Path(out) / "runs", Path(out)
     else:
@@ -173,6 +184,7 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
     sweep = Sweep(p, name, base_path, rows, seeds, epochs, _as_overrides(data.get("set"), "set"),
                   runs_dir, results_dir, baseline, str(data.get("description", "")),
                   None if out is None else str(out), list(extra))
+    sweep.pairs = [list(pair) for pair in pairs]
     for r in rows:
         for s in seeds:
             cname = f"{r['name']}-s{s}"

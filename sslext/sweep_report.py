@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional
 
 from .training.metrics import atomic_write_text
 
-__all__ = ["read_record", "collect", "aggregate", "paired_differences", "write_report", "t_quantile_975"]
+__all__ = ["read_record", "collect", "aggregate", "paired_differences", "pair_differences", "write_report",
+           "t_quantile_975"]
 
 # Final metrics reported per cell, with the label used in tables.
 METRICS = {
@@ -99,33 +100,46 @@ def paired_differences(sweep: Any, records: Dict[str, Dict[str, Any]], baseline:
     without one (and the baselines themselves) are left out.
     """
     out: Dict[str, Dict[str, Any]] = {}
-
-    def value(row, seed, k):
-        rec = records.get(f"{row}-s{seed}")
-        if rec and rec.get("status") == "done":
-            return rec["final_eval"].get(k)
-        return None
-
     for r in sweep.rows:
         base = r.get("baseline", baseline)
         if base is None or base == r["name"]:
             continue
-        res = {}
-        for k in metrics:
-            diffs = {}
-            for s in sweep.seeds:
-                a, b = value(r["name"], s, k), value(base, s, k)
-                if a is not None and b is not None:
-                    diffs[s] = a - b
-            if not diffs:
-                continue
-            m, sd = _mean_std(list(diffs.values()))
-            n = len(diffs)
-            half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
-            res[k] = {"baseline": base, "mean": m, "std": sd, "n": n, "per_seed": diffs, "ci95": [m - half, m + half],
-                      "excludes_zero": bool(n > 1 and (m - half > 0 or m + half < 0))}
-        out[r["name"]] = res
+        out[r["name"]] = _paired(sweep, records, r["name"], base, metrics)
     return out
+
+
+def pair_differences(sweep: Any, records: Dict[str, Dict[str, Any]], metrics=HEADLINE) -> List[Dict[str, Any]]:
+    """The sweep's ``compare.pairs``: for each [row, baseline], the differences of :func:`paired_differences`."""
+    out = []
+    for row, base in getattr(sweep, "pairs", []):
+        res = _paired(sweep, records, row, base, metrics)
+        if res:
+            out.append({"row": row, "baseline": base, "metrics": res})
+    return out
+
+
+def _paired(sweep: Any, records: Dict[str, Dict[str, Any]], row: str, base: str, metrics) -> Dict[str, Any]:
+    def value(name, seed, k):
+        rec = records.get(f"{name}-s{seed}")
+        if rec and rec.get("status") == "done":
+            return rec["final_eval"].get(k)
+        return None
+
+    res = {}
+    for k in metrics:
+        diffs = {}
+        for s in sweep.seeds:
+            a, b = value(row, s, k), value(base, s, k)
+            if a is not None and b is not None:
+                diffs[s] = a - b
+        if not diffs:
+            continue
+        m, sd = _mean_std(list(diffs.values()))
+        n = len(diffs)
+        half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
+        res[k] = {"baseline": base, "mean": m, "std": sd, "n": n, "per_seed": diffs, "ci95": [m - half, m + half],
+                  "excludes_zero": bool(n > 1 and (m - half > 0 or m + half < 0))}
+    return res
 
 
 def _fmt(m: Dict[str, Any], digits: int = 2) -> str:
@@ -134,7 +148,21 @@ def _fmt(m: Dict[str, Any], digits: int = 2) -> str:
     return f"{m['mean']:.{digits}f}"
 
 
-def _markdown(sweep: Any, records, agg, diffs) -> str:
+def _diff_rows(agg, name: str, res: Dict[str, Any]) -> List[str]:
+    lines = []
+    for k, d in res.items():
+        ci = "n < 2" if d["n"] < 2 else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+        per = ", ".join(f"s{s}: {v:+.2f}" for s, v in d["per_seed"].items())
+        lines.append(f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | "
+                     f"{d['mean']:+.2f} | {ci} | {per} | {'yes' if d['excludes_zero'] else 'no'} |")
+    return lines
+
+
+_DIFF_HEAD = ["| row | baseline | metric | mean difference | 95 % interval | per seed | distinguishable from 0 |",
+              "|---|---|---|---|---|---|---|"]
+
+
+def _markdown(sweep: Any, records, agg, diffs, pairs=()) -> str:
     lines = [f"# Sweep `{sweep.name}`", ""]
     if sweep.description:
         lines += [sweep.description.strip(), ""]
@@ -151,16 +179,14 @@ def _markdown(sweep: Any, records, agg, diffs) -> str:
         lines.append("| " + " | ".join([a["label"], f"{a['n_done']}/{a['n_cells']}", *cells]) + " |")
     lines.append("")
     if diffs:
-        lines += ["## Paired differences against the baseline row (same seed), 95 % t-interval", "",
-                  "| row | baseline | metric | mean difference | 95 % interval | per seed | distinguishable from 0 |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["## Paired differences against the baseline row (same seed), 95 % t-interval", "", *_DIFF_HEAD]
         for name, res in diffs.items():
-            for k, d in res.items():
-                ci = "n < 2" if d["n"] < 2 else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-                per = ", ".join(f"s{s}: {v:+.2f}" for s, v in d["per_seed"].items())
-                lines.append(f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | "
-                             f"{d['mean']:+.2f} | {ci} | {per} | "
-                             f"{'yes' if d['excludes_zero'] else 'no'} |")
+            lines += _diff_rows(agg, name, res)
+        lines.append("")
+    if pairs:
+        lines += ["## Further paired comparisons (`compare.pairs`, same seed), 95 % t-interval", "", *_DIFF_HEAD]
+        for p in pairs:
+            lines += _diff_rows(agg, p["row"], p["metrics"])
         lines.append("")
     lines += ["## Runs behind every number", "", "| cell | status | steps | seconds | run directory |",
               "|---|---|---|---|---|"]
@@ -232,7 +258,7 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.5 * len(CURVES), 4))
     for ax, (k, title) in zip(axes, CURVES.items()):
         for n in names:
-            series = [{e["epoch"] + 1: e[k] for e in r["epochs"] if e.get(k) is not None} for r in done[n]]
+            series = [{e["epoch"] + 1: e[k] for e in r.get("epochs", []) if e.get(k) is not None} for r in done[n]]
             series = [s for s in series if s]
             if not series:
                 continue
@@ -253,7 +279,7 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, k in zip(axes, ("backbone_spectrum", "projector_spectrum")):
         for n in names:
-            specs = [r["final_eval"][k] for r in done[n] if r["final_eval"].get(k)]
+            specs = [r["final_eval"][k] for r in done[n] if r.get("final_eval", {}).get(k)]
             if not specs:
                 continue
             d = min(len(s) for s in specs)
@@ -287,11 +313,13 @@ def write_report(sweep: Any) -> Path:
     records = collect(sweep)
     agg = aggregate(sweep, records)
     diffs = {k: v for k, v in paired_differences(sweep, records, sweep.baseline).items() if v}
+    pairs = pair_differences(sweep, records)
     atomic_write_text(out / "results.json", json.dumps({"sweep": sweep.name, "seeds": sweep.seeds, "rows": agg,
-                                        "paired_differences": {"baseline": sweep.baseline, "rows": diffs},
+                                        "paired_differences": {"baseline": sweep.baseline, "rows": diffs,
+                                                               "pairs": pairs},
                                         "cells": {k: _summary(v) for k, v in records.items()}},
                                        indent=1, default=float))
     atomic_write_text(out / "results.csv", _csv(sweep, records))
-    atomic_write_text(out / "results.md", _markdown(sweep, records, agg, diffs))
+    atomic_write_text(out / "results.md", _markdown(sweep, records, agg, diffs, pairs))
     _plots(sweep, records, agg, out)
     return out / "results.md"
