@@ -6,11 +6,12 @@ import them in the child processes. Workers save their observations with
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -201,14 +202,27 @@ def run_method_case(method: str, rank: int, world: int, out_dir: str) -> Dict[st
 
 
 # ---------------------------------------------------------------------- workers
-def _init(rank: int, world: int, init_file: str) -> None:
+@contextlib.contextmanager
+def process_group(rank: int, world: int, init_file: str) -> Iterator[None]:
+    """A worker's gloo group: created on entry, destroyed on exit.
+
+    On success every rank meets at a barrier first, so no rank tears its gloo
+    connections down while a peer may still be inside a collective (CI once saw
+    one rank of a finished test abort: 'terminate called without an active
+    exception'). After an error there is no barrier: the peer may be gone, and
+    run_ranks reports the failure.
+    """
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def loss_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    _init(rank, world, init_file)
-    try:
+    with process_group(rank, world, init_file):
         res = {"loss": {case_id(c): run_loss_case(c, rank, world) for c in LOSS_CASES},
                "bn": {k: run_bn_case(k, rank, world) for k in BN_SHAPES}}
         res["method"] = {m: run_method_case(m, rank, world, out_dir) for m in METHOD_CASES}
@@ -219,18 +233,15 @@ def loss_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             za, zb = model(x_a[rows], x_b[rows])
         res["local_loss"] = make_loss("vicreg", "gram", 32, gather=False)(za, zb)
         torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def train_worker(rank: int, world: int, init_file: str, out_dir: str, overrides: List[str]) -> None:
-    _init(rank, world, init_file)
     from sslext.config import ConfigError, load_config
     from sslext.train import Trainer
 
     out = Path(out_dir)
     res: Dict[str, Any] = {}
-    try:
+    with process_group(rank, world, init_file):
         def cfg(run_dir: Path, *extra: str):
             return load_config(None, [*overrides, f"train.out_dir={run_dir}", *extra])
 
@@ -265,8 +276,6 @@ def train_worker(rank: int, world: int, init_file: str, out_dir: str, overrides:
         tr3.fit()
         res["det_method"] = {k: v.clone() for k, v in tr3.method.state_dict().items()}
         torch.save(res, out / f"train_rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def run_ranks(fn: Callable, world: int, tmp: Path, *args: Any, timeout: float = 300.0) -> None:
@@ -286,12 +295,11 @@ def run_ranks(fn: Callable, world: int, tmp: Path, *args: Any, timeout: float = 
 
 def signal_worker(rank: int, world: int, init_file: str, out_dir: str, overrides: List[str]) -> None:
     """Only rank 1 gets SIGTERM (after global step 3); both ranks must stop at that step together."""
-    _init(rank, world, init_file)
     from sslext.config import load_config
     from sslext.train import Trainer
 
     out = Path(out_dir)
-    try:
+    with process_group(rank, world, init_file):
         if rank == 1:
             os.environ["SSLEXT_TEST_FAULT"] = "term:step:3"
         cfg = load_config(None, [*overrides, f"train.out_dir={out / 'sig'}"])
@@ -302,17 +310,14 @@ def signal_worker(rank: int, world: int, init_file: str, out_dir: str, overrides
         res = {"summary": summary, "resumed_summary": resumed.fit(),
                "method": {k: v.clone() for k, v in resumed.method.state_dict().items()}}
         torch.save(res, out / f"sig_rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def moco_queue_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """Two MoCo v2 steps per rank on different rows; every rank must hold the same global queue."""
-    _init(rank, world, init_file)
     from sslext.methods import build_method
     from sslext.models import build_backbone
 
-    try:
+    with process_group(rank, world, init_file):
         torch.manual_seed(0)
         method = build_method("mocov2", build_backbone("resnet10", True, 8), projector=[32, 16], queue_size=256)
         g = torch.Generator().manual_seed(3)
@@ -324,5 +329,3 @@ def moco_queue_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
                 method.training_step([x[0, rows], x[1, rows]])
             keys.append(method.queue.keys.clone())
         torch.save({"queue": keys, "ptr": method.queue.ptr.clone()}, Path(out_dir) / f"moco_rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()

@@ -272,10 +272,9 @@ WORLD, N, D = 2, 12, 20
 
 
 def _compat_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    from dist_helpers import _init
+    from dist_helpers import process_group
 
-    _init(rank, world, init_file)
-    try:
+    with process_group(rank, world, init_file):
         z_a, z_b = make_views(N, D)
         rows = slice(rank * N // world, (rank + 1) * N // world)
         res = {}
@@ -287,8 +286,6 @@ def _compat_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 steps.append(_value_and_grads(loss_fn, z_a[rows], z_b[rows]))
             res[name] = {"steps": steps, "C": getattr(loss_fn, "C", None)}
         torch.save(res, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

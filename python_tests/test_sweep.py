@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,19 +72,56 @@ def test_sweep_runs_every_cell_reports_and_skips_finished_cells(tmp_path):
     assert before == {c.name: sweep.record_path(c).stat().st_mtime_ns for c in sweep.cells}
 
 
-def test_failed_cell_is_recorded_with_its_error_then_retried(tmp_path):
+def test_diverged_cell_is_a_finished_result(tmp_path):
+    # A non-finite loss is the cell's deterministic outcome: recorded with where it
+    # happened, reported, and never retrained.
     path = write_sweep(tmp_path, [{"name": "vicreg"}, {"name": "diverges", "set": {"optim.lr": 1.0e30}}])
-    assert main(["run", str(path), "--no-report"]) == 1  # a failed cell is an error exit
+    assert main(["run", str(path), "--no-report"]) == 0  # divergence is a result, not a runner failure
     sweep = load_sweep(path)
     rec = json.loads(sweep.record_path(sweep.cell("diverges-s0")).read_text())
-    assert rec["status"] == "failed" and rec["returncode"] == 3 and "non-finite" in rec["error"]
+    assert rec["status"] == "diverged" and "non-finite" in rec["error"]
+    assert isinstance(rec["diverged_at_step"], int) and rec["diverged_at_step"] >= 1
+    assert rec["diverged_at_epoch"] == 0 and "loss" in rec["error"] and rec["terms_at_divergence"]
+    assert cell_status(sweep, sweep.cell("diverges-s0")) == "diverged"
     assert cell_status(sweep, sweep.cell("vicreg-s0")) == "done"
     assert main(["report", str(path)]) == 0
     text = (tmp_path / "results" / "results.md").read_text()
-    assert "## Failed cells" in text and "diverges-s0" in text
+    assert "## Diverged cells" in text and f"`diverges-s0`: epoch 0, step {rec['diverged_at_step']}" in text
+    assert "| diverges | 0/1 (1 diverged) |" in text and "1 done, 1 diverged, 0 failed" in text
+    assert "No seed where both rows finished" not in text  # no baseline in this sweep
+
+    def no_nan(const):
+        raise AssertionError(f"not strict JSON: {const}")
+    # The std of a single seed and the NaN loss terms stay strict JSON (null, "nan").
+    json.loads((tmp_path / "results" / "results.json").read_text(), parse_constant=no_nan)
+    strict = json.loads(sweep.record_path(sweep.cell("diverges-s0")).read_text(), parse_constant=no_nan)
+    assert strict["terms_at_divergence"] == rec["terms_at_divergence"]
+    counts = run_sweep(sweep, progress=False)
+    assert counts == {"done": 0, "diverged": 0, "failed": 0, "interrupted": 0, "skipped": 2, "stopped_by": None}
+
+
+def test_failed_cell_is_recorded_with_its_error_then_retried(tmp_path):
+    missing = tmp_path / "no_data"
+    path = write_sweep(tmp_path, [{"name": "vicreg"},
+                                  {"name": "broken", "set": {"data.dataset": "cifar10", "data.root": str(missing)}}])
+    assert main(["run", str(path), "--no-report"]) == 1  # a failed cell is an error exit
+    sweep = load_sweep(path)
+    rec = json.loads(sweep.record_path(sweep.cell("broken-s0")).read_text())
+    assert rec["status"] == "failed" and rec["returncode"] == 1
+    assert "cifar-10-batches-py" in rec["error"] and "data.root" in rec["error"]
+    assert cell_status(sweep, sweep.cell("vicreg-s0")) == "done"
+    assert main(["report", str(path)]) == 0
+    text = (tmp_path / "results" / "results.md").read_text()
+    assert "## Failed cells" in text and "broken-s0" in text
     # The next run retries the failed cell (and fails again), never the done one.
     counts = run_sweep(sweep, progress=False)
-    assert counts == {"done": 0, "failed": 1, "interrupted": 0, "skipped": 1, "stopped_by": None}
+    assert counts == {"done": 0, "diverged": 0, "failed": 1, "interrupted": 0, "skipped": 1, "stopped_by": None}
+    # The log keeps both attempts; the (committed) record holds only the last one's
+    # error, without the command line that names this machine's interpreter.
+    log = (tmp_path / "runs" / "broken-s0.log").read_text()
+    assert log.count("=== ") == 2 and sys.executable in log
+    err = json.loads(sweep.record_path(sweep.cell("broken-s0")).read_text())["error"]
+    assert err.count("no 'cifar-10-batches-py' folder") == 1 and "===" not in err and sys.executable not in err
 
 
 def test_killed_cell_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -164,24 +202,31 @@ def test_paired_interval_matches_the_t_distribution(tmp_path):
 def test_compare_pairs_are_reported_seed_by_seed(tmp_path):
     # compare.pairs adds comparisons between non-baseline rows (e.g. one beta
     # against another) to the tables and results.json.
+    # Row c never finishes (every cell failed): its comparisons are named as impossible, not dropped.
     path = write_sweep(tmp_path, [{"name": "base", "train": False}, {"name": "a", "train": False},
-                                  {"name": "b", "train": False}], seeds=(0, 1, 2),
-                       compare={"baseline": "base", "pairs": [["b", "a"]]})
+                                  {"name": "b", "train": False}, {"name": "c", "train": False}], seeds=(0, 1, 2),
+                       compare={"baseline": "base", "pairs": [["b", "a"], ["c", "a"]]})
     sweep = load_sweep(path)
-    values = {"base": [50.0, 52.0, 51.0], "a": [51.0, 54.0, 51.5], "b": [53.0, 53.0, 52.5]}
+    values = {"base": [50.0, 52.0, 51.0], "a": [51.0, 54.0, 51.5], "b": [53.0, 53.0, 52.5], "c": [None] * 3}
     for r, vs in values.items():
         for s, v in zip((0, 1, 2), vs):
             rec = {"status": "done", "cell": f"{r}-s{s}", "row": r, "seed": s, "run_dir": f"runs/{r}-s{s}",
                    "final_eval": {"linear_acc": v, "linear_acc_10pct": v, "knn_acc": v}}
+            if v is None:
+                rec = {"status": "failed", "cell": f"{r}-s{s}", "row": r, "seed": s, "returncode": 3,
+                       "run_dir": f"runs/{r}-s{s}", "error": "non-finite loss"}
             sweep.record_path(sweep.cell(f"{r}-s{s}")).parent.mkdir(parents=True, exist_ok=True)
             sweep.record_path(sweep.cell(f"{r}-s{s}")).write_text(json.dumps(rec))
     md = write_report(sweep).read_text()
     assert "Further paired comparisons" in md
     assert "| b | a | linear probe, 100 % labels (%) | +0.67 |" in md and "s0: +2.00, s1: -1.00, s2: +1.00" in md
+    assert "No seed where both rows finished, so no difference: c − base" in md
+    assert "No seed where both rows finished, so no difference: c − a" in md
     res = json.loads((sweep.results_dir / "results.json").read_text())["paired_differences"]
-    (pair,) = res["pairs"]
+    pair, empty = res["pairs"]
     assert pair["row"] == "b" and pair["baseline"] == "a"
     assert pair["metrics"]["knn_acc"]["per_seed"] == {"0": 2.0, "1": -1.0, "2": 1.0}
+    assert empty == {"row": "c", "baseline": "a", "metrics": {}}
     assert set(res["rows"]) == {"a", "b"}  # the baseline comparisons are unchanged
 
 
@@ -208,7 +253,7 @@ def test_gpu_sweep_dry_run_on_the_cpu(tmp_path):
             "train.channels_last=false"]
     sweep = load_sweep(REPO / "configs" / "sweeps" / "seed_question_gpu.yaml", out=tmp_path, extra=tiny)
     cells = [c for c in sweep.cells if c.seed == 0]
-    assert len(cells) == 16
+    assert len(cells) == 18
     for c in cells:
         assert run_cell(sweep, c) == 0
         rec = json.loads(sweep.record_path(c).read_text())

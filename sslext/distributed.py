@@ -26,8 +26,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ["init_distributed", "cleanup_distributed", "get_rank", "get_world_size", "is_main_process", "barrier",
-           "is_distributed", "gather_with_grad", "all_gather_tensors", "SyncBatchNorm", "convert_sync_batchnorm",
-           "wrap_ddp"]
+           "is_distributed", "gather_with_grad", "all_reduce_with_grad", "all_gather_tensors", "SyncBatchNorm",
+           "convert_sync_batchnorm", "wrap_ddp"]
 
 # True when init_distributed() created the process group (so it may destroy it).
 _CREATED_GROUP = False
@@ -125,6 +125,34 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return x
     return _GatherWithGrad.apply(x)
+
+
+class _AllReduceWithGrad(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is all_reduce(SUM): every rank's loss depends on
+    every rank's input, so each input gets the sum of all ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over ranks, differentiable (same convention as :func:`gather_with_grad`).
+
+    Used instead of ``torch.distributed.nn.all_reduce``, which torch deprecates
+    (a FutureWarning at every call). Without a multi-process group, returns ``x``.
+    """
+    if not is_distributed():
+        return x
+    return _AllReduceWithGrad.apply(x)
 
 
 def all_gather_tensors(t: torch.Tensor) -> List[torch.Tensor]:

@@ -21,11 +21,13 @@ tables and plots (:mod:`sslext.sweep_report`) without training. A sweep file::
     results_dir: benchmarks/results/science        # records, tables, plots
 
 A cell is ``<row>-s<seed>``. Its record ``<results_dir>/cells/<cell>.json`` is
-written atomically when the cell finished (status ``done``) or failed (status
-``failed`` with the error); a done cell is never rerun, a failed or
-interrupted one is retried on the next ``run`` (resumed from its checkpoint
-when it has one). Killing the runner at any moment loses at most the cells in
-progress, and those resume. ``--out DIR`` puts runs under ``DIR/runs`` and the
+written atomically when the cell finished (status ``done``), diverged (status
+``diverged``: a non-finite loss stopped training, with the step and the loss
+terms; a result, reported in the tables) or failed (status ``failed`` with the
+error). Done and diverged cells are finished and never rerun (delete the
+record to rerun one); a failed or interrupted one is retried on the next
+``run`` (resumed from its checkpoint when it has one). Killing the runner at
+any moment loses at most the cells in progress, and those resume. ``--out DIR`` puts runs under ``DIR/runs`` and the
 records and tables in ``DIR``, so a rerun never touches the committed study.
 """
 from __future__ import annotations
@@ -44,12 +46,13 @@ import yaml
 
 from .config import ConfigError, load_config, read_yaml_mapping
 from .sweep_report import read_record
-from .training.metrics import atomic_write_text
+from .training.metrics import atomic_write_text, json_num
 
 __all__ = ["Sweep", "Cell", "load_sweep", "run_sweep", "main"]
 
 _KEYS = {"name", "base", "set", "budget", "seeds", "rows", "compare", "runs_dir", "results_dir", "description"}
 _ROW_KEYS = {"name", "set", "train", "label", "baseline"}
+EXIT_DIVERGED = 3  # sslext-train's exit code for a non-finite loss
 EXIT_INTERRUPTED = 4
 
 
@@ -215,10 +218,13 @@ def _write_record(path: Path, obj: Dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, default=float))
 
 
+FINISHED = ("done", "diverged")
+
+
 def cell_status(sweep: Sweep, cell: Cell) -> str:
-    """``done``, ``failed``, ``partial`` (a checkpoint to resume) or ``pending``."""
+    """``done`` or ``diverged`` (finished), ``failed``, ``partial`` (a checkpoint to resume) or ``pending``."""
     rec = read_record(sweep.record_path(cell))
-    if rec and rec.get("status") in ("done", "failed"):
+    if rec and rec.get("status") in (*FINISHED, "failed"):
         return rec["status"]
     return "partial" if (sweep.run_dir(cell) / "last.pt").exists() else "pending"
 
@@ -230,7 +236,7 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
     import torch
 
     from .report import read_metrics
-    from .training import Trainer, build_everything, evaluate_parts, resolve_device
+    from .training import NonFiniteLossError, Trainer, build_everything, evaluate_parts, resolve_device
 
     cfg = sweep.config(cell)
     run_dir = sweep.run_dir(cell)
@@ -239,7 +245,22 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
         resume = (run_dir / "last.pt").exists()
         # Without a checkpoint, whatever an earlier attempt left (a run that
         # failed before its first save) is moved aside, never deleted.
-        summary = Trainer(cfg, resume=resume, overwrite=not resume).fit()
+        try:
+            summary = Trainer(cfg, resume=resume, overwrite=not resume).fit()
+        except NonFiniteLossError as e:
+            # Divergence is the cell's result, not an accident: the same config and
+            # seed diverge again at the same step, so the cell is finished.
+            _write_record(sweep.record_path(cell), {
+                "status": "diverged", "cell": cell.name, "row": cell.row, "seed": cell.seed,
+                "method": cfg["method"]["name"], "trained": True, "steps": e.step, "diverged_at_step": e.step,
+                "diverged_at_epoch": e.epoch, "terms_at_divergence": {k: json_num(v) for k, v in e.terms.items()},
+                "error": str(e),
+                "run_dir": str(run_dir), "overrides": cell.overrides, "config": cfg,
+                "epochs": [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"],
+                "seconds": time.time() - t0, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            })
+            raise
         if summary.get("interrupted"):
             return EXIT_INTERRUPTED
         if not summary["finished"] or "final_eval" not in summary:
@@ -266,9 +287,14 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
 
 # ------------------------------------------------------------------ runner
 
-def _tail(path: Path, n: int = 4000) -> str:
+def _tail(path: Path, start: int = 0, n: int = 4000) -> str:
+    """The last ``n`` characters this attempt wrote to ``path`` (from byte ``start``): a
+    failed cell's record holds its own error, not the log of earlier attempts nor the
+    command line of the machine that ran it (records are committed)."""
     try:
-        return path.read_text(errors="replace")[-n:]
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")[-n:]
     except FileNotFoundError:
         return ""
 
@@ -281,7 +307,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
         cells = [c for c in sweep.cells if c.row == only] or [sweep.cell(only)]
     else:
         cells = list(sweep.cells)
-    todo = [c for c in cells if cell_status(sweep, c) != "done"]
+    todo = [c for c in cells if cell_status(sweep, c) not in FINISHED]
     sweep.runs_dir.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress:
@@ -293,11 +319,11 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
 
     def on_signal(signum, frame):
         stop["signal"] = signal.Signals(signum).name
-        for proc, _, _ in running.values():  # each child checkpoints and exits
+        for proc, *_ in running.values():  # each child checkpoints and exits
             proc.send_signal(signal.SIGTERM)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    counts = {"done": 0, "failed": 0, "interrupted": 0, "skipped": len(cells) - len(todo)}
+    counts = {"done": 0, "diverged": 0, "failed": 0, "interrupted": 0, "skipped": len(cells) - len(todo)}
     try:
         queue = list(todo)
         while queue or running:
@@ -312,8 +338,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
                 with open(log, "a") as f:
                     f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
                     f.flush()
+                    start = f.tell()
                     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-                running[c.name] = (proc, c, log)
+                running[c.name] = (proc, c, log, start)
                 if bar:
                     bar.set_postfix_str(", ".join(running))
             if not queue and not running:
@@ -322,24 +349,25 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
                 break
             time.sleep(0.5)
             for name in list(running):
-                proc, c, log = running[name]
+                proc, c, log, start = running[name]
                 rc = proc.poll()
                 if rc is None:
                     continue
                 del running[name]
-                if rc == 0:
-                    counts["done"] += 1
+                finished = rc == 0 or (rc == EXIT_DIVERGED and cell_status(sweep, c) == "diverged")
+                if finished:
+                    counts["done" if rc == 0 else "diverged"] += 1
                 elif rc == EXIT_INTERRUPTED or stop["signal"] is not None:
                     counts["interrupted"] += 1
                 else:
                     counts["failed"] += 1
                     _write_record(sweep.record_path(c), {
                         "status": "failed", "cell": c.name, "row": c.row, "seed": c.seed, "returncode": rc,
-                        "run_dir": str(sweep.run_dir(c)), "log": str(log), "error": _tail(log),
+                        "run_dir": str(sweep.run_dir(c)), "log": str(log), "error": _tail(log, start),
                         "overrides": c.overrides, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     })
                 if bar:
-                    bar.update(1 if rc == 0 else 0)
+                    bar.update(1 if finished else 0)
                     bar.set_postfix_str(", ".join(running) or "-")
     finally:
         for s, h in old.items():
@@ -386,9 +414,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             try:
                 return run_cell(sweep, sweep.cell(args.cell))
-            except NonFiniteLossError as e:  # sslext-train's exit code for it
+            except NonFiniteLossError as e:
                 print(f"sslext-sweep: {e}", file=sys.stderr)
-                return 3
+                return EXIT_DIVERGED
         if args.cmd == "status":
             for c in sweep.cells:
                 print(f"{c.name:32s} {cell_status(sweep, c)}")

@@ -64,7 +64,7 @@ def _mean_std(xs: List[float]) -> tuple:
 
 
 def collect(sweep: Any) -> Dict[str, Dict[str, Any]]:
-    """Every cell's record (done or failed) by cell name; cells never run are absent."""
+    """Every cell's record (done, diverged or failed) by cell name; cells never run are absent."""
     out = {}
     for c in sweep.cells:
         rec = read_record(sweep.record_path(c))
@@ -79,7 +79,9 @@ def aggregate(sweep: Any, records: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[
     for r in sweep.rows:
         done = [records[c.name] for c in sweep.cells if c.row == r["name"]
                 and records.get(c.name, {}).get("status") == "done"]
-        agg: Dict[str, Any] = {"n_done": len(done), "n_cells": len(sweep.seeds),
+        n_diverged = sum(1 for c in sweep.cells if c.row == r["name"]
+                         and records.get(c.name, {}).get("status") == "diverged")
+        agg: Dict[str, Any] = {"n_done": len(done), "n_diverged": n_diverged, "n_cells": len(sweep.seeds),
                                "label": r.get("label", r["name"]), "metrics": {}}
         for k in METRICS:
             vals = [(d["seed"], d["final_eval"][k], d["run_dir"]) for d in done if k in d.get("final_eval", {})]
@@ -108,13 +110,17 @@ def paired_differences(sweep: Any, records: Dict[str, Dict[str, Any]], baseline:
     return out
 
 
+def _baseline_of(sweep: Any, name: str) -> Optional[str]:
+    row = next(r for r in sweep.rows if r["name"] == name)
+    return row.get("baseline", sweep.baseline)
+
+
 def pair_differences(sweep: Any, records: Dict[str, Dict[str, Any]], metrics=HEADLINE) -> List[Dict[str, Any]]:
     """The sweep's ``compare.pairs``: for each [row, baseline], the differences of :func:`paired_differences`."""
     out = []
     for row, base in getattr(sweep, "pairs", []):
-        res = _paired(sweep, records, row, base, metrics)
-        if res:
-            out.append({"row": row, "baseline": base, "metrics": res})
+        # Kept when empty (no seed where both finished): a requested comparison is never dropped silently.
+        out.append({"row": row, "baseline": base, "metrics": _paired(sweep, records, row, base, metrics)})
     return out
 
 
@@ -162,31 +168,44 @@ _DIFF_HEAD = ["| row | baseline | metric | mean difference | 95 % interval | per
               "|---|---|---|---|---|---|---|"]
 
 
+def _not_comparable(agg, missing: List[tuple]) -> List[str]:
+    if not missing:
+        return []
+    names = "; ".join(f"{agg[r]['label']} − {agg[b]['label']}" for r, b in missing)
+    return ["", f"No seed where both rows finished, so no difference: {names} (see the cells' status below)."]
+
+
 def _markdown(sweep: Any, records, agg, diffs, pairs=()) -> str:
     lines = [f"# Sweep `{sweep.name}`", ""]
     if sweep.description:
         lines += [sweep.description.strip(), ""]
     done = sum(1 for r in records.values() if r.get("status") == "done")
+    diverged = [r for r in records.values() if r.get("status") == "diverged"]
     failed = [r for r in records.values() if r.get("status") == "failed"]
-    lines += [f"Cells: {done} done, {len(failed)} failed, {len(sweep.cells) - len(records)} not run "
+    lines += [f"Cells: {done} done, {len(diverged)} diverged, {len(failed)} failed, "
+              f"{len(sweep.cells) - len(records)} not run "
               f"(of {len(sweep.cells)}: {len(sweep.rows)} rows x seeds {sweep.seeds}). "
-              "Mean ± sample std over seeds; `n` is the number of finished seeds.", ""]
+              "Mean ± sample std over seeds; `n` is the number of seeds that trained to the end "
+              "(a diverged cell is finished, but has no metrics).", ""]
     head = [k for k in METRICS if any(k in a["metrics"] for a in agg.values())]
     lines += ["| " + " | ".join(["row", "n", *(METRICS[k] for k in head)]) + " |",
               "|" + "---|" * (2 + len(head))]
     for name, a in agg.items():
         cells = [(_fmt(a["metrics"][k], 3 if "frac" in k else 2) if k in a["metrics"] else "-") for k in head]
-        lines.append("| " + " | ".join([a["label"], f"{a['n_done']}/{a['n_cells']}", *cells]) + " |")
+        n = f"{a['n_done']}/{a['n_cells']}" + (f" ({a['n_diverged']} diverged)" if a.get("n_diverged") else "")
+        lines.append("| " + " | ".join([a["label"], n, *cells]) + " |")
     lines.append("")
-    if diffs:
+    if any(diffs.values()):
         lines += ["## Paired differences against the baseline row (same seed), 95 % t-interval", "", *_DIFF_HEAD]
         for name, res in diffs.items():
             lines += _diff_rows(agg, name, res)
+        lines += _not_comparable(agg, [(name, _baseline_of(sweep, name)) for name, res in diffs.items() if not res])
         lines.append("")
     if pairs:
         lines += ["## Further paired comparisons (`compare.pairs`, same seed), 95 % t-interval", "", *_DIFF_HEAD]
         for p in pairs:
             lines += _diff_rows(agg, p["row"], p["metrics"])
+        lines += _not_comparable(agg, [(p["row"], p["baseline"]) for p in pairs if not p["metrics"]])
         lines.append("")
     lines += ["## Runs behind every number", "", "| cell | status | steps | seconds | run directory |",
               "|---|---|---|---|---|"]
@@ -200,6 +219,16 @@ def _markdown(sweep: Any, records, agg, diffs, pairs=()) -> str:
         secs = f"{r['seconds']:.0f}" if "seconds" in r else "-"
         lines.append(f"| {c.name} | {r['status']} | {r.get('steps', '-')} | {secs} | `{r['run_dir']}` |")
     lines.append("")
+    if diverged:
+        lines += ["## Diverged cells", "",
+                  "Training stopped at a non-finite loss (`train.on_nonfinite`); the same config and seed "
+                  "diverge at the same step, so these cells are finished.", ""]
+        for r in diverged:
+            terms = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                              for k, v in r.get("terms_at_divergence", {}).items())
+            lines += [f"- `{r['cell']}`: epoch {r.get('diverged_at_epoch')}, step {r.get('diverged_at_step')}"
+                      + (f"; terms: {terms}" if terms else "")]
+        lines.append("")
     if failed:
         lines += ["## Failed cells", ""]
         for r in failed:
@@ -243,6 +272,9 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
         for i, n in enumerate(names):
             m = agg[n]["metrics"].get(k)
             if not m:
+                if agg[n].get("n_diverged"):  # an empty slot would read as "not run"
+                    ax.annotate("diverged", (i, 0.03), xycoords=("data", "axes fraction"), rotation=90,
+                                ha="center", va="bottom", fontsize=8, color=colors[n])
                 continue
             ax.scatter([i] * m["n"], list(m["values"].values()), color=colors[n], s=12, alpha=0.6)
             ax.errorbar([i], [m["mean"]], yerr=[0 if m["n"] < 2 else m["std"]], fmt="o", color=colors[n],
@@ -299,6 +331,17 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
     plt.close(fig)
 
 
+def _strict_json(obj: Any) -> Any:
+    """``obj`` with undefined numbers (the std of one seed, an interval of n < 2) as null: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def _summary(rec: Dict[str, Any]) -> Dict[str, Any]:
     """A cell's record without its curves, spectra and config (those stay in cells/<cell>.json)."""
     out = {k: v for k, v in rec.items() if k not in ("epochs", "config", "final_eval", "error")}
@@ -312,13 +355,13 @@ def write_report(sweep: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     records = collect(sweep)
     agg = aggregate(sweep, records)
-    diffs = {k: v for k, v in paired_differences(sweep, records, sweep.baseline).items() if v}
+    diffs = paired_differences(sweep, records, sweep.baseline)
     pairs = pair_differences(sweep, records)
-    atomic_write_text(out / "results.json", json.dumps({"sweep": sweep.name, "seeds": sweep.seeds, "rows": agg,
-                                        "paired_differences": {"baseline": sweep.baseline, "rows": diffs,
-                                                               "pairs": pairs},
-                                        "cells": {k: _summary(v) for k, v in records.items()}},
-                                       indent=1, default=float))
+    results = {"sweep": sweep.name, "seeds": sweep.seeds, "rows": agg,
+               "paired_differences": {"baseline": sweep.baseline, "rows": {k: v for k, v in diffs.items() if v},
+                                      "pairs": pairs},
+               "cells": {k: _summary(v) for k, v in records.items()}}
+    atomic_write_text(out / "results.json", json.dumps(_strict_json(results), indent=1, allow_nan=False, default=float))
     atomic_write_text(out / "results.csv", _csv(sweep, records))
     atomic_write_text(out / "results.md", _markdown(sweep, records, agg, diffs, pairs))
     _plots(sweep, records, agg, out)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from .. import functional as F
 from .. import ops
-from ..distributed import gather_with_grad
+from ..distributed import all_reduce_with_grad, gather_with_grad
 
 __all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss"]
 
@@ -149,11 +149,9 @@ class BarlowTwinsLoss(nn.Module):
         _check_views(z_a, z_b, 2, 2)
         if not _gathering(self.gather_distributed):
             return F.barlow_twins_loss(z_a, z_b, self.lambda_param, _BATCH_NORM_EPS)
-        from torch.distributed import nn as dist_nn  # only needed with a process group
-
         c = ops.cross_correlation(z_a, z_b, _BATCH_NORM_EPS)
         # Autograd-aware all-reduce: every rank's gradient reaches every c_r.
-        c = dist_nn.all_reduce(c / dist.get_world_size())
+        c = all_reduce_with_grad(c / dist.get_world_size())
         return ops.off_diagonal_penalty(c, self.lambda_param, 1.0)
 
 

@@ -19,7 +19,15 @@ __all__ = ["NonFiniteLossError", "NonFinitePolicy", "nonfinite_reason"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss or gradients became NaN/Inf; the last checkpoint on disk is untouched."""
+    """The training loss or gradients became NaN/Inf; the last checkpoint on disk is untouched.
+
+    ``step`` (1-based global step) and ``epoch`` say where; ``terms`` are the loss terms of that step.
+    """
+
+    def __init__(self, message: str, step: Optional[int] = None, epoch: Optional[int] = None,
+                 terms: Optional[Dict[str, float]] = None) -> None:
+        super().__init__(message)
+        self.step, self.epoch, self.terms = step, epoch, dict(terms or {})
 
 
 def nonfinite_reason(lval: float, module: nn.Module) -> Optional[str]:
@@ -86,9 +94,10 @@ class NonFinitePolicy:
         on_stop()
         why = (f"{self.max_consecutive_skips} consecutive steps were already skipped (train.max_consecutive_skips)"
                if self.mode == "skip" else "train.on_nonfinite=stop")
+        values = {k: float(v) for k, v in terms.items()}
         raise NonFiniteLossError(
             f"non-finite {what} (loss {lval}) at epoch {epoch} step {step}; terms: "
-            f"{ {k: float(v) for k, v in terms.items()} }; parameters with non-finite gradients: {bad[:5]}. "
+            f"{values}; parameters with non-finite gradients: {bad[:5]}. "
             f"Training stopped ({why}); the last good checkpoint "
             f"({ckpt_path if ckpt_path.exists() else 'none written yet'}) is intact. "
-            "Try a lower optim.lr or more warmup, or train.on_nonfinite=skip.")
+            "Try a lower optim.lr or more warmup, or train.on_nonfinite=skip.", step=step, epoch=epoch, terms=values)
