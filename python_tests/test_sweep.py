@@ -213,8 +213,8 @@ def test_compare_pairs_are_reported_seed_by_seed(tmp_path):
             rec = {"status": "done", "cell": f"{r}-s{s}", "row": r, "seed": s, "run_dir": f"runs/{r}-s{s}",
                    "final_eval": {"linear_acc": v, "linear_acc_10pct": v, "knn_acc": v}}
             if v is None:
-                rec = {"status": "failed", "cell": f"{r}-s{s}", "row": r, "seed": s, "returncode": 3,
-                       "run_dir": f"runs/{r}-s{s}", "error": "non-finite loss"}
+                rec = {"status": "failed", "cell": f"{r}-s{s}", "row": r, "seed": s, "returncode": 1,
+                       "run_dir": f"runs/{r}-s{s}", "error": "DatasetError: no data"}
             sweep.record_path(sweep.cell(f"{r}-s{s}")).parent.mkdir(parents=True, exist_ok=True)
             sweep.record_path(sweep.cell(f"{r}-s{s}")).write_text(json.dumps(rec))
     md = write_report(sweep).read_text()

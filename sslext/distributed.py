@@ -93,6 +93,13 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """A new tensor: ``t`` summed over ranks (``t`` itself is left as it is)."""
+    out = t.contiguous().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0 whose backward is all_reduce(SUM) + this rank's slice."""
 
@@ -110,9 +117,7 @@ class _GatherWithGrad(torch.autograd.Function):
         # Every rank holds the gradient of its own loss with respect to the
         # whole gathered batch; the sum over ranks is the gradient of
         # sum_r L_r (see the module docstring for why SUM and not AVG).
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return _sum_over_ranks(grad)[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -133,15 +138,11 @@ class _AllReduceWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.contiguous().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return _sum_over_ranks(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+        return _sum_over_ranks(grad)
 
 
 def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:

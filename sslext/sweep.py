@@ -241,6 +241,18 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
     cfg = sweep.config(cell)
     run_dir = sweep.run_dir(cell)
     t0 = time.time()
+
+    def record(status: str, **fields: Any) -> None:
+        _write_record(sweep.record_path(cell), {
+            "status": status, "cell": cell.name, "row": cell.row, "seed": cell.seed, "method": cfg["method"]["name"],
+            "trained": cell.train, **fields, "run_dir": str(run_dir), "overrides": cell.overrides, "config": cfg,
+            "seconds": time.time() - t0, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+
+    def epochs() -> List[Dict[str, Any]]:
+        return [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
+
     if cell.train:
         resume = (run_dir / "last.pt").exists()
         # Without a checkpoint, whatever an earlier attempt left (a run that
@@ -250,38 +262,21 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
         except NonFiniteLossError as e:
             # Divergence is the cell's result, not an accident: the same config and
             # seed diverge again at the same step, so the cell is finished.
-            _write_record(sweep.record_path(cell), {
-                "status": "diverged", "cell": cell.name, "row": cell.row, "seed": cell.seed,
-                "method": cfg["method"]["name"], "trained": True, "steps": e.step, "diverged_at_step": e.step,
-                "diverged_at_epoch": e.epoch, "terms_at_divergence": {k: json_num(v) for k, v in e.terms.items()},
-                "error": str(e),
-                "run_dir": str(run_dir), "overrides": cell.overrides, "config": cfg,
-                "epochs": [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"],
-                "seconds": time.time() - t0, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            })
+            record("diverged", steps=e.step, diverged_at_step=e.step, diverged_at_epoch=e.epoch,
+                   terms_at_divergence={k: json_num(v) for k, v in e.terms.items()}, error=str(e), epochs=epochs())
             raise
         if summary.get("interrupted"):
             return EXIT_INTERRUPTED
         if not summary["finished"] or "final_eval" not in summary:
             raise RuntimeError(f"cell {cell.name}: the run stopped before its final evaluation: {summary}")
-        final = summary["final_eval"]
-        epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
-        steps = summary["global_step"]
+        record("done", steps=summary["global_step"], final_eval=summary["final_eval"], epochs=epochs())
     else:
         # The network exactly as the trained rows start from it (same seed, same build).
         if cfg["train"]["threads"]:
             torch.set_num_threads(cfg["train"]["threads"])
         device = resolve_device(cfg["train"]["device"])
         final = evaluate_parts(build_everything(cfg, device, need_train_labels=True), cfg, device, progress=False)
-        epochs, steps = [], 0
-    _write_record(sweep.record_path(cell), {
-        "status": "done", "cell": cell.name, "row": cell.row, "seed": cell.seed, "method": cfg["method"]["name"],
-        "trained": cell.train, "steps": steps, "run_dir": str(run_dir), "overrides": cell.overrides,
-        "config": cfg, "final_eval": final, "epochs": epochs, "seconds": time.time() - t0,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+        record("done", steps=0, final_eval=final, epochs=[])
     return 0
 
 

@@ -77,10 +77,9 @@ def aggregate(sweep: Any, records: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[
     """Per row and metric: mean, std (n - 1), n, the per-seed values and their run directories."""
     rows: Dict[str, Dict[str, Any]] = {}
     for r in sweep.rows:
-        done = [records[c.name] for c in sweep.cells if c.row == r["name"]
-                and records.get(c.name, {}).get("status") == "done"]
-        n_diverged = sum(1 for c in sweep.cells if c.row == r["name"]
-                         and records.get(c.name, {}).get("status") == "diverged")
+        recs = [records.get(c.name, {}) for c in sweep.cells if c.row == r["name"]]
+        done = [x for x in recs if x.get("status") == "done"]
+        n_diverged = sum(x.get("status") == "diverged" for x in recs)
         agg: Dict[str, Any] = {"n_done": len(done), "n_diverged": n_diverged, "n_cells": len(sweep.seeds),
                                "label": r.get("label", r["name"]), "metrics": {}}
         for k in METRICS:
