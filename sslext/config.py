@@ -56,6 +56,9 @@ _NULLABLE = {
     "train.checkpoint_every_steps": int,
     "eval.knn_train_limit": int,
 }
+# Keys that take a fraction although their default is a whole number: a budget
+# sweep scales the warm-up with the epochs (10 epochs -> 10/3 warm-up epochs).
+_FLOATS = {"optim.warmup_epochs"}
 
 _CHOICES = {
     "optim.name": ("lars", "sgd", "adam", "adamw"),
@@ -84,7 +87,7 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
         if not (isinstance(value, bool) or value == "auto"):
             raise ConfigError(f"{key}: expected true, false or auto, got {value!r}")
         return value
-    expected = _NULLABLE.get(key, type(default) if default is not None else None)
+    expected = float if key in _FLOATS else _NULLABLE.get(key, type(default) if default is not None else None)
     if value is None:
         if key in _NULLABLE or default is None:
             return None

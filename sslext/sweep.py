@@ -13,6 +13,7 @@ tables and plots (:mod:`sslext.sweep_report`) without training. A sweep file::
     rows:
       - {name: random_init, train: false}          # evaluated at initialisation
       - {name: vicreg, set: {method.name: vicreg}}
+      - {name: simclr, set: {method: {name: simclr, temperature: 0.2}, optim: {lr: 0.4}}}  # nested = dotted keys
       - {name: vicreg_tico, set: {method.name: vicreg_tico}}   # a row may name its own baseline:
     compare:
       baseline: vicreg               # paired differences against this row (per-row `baseline:` wins)
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -105,7 +107,16 @@ def _as_overrides(mapping: Any, where: str) -> List[str]:
         return []
     if not isinstance(mapping, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys to values, got {mapping!r}")
-    return [f"{k}={_yaml_value(v)}" for k, v in mapping.items()]
+    out: List[str] = []
+    for k, v in mapping.items():
+        # A nested mapping means its keys, as in a training config: {method: {name: simclr,
+        # temperature: 0.2}} is method.name=simclr then method.temperature=0.2, so a row
+        # can switch method (which drops the base's method keys) and set the new one's.
+        if isinstance(v, dict) and v:
+            out += _as_overrides({f"{k}.{kk}": vv for kk, vv in v.items()}, where)
+        else:
+            out.append(f"{k}={_yaml_value(v)}")
+    return out
 
 
 def _yaml_value(v: Any) -> str:
@@ -231,6 +242,21 @@ def cell_status(sweep: Sweep, cell: Cell) -> str:
 
 # ------------------------------------------------------------------ one cell
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere).
+
+    Recorded in every cell: float reductions can differ between CPU models, so a
+    paired comparison only pairs cells of one model (sslext.sweep_report)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_cell(sweep: Sweep, cell: Cell) -> int:
     """Train (or resume) and evaluate one cell in this process; write its record."""
     import torch
@@ -247,6 +273,7 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
             "status": status, "cell": cell.name, "row": cell.row, "seed": cell.seed, "method": cfg["method"]["name"],
             "trained": cell.train, **fields, "run_dir": str(run_dir), "overrides": cell.overrides, "config": cfg,
             "seconds": time.time() - t0, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "machine": platform.machine(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
 
