@@ -199,6 +199,43 @@ def test_paired_interval_matches_the_t_distribution(tmp_path):
     assert t_quantile_975(2) == 4.303 and t_quantile_975(100) == 1.96
 
 
+def test_pairs_only_join_cells_of_one_cpu_model(tmp_path):
+    # A seed whose two cells ran on different CPU models is left out of the
+    # difference and named; cells without a recorded model pair only with each other.
+    path = write_sweep(tmp_path, [{"name": "base", "train": False}, {"name": "other", "train": False}],
+                       seeds=(0, 1, 2), compare={"baseline": "base"})
+    sweep = load_sweep(path)
+    cpus = {"base": ["X", "X", None], "other": ["X", "Y", None]}
+    recs = {}
+    for r, vs in {"base": [50.0, 52.0, 51.0], "other": [51.0, 54.0, 51.5]}.items():
+        for s, v in zip((0, 1, 2), vs):
+            rec = {"status": "done", "seed": s, "run_dir": "x", "final_eval": {"linear_acc": v}}
+            if cpus[r][s]:
+                rec["cpu"] = cpus[r][s]
+            recs[f"{r}-s{s}"] = rec
+    d = paired_differences(sweep, recs, "base", metrics=("linear_acc",))["other"]["linear_acc"]
+    assert d["per_seed"] == {0: 1.0, 2: 0.5} and d["cross_cpu_seeds"] == [1]
+    recs["other-s0"]["cpu"] = recs["other-s2"]["cpu"] = "Y"
+    d = paired_differences(sweep, recs, "base", metrics=("linear_acc",))["other"]["linear_acc"]
+    assert d["n"] == 0 and d["cross_cpu_seeds"] == [0, 1, 2]
+    for c in sweep.cells:
+        sweep.record_path(c).parent.mkdir(parents=True, exist_ok=True)
+        sweep.record_path(c).write_text(json.dumps({**recs[c.name], "cell": c.name, "row": c.row}))
+    md = write_report(sweep).read_text()
+    assert "not paired: seeds [0, 1, 2] ran on different CPU models" in md
+    assert "| other-s1 | done | - | - | Y |" in md
+
+
+def test_nested_set_means_dotted_keys(tmp_path):
+    path = write_sweep(tmp_path, [{"name": "a"}, {"name": "b", "set": {
+        "method": {"name": "simclr", "temperature": 0.3}, "optim": {"lr": 0.2}}}])
+    sweep = load_sweep(path)
+    cfg = sweep.config(sweep.cell("b-s0"))
+    assert cfg["method"]["name"] == "simclr" and cfg["method"]["temperature"] == 0.3
+    assert "inv_coeff" not in cfg["method"]  # switching method dropped the base's keys
+    assert cfg["optim"]["lr"] == 0.2
+
+
 def test_compare_pairs_are_reported_seed_by_seed(tmp_path):
     # compare.pairs adds comparisons between non-baseline rows (e.g. one beta
     # against another) to the tables and results.json.
@@ -230,6 +267,23 @@ def test_compare_pairs_are_reported_seed_by_seed(tmp_path):
     assert set(res["rows"]) == {"a", "b"}  # the baseline comparisons are unchanged
 
 
+@pytest.mark.parametrize("name", ["seed_question_cpu_methods", "seed_question_cpu_budget10",
+                                  "seed_question_cpu_budget30", "seed_question_cpu_tune_val"])
+def test_shipped_study_extensions_validate(name):
+    sweep = load_sweep(REPO / "configs" / "sweeps" / f"{name}.yaml")
+    cfgs = [sweep.config(c) for c in sweep.cells]
+    assert {c["model"]["backbone"] for c in cfgs} == {"resnet10"} and {c["model"]["width"] for c in cfgs} == {16}
+    assert {c["optim"]["batch_size"] for c in cfgs} == {256}
+    if name.endswith("methods"):
+        assert {c["method"]["name"] for c in cfgs} == {"simclr", "mocov2", "byol", "simsiam", "rotnet", "jigsaw",
+                                                       "cpc"}
+    if "budget" in name:
+        # The warm-up keeps its third of training.
+        assert [c["optim"]["warmup_epochs"] / c["train"]["epochs"] for c in cfgs] == pytest.approx([1 / 3] * len(cfgs))
+    if name.endswith("tune_val"):
+        assert {c["eval"]["split"] for c in cfgs} == {"val"}  # tuning never reads test
+
+
 @pytest.mark.parametrize("name", ["seed_question_cpu", "seed_question_cpu_tune", "seed_question_gpu"])
 def test_shipped_sweeps_validate(name):
     sweep = load_sweep(REPO / "configs" / "sweeps" / f"{name}.yaml")
@@ -258,5 +312,6 @@ def test_gpu_sweep_dry_run_on_the_cpu(tmp_path):
         assert run_cell(sweep, c) == 0
         rec = json.loads(sweep.record_path(c).read_text())
         assert rec["steps"] == (2 if c.train else 0)
+        assert rec["cpu"] and rec["cpu"] != "unrecorded" and rec["machine"]  # pairs join cells of one CPU model
         assert rec["config"]["model"]["backbone"] == ("resnet50" if c.row.startswith("r50") else "resnet18")
     assert "r50_vicreg_tico_proposal" in write_report(sweep).read_text()

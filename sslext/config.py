@@ -46,7 +46,8 @@ DEFAULTS: Dict[str, Any] = {
     "distributed": {"sync_batchnorm": True, "find_unused_parameters": False},
     "eval": {"online_probe": True, "probe_lr": 0.1, "every": 1, "knn_k": 200, "knn_t": 0.1,
              "knn_train_limit": 10000, "diag_samples": 2048, "batch_size": 512, "final": True,
-             "offline_epochs": 100, "offline_lr": 0.01, "label_fraction": 0.1},
+             "offline_epochs": 100, "offline_lr": 0.01, "label_fraction": 0.1,
+             "split": "test", "val_fraction": 0.1, "val_seed": 0},
 }
 
 # Keys whose default is None, with the type they take when set.
@@ -67,6 +68,7 @@ _CHOICES = {
     "data.on_bad_image": ("error", "skip"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.on_nonfinite": ("stop", "skip"),
+    "eval.split": ("test", "val"),
 }
 _POSITIVE = {"optim.batch_size", "optim.lr", "optim.eta", "train.epochs", "train.max_steps", "train.checkpoint_every",
              "train.checkpoint_every_steps", "train.max_consecutive_skips", "train.log_every", "eval.probe_lr",
@@ -199,8 +201,11 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if cfg["optim"]["warmup_epochs"] > cfg["train"]["epochs"]:
         raise ConfigError(f"optim.warmup_epochs: expected <= train.epochs ({cfg['train']['epochs']}), "
                           f"got {cfg['optim']['warmup_epochs']}")
-    if not 0 < cfg["eval"]["label_fraction"] <= 1:
-        raise ConfigError(f"eval.label_fraction: expected in (0, 1], got {cfg['eval']['label_fraction']}")
+    for k in ("label_fraction", "val_fraction"):
+        if not 0 < cfg["eval"][k] <= 1:
+            raise ConfigError(f"eval.{k}: expected in (0, 1], got {cfg['eval'][k]}")
+    if cfg["eval"]["split"] == "val" and cfg["eval"]["val_fraction"] == 1:
+        raise ConfigError("eval.val_fraction: 1 would leave no labelled training images to evaluate with")
     for k in ("method.projector",):
         sec, name = k.split(".")
         if name in cfg[sec]:

@@ -123,27 +123,40 @@ def pair_differences(sweep: Any, records: Dict[str, Dict[str, Any]], metrics=HEA
     return out
 
 
+def cpu_of(rec: Dict[str, Any]) -> str:
+    """The CPU model a cell ran on: its record's ``cpu``; ``cpu_inferred`` for records
+    written before cells recorded it (set only where a bit-identical rerun on a known
+    CPU showed it); else "unrecorded"."""
+    return rec.get("cpu") or rec.get("cpu_inferred") or "unrecorded"
+
+
 def _paired(sweep: Any, records: Dict[str, Dict[str, Any]], row: str, base: str, metrics) -> Dict[str, Any]:
-    def value(name, seed, k):
+    def done(name, seed):
         rec = records.get(f"{name}-s{seed}")
-        if rec and rec.get("status") == "done":
-            return rec["final_eval"].get(k)
-        return None
+        return rec if rec and rec.get("status") == "done" else None
 
     res = {}
     for k in metrics:
-        diffs = {}
+        diffs, other_cpu = {}, []
         for s in sweep.seeds:
-            a, b = value(row, s, k), value(base, s, k)
-            if a is not None and b is not None:
-                diffs[s] = a - b
+            ra, rb = done(row, s), done(base, s)
+            if ra is None or rb is None or ra["final_eval"].get(k) is None or rb["final_eval"].get(k) is None:
+                continue
+            # Float reductions differ between CPU models by about a seed's spread:
+            # a pair from two models would measure the machines, not the rows.
+            if cpu_of(ra) != cpu_of(rb):
+                other_cpu.append(s)
+                continue
+            diffs[s] = ra["final_eval"][k] - rb["final_eval"][k]
         if not diffs:
+            if other_cpu:
+                res[k] = {"baseline": base, "n": 0, "cross_cpu_seeds": other_cpu}
             continue
         m, sd = _mean_std(list(diffs.values()))
         n = len(diffs)
         half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
         res[k] = {"baseline": base, "mean": m, "std": sd, "n": n, "per_seed": diffs, "ci95": [m - half, m + half],
-                  "excludes_zero": bool(n > 1 and (m - half > 0 or m + half < 0))}
+                  "excludes_zero": bool(n > 1 and (m - half > 0 or m + half < 0)), "cross_cpu_seeds": other_cpu}
     return res
 
 
@@ -156,6 +169,10 @@ def _fmt(m: Dict[str, Any], digits: int = 2) -> str:
 def _diff_rows(agg, name: str, res: Dict[str, Any]) -> List[str]:
     lines = []
     for k, d in res.items():
+        if d["n"] == 0:
+            lines.append(f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | — | "
+                         f"not paired: seeds {d['cross_cpu_seeds']} ran on different CPU models | | |")
+            continue
         ci = "n < 2" if d["n"] < 2 else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
         per = ", ".join(f"s{s}: {v:+.2f}" for s, v in d["per_seed"].items())
         lines.append(f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | "
@@ -206,17 +223,17 @@ def _markdown(sweep: Any, records, agg, diffs, pairs=()) -> str:
             lines += _diff_rows(agg, p["row"], p["metrics"])
         lines += _not_comparable(agg, [(p["row"], p["baseline"]) for p in pairs if not p["metrics"]])
         lines.append("")
-    lines += ["## Runs behind every number", "", "| cell | status | steps | seconds | run directory |",
-              "|---|---|---|---|---|"]
+    lines += ["## Runs behind every number", "", "| cell | status | steps | seconds | CPU | run directory |",
+              "|---|---|---|---|---|---|"]
     for c in sweep.cells:
         r = records.get(c.name)
         if r is None:
             # A checkpoint without a record: interrupted, and the next run resumes it.
             state = "in progress (resumable)" if (sweep.run_dir(c) / "last.pt").exists() else "not run"
-            lines.append(f"| {c.name} | {state} | - | - | `{sweep.run_dir(c)}` |")
+            lines.append(f"| {c.name} | {state} | - | - | - | `{sweep.run_dir(c)}` |")
             continue
         secs = f"{r['seconds']:.0f}" if "seconds" in r else "-"
-        lines.append(f"| {c.name} | {r['status']} | {r.get('steps', '-')} | {secs} | `{r['run_dir']}` |")
+        lines.append(f"| {c.name} | {r['status']} | {r.get('steps', '-')} | {secs} | {cpu_of(r)} | `{r['run_dir']}` |")
     lines.append("")
     if diverged:
         lines += ["## Diverged cells", "",
@@ -244,14 +261,15 @@ def _csv(sweep: Any, records) -> str:
                    if isinstance(v, (int, float))})
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["cell", "row", "method", "seed", "status", "steps", "seconds", *keys, "run_dir"])
+    w.writerow(["cell", "row", "method", "seed", "status", "steps", "seconds", "cpu", *keys, "run_dir"])
     for c in sweep.cells:
         r = records.get(c.name)
         if r is None:
             continue
         fe = r.get("final_eval", {})
         w.writerow([c.name, c.row, r.get("method", ""), c.seed, r["status"], r.get("steps", ""),
-                    f"{r['seconds']:.1f}" if "seconds" in r else "", *[fe.get(k, "") for k in keys], r["run_dir"]])
+                    f"{r['seconds']:.1f}" if "seconds" in r else "", cpu_of(r), *[fe.get(k, "") for k in keys],
+                    r["run_dir"]])
     return buf.getvalue()
 
 

@@ -12,10 +12,13 @@ import torch
 
 from ..config import ConfigError
 from ..data import DATASET_STATS, TwoViewAugment, build_dataset
+from ..evaluate import stratified_subset
 from ..methods import build_method
 from ..models import build_backbone
 
-__all__ = ["resolve_device", "resolve_amp", "cpu_has_native_bf16", "build_everything"]
+__all__ = ["resolve_device", "resolve_amp", "cpu_has_native_bf16", "build_everything", "IGNORE_LABEL"]
+
+IGNORE_LABEL = -100  # F.cross_entropy's default ignore_index
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -73,6 +76,9 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
         test_ds = None
     if need_train_labels and (train_ds.labels is None or test_ds is None):
         raise ValueError(f"data.dataset: evaluation needs labelled train and test splits for {d['dataset']!r}")
+    eval_train_ds, probe_labels = train_ds, train_ds.labels
+    if cfg["eval"]["split"] == "val" and train_ds.labels is not None:
+        eval_train_ds, test_ds, probe_labels = _hold_out_val(train_ds, cfg["eval"])
     torch.manual_seed(cfg["seed"])  # network init
     m = cfg["model"]
     backbone = build_backbone(m["backbone"], m["cifar_stem"], m["width"])
@@ -89,5 +95,25 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
     if nv == 2 and a["view2"]["crop_size"] != crop:
         raise ConfigError("augment.view2.crop_size: both views must use the same crop_size "
                           f"({crop} vs {a['view2']['crop_size']})")
-    return dict(train_ds=train_ds, test_ds=test_ds, method=method, augment=augment, mean=mean, std=std,
-                crop_size=crop)
+    return dict(train_ds=train_ds, test_ds=test_ds, eval_train_ds=eval_train_ds, probe_labels=probe_labels,
+                method=method, augment=augment, mean=mean, std=std, crop_size=crop)
+
+
+def _hold_out_val(train_ds, ev: Dict[str, Any]):
+    """``eval.split: val``: a class-stratified, seeded ``val_fraction`` of the training
+    images becomes the evaluation split, so tuning never reads the test split.
+
+    Returns (labelled images evaluation trains on, the held-out split, labels for
+    the online probe). Pretraining still uses every training image: it reads no
+    labels, and the budget (steps per epoch) stays the study's. The online probe
+    must not learn the held-out labels: theirs become cross_entropy's ignore_index.
+    The split depends on ``val_seed`` only, so every cell holds out the same images."""
+    val_idx = stratified_subset(train_ds.labels, ev["val_fraction"], ev["val_seed"])
+    keep = torch.ones(len(train_ds), dtype=torch.bool)
+    keep[val_idx] = False
+    val_ds = train_ds.subset(val_idx)
+    val_ds.name = train_ds.name.removesuffix("-train") + "-val"
+    val_ds.skipped = []  # the training split's, already reported with it
+    probe_labels = train_ds.labels.clone()
+    probe_labels[val_idx] = IGNORE_LABEL
+    return train_ds.subset(torch.nonzero(keep).flatten()), val_ds, probe_labels

@@ -26,7 +26,7 @@ def evaluate_parts(parts: Dict[str, Any], cfg: Dict[str, Any], device: torch.dev
     """``evaluate_backbone`` of a built method (``build_everything``'s parts) with
     the ``eval`` settings and seed of ``cfg``."""
     m, ev = parts["method"], cfg["eval"]
-    return evaluate_backbone(m.backbone, parts["train_ds"], parts["test_ds"], device=device,
+    return evaluate_backbone(m.backbone, parts["eval_train_ds"], parts["test_ds"], device=device,
                              crop_size=parts["crop_size"], mean=parts["mean"], std=parts["std"],
                              projector=getattr(m, "projector", None), batch_size=ev["batch_size"],
                              probe_epochs=ev["offline_epochs"], probe_lr=ev["offline_lr"],

@@ -24,7 +24,7 @@ from ..config import ConfigError, dump_config
 from ..distributed import convert_sync_batchnorm, get_rank, get_world_size, init_distributed, is_main_process, wrap_ddp
 from ..evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from ..optim import WarmupCosine, build_optimizer
-from .build import build_everything, resolve_amp, resolve_device
+from .build import IGNORE_LABEL, build_everything, resolve_amp, resolve_device
 from .checkpoint import (CHECKPOINT_VERSION, RANK_SEED_STRIDE, check_resume_compatible, gather_rank_rng,
                          load_checkpoint_file, remove_stale_temp_files, restore_rng, write_checkpoint)
 from .faults import FaultInjector
@@ -200,19 +200,21 @@ class Trainer:
         ev = self.cfg["eval"]
         out: Dict[str, float] = {}
         g = torch.Generator().manual_seed(self.cfg["seed"] + 7)
-        ntr = len(self.train_ds)
+        # eval_train_ds is train_ds unless eval.split=val holds images out (build._hold_out_val).
+        bank = self.eval_train_ds
+        ntr = len(bank)
         pick = torch.randperm(ntr, generator=g)[: min(ntr, ev["knn_train_limit"] or ntr)]
-        feats, z = extract_features(self.method.backbone, self.train_ds.images[pick], ev["batch_size"], self.device,
+        feats, z = extract_features(self.method.backbone, bank.images[pick], ev["batch_size"], self.device,
                                     self.crop_size, self.mean, self.std, getattr(self.method, "projector", None))
         nd = min(ev["diag_samples"], feats.shape[0])
         out.update(collapse_diagnostics(feats[:nd], "backbone_"))
         if z is not None:  # pretext methods have no projector
             out.update(collapse_diagnostics(z[:nd], "projector_"))
-        if self.test_ds is not None and self.train_ds.labels is not None:
+        if self.test_ds is not None and bank.labels is not None:
             tf, _ = extract_features(self.method.backbone, self.test_ds.images, ev["batch_size"], self.device,
                                      self.crop_size, self.mean, self.std)
-            nc = max(self.train_ds.num_classes, self.test_ds.num_classes)
-            out["knn_acc"] = knn_accuracy(feats, self.train_ds.labels[pick], tf, self.test_ds.labels,
+            nc = max(bank.num_classes, self.test_ds.num_classes)
+            out["knn_acc"] = knn_accuracy(feats, bank.labels[pick], tf, self.test_ds.labels,
                                           ev["knn_k"], ev["knn_t"], nc)
             if self.use_probe:
                 pred = self.probe(tf.to(self.device)).argmax(1).cpu()
@@ -369,9 +371,12 @@ class Trainer:
 
     def _probe_step(self, idx: torch.Tensor) -> float:
         """Train the online linear probe on this step's (detached) features; return its global mean loss."""
-        y = self.train_ds.labels[idx].to(self.device, non_blocking=True)
+        y = self.probe_labels[idx].to(self.device, non_blocking=True)
         logits = self.probe_model(self.method.last_outputs["feats"].float())
-        probe_loss = F.cross_entropy(logits, y)
+        if self.probe_labels is self.train_ds.labels:
+            probe_loss = F.cross_entropy(logits, y)
+        else:  # eval.split=val: a batch of held-out images only must give 0, not 0/0
+            probe_loss = F.cross_entropy(logits, y, reduction="sum") / (y != IGNORE_LABEL).sum().clamp_min(1)
         self.probe_opt.zero_grad(set_to_none=True)
         probe_loss.backward()
         self.probe_opt.step()
@@ -423,7 +428,7 @@ class Trainer:
         # Rank 0 alone evaluates: its record is the only one written.
         if self.main and summary["finished"] and cfg["eval"]["final"] and self.test_ds is not None \
                 and self.train_ds.labels is not None:
-            res = evaluate_backbone(self.method.backbone, self.train_ds, self.test_ds, device=self.device,
+            res = evaluate_backbone(self.method.backbone, self.eval_train_ds, self.test_ds, device=self.device,
                                     crop_size=self.crop_size, mean=self.mean, std=self.std,
                                     projector=getattr(self.method, "projector", None),
                                     batch_size=cfg["eval"]["batch_size"],
