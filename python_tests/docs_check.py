@@ -241,6 +241,17 @@ def check(files: Sequence[Path], verbose: bool = True) -> List[str]:
     return failures
 
 
+def config_page_problems(page: Path = REPO / "docs" / "config.md") -> List[str]:
+    """docs/config.md is generated from the config schema: stale or missing meanings fail."""
+    from sslext.config import config_markdown, missing_meanings
+
+    out = [f"config key without a meaning (sslext/config.py MEANINGS or the method's HELP): {k}"
+           for k in missing_meanings()]
+    if not page.is_file() or page.read_text() != config_markdown():
+        out.append(f"{page.name} is stale: regenerate it with `python -m sslext.config --markdown > docs/config.md`")
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="*", type=Path, help="markdown files (default: README.md and docs/*.md)")
@@ -255,6 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     t0 = time.perf_counter()
     failures = [] if args.no_links else [b for f in files for b in broken_links(f)]
+    failures += config_page_problems()
     failures += check(files)
     for f in failures:
         print(f"\n{f}", file=sys.stderr)

@@ -81,3 +81,21 @@ def test_link_check_finds_missing_files(tmp_path):
 def test_relative_links_of_the_docs_resolve():
     broken = [b for f in default_files() for b in broken_links(f)]
     assert not broken, "\n".join(broken)
+
+
+def test_config_page_is_generated_from_the_schema_and_current(tmp_path):
+    from docs_check import config_page_problems
+
+    assert config_page_problems() == []
+    stale = tmp_path / "config.md"
+    stale.write_text((REPO / "docs" / "config.md").read_text().replace("| `seed` |", "| `sed` |"))
+    assert any("stale" in p for p in config_page_problems(stale))
+
+
+def test_every_config_key_has_a_meaning(monkeypatch):
+    import sslext.config as C
+    from docs_check import config_page_problems
+
+    monkeypatch.setitem(C.MEANINGS, "optim.lr", "")
+    assert "config key without a meaning (sslext/config.py MEANINGS or the method's HELP): optim.lr" in \
+        config_page_problems()

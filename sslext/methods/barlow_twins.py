@@ -1,6 +1,7 @@
 """Barlow Twins (Zbontar et al., ICML 2021)."""
 from __future__ import annotations
 
+from ..losses import BarlowTwinsLoss
 from ..models.heads import build_projector
 from .base import Method, register_method
 
@@ -16,10 +17,15 @@ class BarlowTwins(Method):
 
     DEFAULTS = dict(projector=[2048, 2048, 2048], lambd=0.0051, loss_scale=0.1, strategy="auto")
 
+    HELP = dict(
+        projector='projector MLP widths (last = embedding dim D)',
+        lambd='weight of the off-diagonal cross-correlation terms',
+        loss_scale="multiplies the loss (solo-learn's scale_loss)",
+        strategy='loss op path: auto (Gram when N < D), gram or covariance',
+    )
+
     def __init__(self, backbone, projector, lambd, loss_scale, strategy) -> None:
         super().__init__(backbone)
-        from sslext.losses import BarlowTwinsLoss
-
         if not isinstance(loss_scale, (int, float)) or loss_scale <= 0:
             raise ValueError(f"method.loss_scale: expected a number > 0, got {loss_scale!r}")
         self.loss_scale = float(loss_scale)

@@ -70,6 +70,7 @@ class Method(nn.Module):
 
     name: str = "base"
     DEFAULTS: Dict[str, Any] = {}
+    HELP: Dict[str, str] = {}  # one line per DEFAULTS key: docs/config.md is generated from it
     num_views: int = 2
 
     def __init__(self, backbone: nn.Module) -> None:

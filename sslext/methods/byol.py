@@ -30,6 +30,13 @@ class BYOL(Method):
 
     DEFAULTS = dict(projector=[4096, 256], predictor_hidden=4096, momentum=0.99, final_momentum=1.0)
 
+    HELP = dict(
+        projector='projector MLP widths [hidden, out]',
+        predictor_hidden='hidden width of the predictor',
+        momentum='target network EMA momentum at the start',
+        final_momentum='EMA momentum reached at the end (cosine)',
+    )
+
     def __init__(self, backbone, projector, predictor_hidden, momentum, final_momentum) -> None:
         super().__init__(backbone)
         self.momentum, self.final_momentum = check_momentum(momentum, final_momentum)

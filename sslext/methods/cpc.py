@@ -39,6 +39,15 @@ class CPC(Method):
     num_views = 1
     DEFAULTS = dict(patch_size=8, patch_stride=4, steps=3, context_dim=256, context_layers=2, context_kernel=3)
 
+    HELP = dict(
+        patch_size='side of the square patches in pixels',
+        patch_stride='stride between patches in pixels',
+        steps='patch rows ahead the context predicts',
+        context_dim='width of the context network',
+        context_layers='convolution layers of the context network',
+        context_kernel='kernel size of the context network',
+    )
+
     def __init__(self, backbone, patch_size, patch_stride, steps, context_dim, context_layers, context_kernel) -> None:
         super().__init__(backbone)
         self.patch_size = _pos_int("patch_size", patch_size)

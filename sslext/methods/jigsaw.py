@@ -42,6 +42,16 @@ class Jigsaw(Method):
     DEFAULTS = dict(grid=3, num_permutations=100, permutation_seed=0, tile_ratio=0.75, normalize_tiles=True,
                     tile_dim=256, hidden=[1024])
 
+    HELP = dict(
+        grid='tiles per side (grid x grid puzzle)',
+        num_permutations='size of the permutation set to classify',
+        permutation_seed='seeds the choice of permutations',
+        tile_ratio='tile side as a fraction of its grid cell (random offset inside)',
+        normalize_tiles='standardise each tile on its own (as in the paper)',
+        tile_dim='width of the per-tile fully connected layer',
+        hidden='widths of the MLP over the concatenated tiles',
+    )
+
     def __init__(self, backbone, grid, num_permutations, permutation_seed, tile_ratio, normalize_tiles, tile_dim,
                  hidden) -> None:
         super().__init__(backbone)

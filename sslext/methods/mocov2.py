@@ -48,6 +48,16 @@ class MoCoV2(Method):
     DEFAULTS = dict(projector=[2048, 256], queue_size=32768, temperature=0.2, momentum=0.99,
                     final_momentum=0.999, symmetric=True, bn_splits=1)
 
+    HELP = dict(
+        projector='projector MLP widths [hidden, out]',
+        queue_size='negatives kept in the queue',
+        temperature='InfoNCE temperature',
+        momentum='key encoder EMA momentum at the start',
+        final_momentum='EMA momentum reached at the end (cosine)',
+        symmetric="also contrast view 2's queries with view 1's keys",
+        bn_splits='BatchNorm statistics over this many sub-batches (a single-device stand-in for shuffle BN)',
+    )
+
     def __init__(self, backbone, projector, queue_size, temperature, momentum, final_momentum, symmetric,
                  bn_splits) -> None:
         super().__init__(backbone)

@@ -29,6 +29,10 @@ class RotNet(Method):
     num_views = 1
     DEFAULTS = dict(head=[512])
 
+    HELP = dict(
+        head='hidden widths of the rotation classifier',
+    )
+
     def __init__(self, backbone, head) -> None:
         super().__init__(backbone)
         head = check_widths("method.head", head, allow_empty=True)

@@ -17,6 +17,11 @@ class SimCLR(Method):
 
     DEFAULTS = dict(projector=[2048, 256], temperature=0.2)
 
+    HELP = dict(
+        projector='projector MLP widths [hidden, out]',
+        temperature='NT-Xent temperature',
+    )
+
     def __init__(self, backbone, projector, temperature) -> None:
         super().__init__(backbone)
         try:

@@ -22,6 +22,11 @@ class SimSiam(Method):
 
     DEFAULTS = dict(projector=[2048, 2048, 2048], predictor_hidden=512)
 
+    HELP = dict(
+        projector='projector MLP widths',
+        predictor_hidden='hidden width of the predictor',
+    )
+
     def __init__(self, backbone, projector, predictor_hidden) -> None:
         super().__init__(backbone)
         self.projector = build_projector(self.feat_dim, projector, last_bn=True)

@@ -1,6 +1,7 @@
 """TiCo: Transformation Invariance and Covariance Contrast (Zhu et al., 2022)."""
 from __future__ import annotations
 
+from ..losses import TiCoLoss
 from ..models.heads import TiCoHead
 from .base import Method, register_method
 
@@ -18,10 +19,15 @@ class TiCo(Method):
 
     DEFAULTS = dict(hidden_dim=4096, out_dim=256, beta=0.9, rho=8.0)
 
+    HELP = dict(
+        hidden_dim='projector hidden width',
+        out_dim='embedding dimension D (size of the running covariance)',
+        beta='running covariance momentum: C = beta C + (1 - beta) B',
+        rho='weight of the covariance contrast term',
+    )
+
     def __init__(self, backbone, hidden_dim, out_dim, beta, rho) -> None:
         super().__init__(backbone)
-        from sslext.losses import TiCoLoss
-
         self.projector = TiCoHead(self.feat_dim, hidden_dim, out_dim)
         self.loss_fn = TiCoLoss(beta=float(beta), rho=float(rho), dim=int(out_dim))
 

@@ -1,6 +1,7 @@
 """VICReg (Bardes, Ponce & LeCun, ICLR 2022)."""
 from __future__ import annotations
 
+from ..losses import VICRegLoss
 from ..models.heads import build_projector
 from .base import Method, register_method
 
@@ -16,10 +17,17 @@ class VICReg(Method):
     DEFAULTS = dict(projector=[2048, 2048, 2048], inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0,
                     eps=1e-4, strategy="auto")
 
+    HELP = dict(
+        projector='projector MLP widths (last = embedding dim D)',
+        inv_coeff='weight of the invariance (MSE) term',
+        var_coeff='weight of the variance hinge',
+        cov_coeff='weight of the covariance (off-diagonal) term',
+        eps="epsilon inside the variance hinge's square root",
+        strategy='loss op path: auto (Gram when N < D), gram or covariance',
+    )
+
     def __init__(self, backbone, projector, inv_coeff, var_coeff, cov_coeff, eps, strategy) -> None:
         super().__init__(backbone)
-        from sslext.losses import VICRegLoss  # lazy: the loss extension lives on another branch
-
         self.projector = build_projector(self.feat_dim, projector)
         self.loss_fn = VICRegLoss(inv_coeff=float(inv_coeff), var_coeff=float(var_coeff),
                                   cov_coeff=float(cov_coeff), eps=float(eps), strategy=strategy)

@@ -1,6 +1,7 @@
 """VICReg-TiCo: VICReg's variance/invariance terms with TiCo's running covariance."""
 from __future__ import annotations
 
+from ..losses import VICRegTiCoLoss
 from ..models.heads import build_projector
 from .base import Method, register_method
 
@@ -20,11 +21,20 @@ class VICRegTiCo(Method):
     DEFAULTS = dict(projector=[2048, 2048, 2048], inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9,
                     eps=1e-4, strategy="auto", variant="symmetric")
 
+    HELP = dict(
+        projector='projector MLP widths (last = embedding dim D)',
+        inv_coeff='weight of the invariance (MSE) term',
+        var_coeff='weight of the variance hinge',
+        cov_coeff='weight of the running-covariance contrast term',
+        beta='running covariance momentum: C = beta C + (1 - beta) B',
+        eps="epsilon inside the variance hinge's square root",
+        strategy='loss op path: auto (Gram when N < D), gram or covariance',
+        variant='symmetric (both branches, /D) or proposal (one branch, no /D; docs/methods.md)',
+    )
+
     def __init__(self, backbone, projector, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy,
                  variant) -> None:
         super().__init__(backbone)
-        from sslext.losses import VICRegTiCoLoss
-
         self.projector = build_projector(self.feat_dim, projector)
         self.loss_fn = VICRegTiCoLoss(inv_coeff=float(inv_coeff), var_coeff=float(var_coeff),
                                       cov_coeff=float(cov_coeff), beta=float(beta), eps=float(eps),
