@@ -70,7 +70,7 @@ test: build cmake emulated test-install
 # build/lib.* is cleared first: setuptools copies modules into it without removing
 # old ones, so a deleted module would otherwise ship in the wheel.
 WHEEL_DIR := dist
-SSLEXT_PY := $(shell find sslext -name '*.py')
+SSLEXT_PY := $(shell find sslext -name '*.py') $(shell find configs -name '*.yaml')
 wheel: $(WHEEL_DIR)/.built
 $(WHEEL_DIR)/.built: $(VENV)/.deps-installed $(SSLEXT_SOURCES) $(SSLEXT_PY)
 	rm -rf $(WHEEL_DIR) build/lib.*
@@ -140,12 +140,9 @@ bench-lightly: build
 docs-check: build
 	$(PY) python_tests/docs_check.py
 
+# Fashion-MNIST: Debian's dataset-fashion-mnist if installed, else data/ (downloaded there
+# once by torchvision when the network is reachable); no root needed.
 demo: build
-	@if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
-	  echo "Installing Debian's dataset-fashion-mnist (needs root)..."; \
-	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist); \
-	fi
 	$(PY) -m sslext.demo --compare-precision
 
 clean:

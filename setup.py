@@ -18,6 +18,7 @@ import sys
 import sysconfig
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 import torch
 from torch.utils import cpp_extension
@@ -134,7 +135,22 @@ class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
         self.build_temp = os.path.join(ROOT, "build", f"temp.{tag}")
 
 
+class BuildPy(build_py):
+    """Also copies configs/ (every recipe and sweep file) into the package as
+    sslext/_configs, so an installed sslext runs a shipped config by name from
+    any folder (sslext.config.resolve_config_path); a source checkout reads
+    configs/ itself."""
+
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, "sslext", "_configs")
+        for src in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True):
+            out = os.path.join(dest, os.path.relpath(src, os.path.join(ROOT, "configs")))
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            shutil.copyfile(src, out)
+
+
 setup(
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtension, "build_py": BuildPy},
 )

@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import pytest
 import yaml
 
 from sslext import demo
@@ -73,3 +76,59 @@ def test_demo_stops_on_signal(tmp_path, capsys, monkeypatch):
     assert "stopped by SIGINT" in err and "float32 run" in err and "linear probe" not in out
     assert (tmp_path / "demo_fashion_mnist_fp32" / "last.pt").exists()
     assert not (tmp_path / "demo_fashion_mnist_bf16").exists()
+
+
+def _no_debian(monkeypatch, tmp_path):
+    import sslext.data.datasets as D
+
+    monkeypatch.setattr(D, "FASHION_MNIST_DIRS", (str(tmp_path / "no-debian"),))
+
+
+def test_demo_downloads_fashion_mnist_without_root(tmp_path, monkeypatch):
+    # No Debian package: the demo fetches the files with torchvision's downloader
+    # into --data-dir (faked here: the tests never touch the network) and reads them.
+    import torchvision.datasets
+
+    _no_debian(monkeypatch, tmp_path)
+    calls = []
+
+    class FakeFashionMNIST:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            raw = Path(root) / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            _fashion_mnist(raw)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
+    data_dir = str(tmp_path / "data")
+    assert demo.find_fashion_mnist(None, data_dir) == data_dir
+    assert calls == [(data_dir, True, True), (data_dir, False, True)]
+    # Found there next time: no second download.
+    assert demo.find_fashion_mnist(None, data_dir) == data_dir and len(calls) == 2
+
+
+def test_demo_without_data_or_network_names_every_way(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets
+
+    _no_debian(monkeypatch, tmp_path)
+
+    def offline(*a, **k):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    rc = demo.main(["--data-dir", str(tmp_path / "data"), "--set", f"train.out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Name or service not known" in err
+    assert "apt-get install -y dataset-fashion-mnist" in err and "data.root=DIR" in err
+    assert demo.main(["--no-download", "--data-dir", str(tmp_path / "data")]) == 1
+    assert "--no-download was given" in capsys.readouterr().err
+
+
+def test_shipped_configs_resolve_by_name():
+    from sslext.config import ConfigError, load_config, resolve_config_path
+
+    assert resolve_config_path("vicreg_resnet18_cifar10").name == "vicreg_resnet18_cifar10.yaml"
+    assert resolve_config_path("sweeps/seed_question_cpu").name == "seed_question_cpu.yaml"
+    assert load_config("smoke_synthetic")["name"] == "smoke_synthetic"
+    with pytest.raises(ConfigError, match="--config: 'nope' is neither a file nor a shipped config"):
+        resolve_config_path("nope")

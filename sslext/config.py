@@ -19,7 +19,7 @@ import yaml
 
 from .data.augment import ViewAugment
 
-__all__ = ["ConfigError", "DEFAULTS", "load_config", "read_yaml_mapping", "apply_override", "validate", "dump_config"]
+__all__ = ["ConfigError", "DEFAULTS", "load_config", "resolve_config_path", "shipped_configs_dir", "read_yaml_mapping", "apply_override", "validate", "dump_config"]
 
 
 class ConfigError(ValueError):
@@ -383,11 +383,35 @@ def read_yaml_mapping(path: str | Path, what: str) -> Dict[str, Any]:
     return data
 
 
+def shipped_configs_dir() -> Path:
+    """Where the shipped recipes live: ``configs/`` of a source checkout, else the copy
+    an installed package carries (``sslext/_configs``, written by setup.py)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "configs"
+    return checkout if (checkout / "demo_fashion_mnist.yaml").is_file() else here / "_configs"
+
+
+def resolve_config_path(spec: str | Path, what: str = "--config") -> Path:
+    """A config file's path: ``spec`` itself when that file exists, else the shipped
+    config of that name (``vicreg_resnet18_cifar10``, ``sweeps/seed_question_cpu``,
+    with or without ``.yaml``); a ``ConfigError`` naming ``what`` and the choices otherwise."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return p
+    shipped = shipped_configs_dir()
+    name = str(spec).removeprefix("configs/")
+    for cand in (shipped / name, shipped / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    names = sorted(str(c.relative_to(shipped))[:-5] for c in shipped.rglob("*.yaml"))
+    raise ConfigError(f"{what}: {spec!r} is neither a file nor a shipped config; shipped: {names}")
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None) -> Dict[str, Any]:
     """Defaults <- YAML file at ``path`` <- ``overrides``; validated."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        data = read_yaml_mapping(path, "--config")
+        data = read_yaml_mapping(resolve_config_path(path), "--config")
         cfg["method"] = {}
         _merge(cfg, data, DEFAULTS, "")
         cfg["method"].setdefault("name", "vicreg")

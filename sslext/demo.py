@@ -2,8 +2,10 @@
 probe and kNN of the SSL backbone versus the same architecture at random
 initialisation.
 
-``python -m sslext.demo`` (``make demo``); no network access needed, only the
-Debian package ``dataset-fashion-mnist``. ``--method simclr`` (any registered
+``python -m sslext.demo`` (``make demo``) finds Fashion-MNIST in ``data.root``,
+Debian's ``dataset-fashion-mnist`` or ``--data-dir`` (default ``data/``), and
+otherwise downloads it there with torchvision's checksummed downloader
+(``--no-download`` forbids that); no root rights needed. ``--method simclr`` (any registered
 method) trains that method instead, with demo-sized heads from
 ``DEMO_METHODS``; ``--set key=value`` overrides come last. Prints a table and
 writes the run directory (metrics, checkpoint, report.md with plots) under
@@ -22,11 +24,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .config import shipped_configs_dir
+
 __all__ = ["main", "DEMO_CONFIG", "DEMO_METHODS", "method_overrides"]
 
 EXIT_INTERRUPTED = 4  # as sslext-train: stopped by SIGTERM/SIGINT after writing a checkpoint
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_fashion_mnist.yaml"
+DEMO_CONFIG = shipped_configs_dir() / "demo_fashion_mnist.yaml"
 
 # Overrides that turn the demo config (VICReg, ResNet-10 with 128-d features)
 # into a demo of another method: heads narrowed like the VICReg demo's 512-wide
@@ -62,19 +66,59 @@ def method_overrides(method: str) -> List[str]:
     return [f"method.name={method}", f"name=demo_fashion_mnist_{method}", *DEMO_METHODS.get(method, [])]
 
 
+def find_fashion_mnist(root: Optional[str], data_dir: str, download: bool = True) -> Optional[str]:
+    """The ``data.root`` the demo reads Fashion-MNIST from.
+
+    ``root`` when the config sets one (never replaced: a wrong folder is an error);
+    otherwise Debian's package (``None``), then ``data_dir``, then a download
+    into ``data_dir`` through torchvision (md5-checked). Raises ``DatasetError``
+    naming every way to get the data when none works."""
+    from .data import DatasetError, load_fashion_mnist
+
+    if root:
+        load_fashion_mnist(root, "test")  # its error names the folder and what is missing
+        return root
+    for cand in (None, data_dir):
+        try:
+            load_fashion_mnist(cand, "test")
+            return cand
+        except DatasetError:
+            pass
+    why = "--no-download was given"
+    if download:
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            for train in (True, False):
+                FashionMNIST(data_dir, train=train, download=True)
+            load_fashion_mnist(data_dir, "test")
+            return data_dir
+        except Exception as e:  # no network, a mirror down, a checksum mismatch
+            why = f"the download into {data_dir!r} failed: {type(e).__name__}: {e}"
+    raise DatasetError(
+        f"Fashion-MNIST is not here and {why}. Either\n"
+        "  - let the demo download it (needs the network; about 30 MB into --data-dir), or\n"
+        "  - install Debian's package (needs root): apt-get update && apt-get install -y dataset-fashion-mnist, or\n"
+        "  - pass --set data.root=DIR, a folder with the four IDX files (train-/t10k-images/labels).")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sslext.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: %(default)s)")
     p.add_argument("--method", default=None,
                    help="train this registered method with demo-sized heads (default: the config's, VICReg)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data-dir", default="data",
+                   help="where Fashion-MNIST is looked for and downloaded to when data.root is not set "
+                        "and Debian's package is not installed (default: %(default)s)")
+    p.add_argument("--no-download", action="store_true", help="never download Fashion-MNIST")
     p.add_argument("--compare-precision", action="store_true",
                    help="train twice with the same seed, float32 and then bf16 autocast + channels_last "
                         "(train.amp=true), and print both (make demo does)")
     args = p.parse_args(argv)
 
     from .config import ConfigError, apply_override, load_config
-    from .data import DatasetError, load_fashion_mnist
+    from .data import DatasetError
     from .methods import METHODS
 
     if args.method is not None and args.method not in METHODS:
@@ -87,13 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"demo: config error: {e}", file=sys.stderr)
         return 2
     try:
-        load_fashion_mnist(cfg["data"]["root"], "test")
+        root = find_fashion_mnist(cfg["data"]["root"], args.data_dir, download=not args.no_download)
     except DatasetError as e:
-        print("demo: Fashion-MNIST is not installed.\n"
-              "  Install it (offline-friendly Debian package):\n"
-              "    sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist\n"
-              f"  or point --set data.root=DIR at a folder with the IDX files.\n  ({e})", file=sys.stderr)
+        print(f"demo: {e}", file=sys.stderr)
         return 1
+    apply_override(cfg, f"data.root={root}" if root else "data.root=null")
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
 

@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .config import ConfigError, load_config, read_yaml_mapping
+from .config import ConfigError, load_config, read_yaml_mapping, resolve_config_path
 from .sweep_report import read_record
 from .training.metrics import atomic_write_text, json_num
 
@@ -132,7 +132,7 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
     ``extra``: ``KEY=VALUE`` overrides applied to every cell after its own
     (``sslext-sweep run --set``), e.g. to dry-run a GPU sweep on a CPU.
     """
-    p = Path(path)
+    p = resolve_config_path(path, "sweep file")
     data = read_yaml_mapping(p, "sweep file")
     unknown = sorted(set(data) - _KEYS)
     if unknown:
