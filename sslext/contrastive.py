@@ -4,7 +4,7 @@ SimSiam's cosine losses, and the FIFO key queue MoCo keeps.
 
 Plain PyTorch (no custom op): ``benchmarks/bench_contrastive.py`` measured
 these losses at a small share of a training step, so a fused kernel was not
-written (see ``benchmarks/NOTES.md``).
+written (see ``docs/dev/benchmark_notes.md``).
 
 Every loss computes in float32 (float64 inputs stay float64), returns a
 scalar, and keeps detached diagnostics of its last call in ``last_terms``.
