@@ -116,7 +116,7 @@ def broken_links(path: Path) -> List[str]:
 
 
 def default_files() -> List[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 
 def make_scratch(root: Path) -> Path:
