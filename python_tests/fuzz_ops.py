@@ -274,18 +274,22 @@ class Worker:
     def _start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        if getattr(self, "stderr", None) is not None:
+            self.stderr.close()
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker"], cwd=ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.proc.stdout, selectors.EVENT_READ)
-        if self._read(300.0) is None:
+        if not isinstance(self._read(300.0), dict):
             raise RuntimeError(f"the fuzz worker did not start: {self._stderr_tail()}")
 
     def _read(self, timeout: float):
+        """The worker's next answer; None if it closed its end (it died), or
+        "timeout" if it said nothing for `timeout` seconds."""
         if not self.sel.select(timeout):
-            return None
+            return "timeout"
         line = self.proc.stdout.readline()
         return json.loads(line) if line else None
 
@@ -293,12 +297,14 @@ class Worker:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")[-1500:]
 
-    def _stop(self) -> None:
+    def _stop(self, grace_s: float = 0.0) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
+            try:  # a worker that closed its pipe is exiting: its status says how
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
             self.last_rc = self.proc.wait()
-            self.proc = None
+            self._release()
 
     def run(self, case: dict) -> dict:
         if self.proc is None or self.proc.poll() is not None:
@@ -306,9 +312,9 @@ class Worker:
         self.proc.stdin.write(json.dumps(case) + "\n")
         self.proc.stdin.flush()
         result = self._read(self.timeout_s)
-        if result is None:
-            hung = self.proc.poll() is None
-            self._stop()
+        if not isinstance(result, dict):
+            hung = result == "timeout"
+            self._stop(grace_s=0.0 if hung else 30.0)
             self.restarts += 1
             what = (f"did not answer within {self.timeout_s:.0f} s" if hung
                     else f"died (exit status {self.last_rc}; negative: killed by that signal)")
@@ -318,11 +324,23 @@ class Worker:
         self.counts[key] = self.counts.get(key, 0) + 1
         return result
 
+    def _release(self) -> None:
+        self.sel.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except BrokenPipeError:  # a dead worker's unread input
+                pass
+        self.proc = None
+
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
-        self.proc = None
+            self._release()
+        if getattr(self, "stderr", None) is not None:
+            self.stderr.close()
+            self.stderr = None
 
     def summary(self) -> str:
         ops = sorted({op for op, _ in self.counts})
