@@ -172,18 +172,22 @@ def _change_tensor(t, change: str, pos: int):
         return 1.0
     if change.startswith("dtype:"):
         return t.to(getattr(torch, change.split(":")[1]))
+    # Shorter tensors are fresh allocations (clone), not views into the valid
+    # one's storage: a kernel that reads past their end then reads past the
+    # allocation (a fault on the CPU, a memcheck error in the emulated build),
+    # and an empty one has no storage at all.
     if change == "rows-1":
-        return t.narrow(0, 0, t.shape[0] - 1) if t.dim() and t.shape[0] else t.unsqueeze(0)
+        return (t.narrow(0, 0, t.shape[0] - 1) if t.dim() and t.shape[0] else t.unsqueeze(0)).clone()
     if change == "empty":
-        return t.narrow(0, 0, 0) if t.dim() else t.reshape(1)[:0]
+        return torch.empty((0, *t.shape[1:]), dtype=t.dtype)
     if change == "cols-1":
-        return t.narrow(-1, 0, t.shape[-1] - 1) if t.dim() and t.shape[-1] else t.unsqueeze(0)
+        return (t.narrow(-1, 0, t.shape[-1] - 1) if t.dim() and t.shape[-1] else t.unsqueeze(0)).clone()
     if change == "transpose":
         return t.transpose(0, -1) if t.dim() else t
     if change == "extra_dim":
         return t.unsqueeze(0)
     if change == "drop_dim":
-        return t[0] if t.dim() and t.shape[0] else t.reshape(-1)
+        return (t[0] if t.dim() and t.shape[0] else t.reshape(-1)).clone()
     if change == "scalar":
         return t.reshape(-1)[0].clone() if t.numel() else torch.zeros((), dtype=t.dtype)
     if change == "noncontig":  # same values, non-contiguous strides
