@@ -276,13 +276,12 @@ def _cross_correlation_backward(ctx, grad):
     a, inv_a = _standardize(z_a, ctx.eps)
     b, inv_b = _standardize(z_b, ctx.eps)
     grad = grad.to(a.dtype)
-    da = b @ grad.mT / n
-    db = a @ grad / n
-    return (
-        _bn_backward(da, a, inv_a).to(z_a.dtype),
-        _bn_backward(db, b, inv_b).to(z_b.dtype),
-        None,
-    )
+    dz_a = dz_b = None
+    if ctx.needs_input_grad[0]:
+        dz_a = _bn_backward(b @ grad.mT / n, a, inv_a).to(z_a.dtype)
+    if ctx.needs_input_grad[1]:
+        dz_b = _bn_backward(a @ grad / n, b, inv_b).to(z_b.dtype)
+    return dz_a, dz_b, None
 
 
 def _off_diagonal_setup(ctx, inputs, output):
