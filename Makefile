@@ -7,6 +7,8 @@
 # make test-install  install that wheel (not editable) into a fresh venv and smoke-test it
 # make test-torch211  build CPU+CUDA kernels against torch 2.11 (the GPU machine's) and run the op tests
 # make test-emulated  the CUDA kernels on the CPU under the emulator's checks (docs/cuda.md)
+# make fuzz   10,000 calls of every op with one bad argument, CPU build (python_tests/fuzz_ops.py)
+# make fuzz-emulated  the same on the emulated CUDA build, under its memcheck
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,7 +23,7 @@ export CUDA_HOME
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export TORCH_CUDA_ARCH_LIST
 
-.PHONY: venv build test test-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
+.PHONY: venv build test test-emulated fuzz fuzz-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
 
 venv: $(VENV)/.deps-installed
 $(VENV)/.deps-installed: Makefile
@@ -60,6 +62,16 @@ sslext/_C_emu.so: $(VENV)/.deps-installed $(SSLEXT_SOURCES)
 # Its parity tests compare with the CPU build, hence `build`.
 test-emulated: build emulated
 	SSLEXT_EMULATED=1 $(PY) -m pytest python_tests/emulated -q
+
+# make test runs a 300-case sample of the fuzz (python_tests/test_fuzz.py); these run
+# FUZZ_CASES, each op call in a worker process so that a crash is a failure, not a lost run.
+FUZZ_CASES ?= 10000
+fuzz: build
+	SSLEXT_FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest python_tests/test_fuzz.py -q -s -p no:cacheprovider
+
+fuzz-emulated: build emulated
+	SSLEXT_EMULATED=1 SSLEXT_FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest python_tests/test_fuzz.py -q -s \
+	  -p no:cacheprovider
 
 test: build cmake emulated test-install
 	$(PY) -m pytest python_tests -q

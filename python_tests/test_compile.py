@@ -5,6 +5,7 @@ import torch
 import torch._inductor.config
 
 import sslext
+import sslext.functional as F
 
 from test_losses import make_views
 
@@ -58,3 +59,35 @@ def test_compiled_in_a_training_step():
         loss = step(x_a, x_b)
         loss.backward()
         torch.testing.assert_close(loss, loss_fn(proj(x_a), proj(x_b)), rtol=1e-5, atol=1e-6)
+
+
+TRANSPOSED = {
+    "vicreg-gram": lambda a, b, c: F.vicreg_loss(a, b, strategy="gram"),
+    "vicreg-covariance": lambda a, b, c: F.vicreg_loss(a, b, strategy="covariance"),
+    "barlow_twins": lambda a, b, c: F.barlow_twins_loss(a, b),
+    "tico": lambda a, b, c: F.tico_loss(a, b, c),
+    "vicreg_tico": lambda a, b, c: F.vicreg_tico_loss(a, b, c),
+    "vicreg_tico_proposal": lambda a, b, c: F.vicreg_tico_loss(a, b, c, variant="proposal"),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSPOSED))
+def test_compiled_loss_on_transposed_inputs(name):
+    """Transposed views in (strides (1, N)): the compiled graph checks every op
+    output's strides against its fake kernel, so a fake that promised the input's
+    strides for a contiguous gradient fails here."""
+    torch._dynamo.reset()
+    fn = TRANSPOSED[name]
+    compiled = torch.compile(fn, fullgraph=True)
+    z_a, z_b = make_views(48, 16, seed=3)
+    results = []
+    for f in (fn, compiled):
+        # (16, 48) leaves with strides (1, 16): N < D, so "auto" takes the Gram path.
+        a, b = z_a.T.clone().requires_grad_(), z_b.T.clone().requires_grad_()
+        assert a.stride() == (1, 16)
+        c = torch.eye(48) / 48
+        loss = f(a, b, c)
+        loss.backward()
+        results.append((loss.detach(), a.grad, b.grad, c))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

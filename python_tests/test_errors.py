@@ -7,6 +7,9 @@ import sslext
 import sslext.functional as F
 from sslext import ops
 
+from fuzz_ops import ARGS as FUZZ_ARGS, build_valid
+
+
 def _cov_for(z):
     d = z.shape[-1] if isinstance(z, torch.Tensor) and z.dim() >= 1 else 1
     return torch.zeros(d, d)
@@ -117,3 +120,88 @@ def test_nan_inputs_propagate_not_crash():
 def test_forced_gram_beyond_its_regime_warns():
     with pytest.warns(UserWarning, match=r"strategy='gram' with N=32 >= D=8"):
         F.vicreg_loss(torch.randn(32, 8), torch.randn(32, 8), strategy="gram")
+
+
+# ---------------------------------------------------------------- the backward ops
+
+def _vicreg_backward_args(grad_terms, **change):
+    z_a, z_b = torch.randn(4, 8), torch.randn(4, 8)
+    out = torch.ops.sslext.vicreg_loss(z_a, z_b, 25.0, 25.0, 1.0, 1e-4, 0)
+    args = dict(grad_terms=grad_terms, z_a=z_a, z_b=z_b, mean_a=out[1], mean_b=out[2], var_a=out[3],
+                var_b=out[4], mat_a=out[5], mat_b=out[6], inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0,
+                eps=1e-4, strategy=0, output_mask=[True, True])
+    args.update(change)
+    return list(args.values())
+
+
+@pytest.mark.parametrize(
+    "grad_terms, change, msg",
+    [
+        # Once a segmentation fault, and a read past the end of grad_terms.
+        (torch.ones(0), {}, r"grad_terms must have shape \[4\]"),
+        (torch.ones(1), {}, r"grad_terms must have shape \[4\]"),
+        (torch.ones(1, 4), {}, r"grad_terms must have shape \[4\]"),
+        (torch.ones(4, dtype=torch.int64), {}, r"grad_terms must be float16"),
+        (torch.ones(4), {"mean_a": torch.zeros(7)}, r"mean_a must have shape \[8\]"),
+        (torch.ones(4), {"var_b": torch.zeros(8, dtype=torch.float64)}, r"var_b must be Float"),
+        (torch.ones(4), {"mat_b": torch.zeros(4, 4)}, r"mat_b must have shape \[8, 8\].*strategy=0"),
+        (torch.ones(4), {"strategy": 1}, r"mat_a must have shape \[4, 4\].*strategy=1"),
+        (torch.ones(4), {"eps": float("nan")}, r"eps must be a finite non-negative number"),
+        (torch.ones(4), {"output_mask": [True]}, r"output_mask must have 2 entries"),
+    ],
+)
+def test_backward_op_checks_every_argument(grad_terms, change, msg):
+    with pytest.raises(RuntimeError, match=msg):
+        torch.ops.sslext._vicreg_loss_backward(*_vicreg_backward_args(grad_terms, **change))
+
+
+def test_backward_ops_check_their_saved_tensors():
+    ops_ = torch.ops.sslext
+    z_a, z_b, c = torch.randn(4, 8), torch.randn(4, 8), torch.eye(8)
+    out = ops_.barlow_twins_loss(z_a, z_b, 0.0051, 1e-5, 1)
+    with pytest.raises(RuntimeError, match=r"mat must have shape \[2, 4, 4\]"):
+        ops_._barlow_twins_loss_backward(torch.ones(3), *out[1:5], out[5][0], 0.0051, 1, torch.float32,
+                                         [True, True])
+    with pytest.raises(RuntimeError, match=r"out_dtype Double does not match norm_a"):
+        ops_._barlow_twins_loss_backward(torch.ones(3), *out[1:], 0.0051, 1, torch.float64, [True, True])
+    out = ops_.tico_loss(z_a, z_b, c, 0.9, 8.0, 0)
+    with pytest.raises(RuntimeError, match=r"proj must have shape \[4, 8\]"):
+        ops_._tico_loss_backward(torch.ones(3), *out[1:5], out[5][:3], 8.0, torch.float32, [True, True])
+    out = ops_.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 0, False)
+    with pytest.raises(RuntimeError, match=r"proj must have shape \[4, 8\].*proposal=True"):
+        ops_._vicreg_tico_loss_backward(torch.ones(4), z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, True,
+                                        [True, True])
+
+
+def test_raw_ops_refuse_non_finite_scalars():
+    z = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="inv_coeff must be a finite number"):
+        torch.ops.sslext.vicreg_loss(z, z, float("nan"), 25.0, 1.0, 1e-4, 0)
+    with pytest.raises(RuntimeError, match="rho must be a finite number"):
+        torch.ops.sslext.tico_loss(z, z, torch.eye(8), 0.9, float("inf"), 0)
+    with pytest.raises(RuntimeError, match="lambd must be a finite number"):
+        torch.ops.sslext.barlow_twins_loss(z, z, float("nan"), 1e-5, 0)
+    with pytest.raises(RuntimeError, match="c must not have overlapping memory"):
+        torch.ops.sslext.tico_ema_update_(torch.zeros(1, 8).expand(8, 8), z, 0.9)
+
+
+# ------------------------------------------------------- CUDA tensors, CPU-only build
+
+_NO_CUDA_KERNELS = not sslext.build_info()["with_cuda"]
+
+
+@pytest.mark.skipif(not _NO_CUDA_KERNELS, reason="this build has CUDA kernels")
+@pytest.mark.parametrize("op", sorted(set(FUZZ_ARGS) - {"build_info"}))
+def test_cpu_only_build_says_how_to_rebuild_for_cuda(op):
+    """A build without CUDA kernels registers every op for the CUDA dispatch key:
+    CUDA tensors get how to rebuild instead of the dispatcher's bare 'could not run
+    ... CUDA backend'. No CUDA tensor can exist here, so the CUDA kernel is called
+    by redispatching to the CUDA key; that CUDA tensors reach that key is the
+    dispatcher's job (unverified on this GPU-less machine)."""
+    case = {"op": op, "n": 4, "d": 6, "dtype": "float32", "strategy": 0, "proposal": False, "seed": 0}
+    args = build_valid(case)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sslext::{op}", "CUDA")
+    cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    with pytest.raises(NotImplementedError, match=rf"sslext::{op} was given CUDA tensors, but .*"
+                       r"Rebuild sslext with CUDA: .*SSLEXT_FORCE_CUDA=1 pip install --no-build-isolation \."):
+        getattr(torch.ops.sslext, op).default.redispatch(cuda, *args)

@@ -102,21 +102,150 @@ def test_opcheck(index, device):
     opcheck(op, args)
 
 
-def test_opcheck_backward_ops():
-    z_a = randn(6, 9)
-    z_b = randn(6, 9, seed=1)
-    out = _ops.vicreg_loss(z_a, z_b, 25.0, 25.0, 1.0, 1e-4, 1)
-    g = torch.ones(4)
-    opcheck(_ops.vicreg_loss_backward, (g, z_a, z_b, *out[1:], 25.0, 25.0, 1.0, 1e-4, 1))
-    out = _ops.barlow_twins_loss(z_a, z_b, 0.0051, 1e-5, 0)
-    opcheck(_ops.barlow_twins_loss_backward, (torch.ones(3), *out[1:], 0.0051, 0, torch.float32))
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# Which inputs require grad: both, z_a only (the backward must compute dz_a
+# alone: needs_input_grad), none (the forward alone, no autograd).
+GRAD_MODES = ["both", "a_only", "none"]
+LAYOUTS = ["contiguous", "transposed", "noncontiguous"]
+
+
+def _view(n, d, dtype, seed, layout):
+    """An (n, d) batch: contiguous, a transposed view (strides (1, n)), or every
+    other column of a wider batch (strides (2 d, 2))."""
+    if layout == "transposed":
+        return randn(d, n, dtype=dtype, seed=seed).T
+    if layout == "noncontiguous":
+        return randn(n, 2 * d, dtype=dtype, seed=seed)[:, ::2]
+    return randn(n, d, dtype=dtype, seed=seed)
+
+
+def _fused_samples(dtype, grad_mode, layout, strategy):
+    z_a = _view(6, 9, dtype, 0, layout).requires_grad_(grad_mode != "none")
+    z_b = _view(6, 9, dtype, 1, layout).requires_grad_(grad_mode == "both")
+    c = torch.eye(9, dtype=torch.float64 if dtype == torch.float64 else torch.float32) / 9
+    return [
+        (_ops.vicreg_loss, (z_a, z_b, 25.0, 25.0, 1.0, 1e-4, strategy)),
+        (_ops.barlow_twins_loss, (z_a, z_b, 0.0051, 1e-5, strategy)),
+        (_ops.tico_loss, (z_a, z_b, c, 0.9, 8.0, strategy)),
+        (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy)),
+        (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, True)),
+        (_ops.batch_covariance, (z_a,)),
+        (_ops.cross_correlation, (z_a, z_b, 1e-5)),
+        (_ops.off_diagonal_penalty, (_view(7, 7, dtype, 2, layout).requires_grad_(grad_mode != "none"),
+                                     0.5, 1.0)),
+        (_ops.tico_ema_update_, (c.clone(), z_a.detach(), 0.9)),
+    ]
+
+
+FUSED_NAMES = ["vicreg", "barlow_twins", "tico", "vicreg_tico", "vicreg_tico_proposal", "batch_covariance",
+               "cross_correlation", "off_diagonal_penalty", "tico_ema_update_"]
+# test_opcheck above runs opcheck's schema test on every op; the matrices below
+# (hundreds of calls) run what their variations can change: the fake kernels
+# against the real outputs, the autograd registration, and the AOT graph with
+# its backward.
+MATRIX_UTILS = ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_opcheck_dtypes_and_grad_modes(dtype, grad_mode):
+    """Half precision in, float32 out (the fake kernels' rule), and the no-grad and
+    one-input-grad paths, opchecked for every op in every dtype (Gram path, N < D)."""
+    for op, args in _fused_samples(dtype, grad_mode, "contiguous", 1):
+        opcheck(op, args, test_utils=MATRIX_UTILS)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "noncontiguous"])
+@pytest.mark.parametrize("strategy", [0, 1])
+def test_opcheck_layouts(layout, strategy):
+    """Transposed and strided inputs: the fakes must promise the strides the real
+    ops return (contiguous gradients), forward and backward."""
+    samples = _fused_samples(torch.float32, "both", layout, strategy)
+    if strategy == 0:
+        samples = samples[:5]  # the low-level ops have no strategy: checked once
+    else:
+        samples += _fused_samples(torch.bfloat16, "a_only", layout, strategy)[:5]
+    for op, args in samples:
+        opcheck(op, args, test_utils=MATRIX_UTILS)
+
+
+def _backward_samples(dtype, mask, layout="contiguous"):
+    z_a, z_b = _view(6, 9, dtype, 0, layout), _view(6, 9, dtype, 1, layout)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    c = torch.eye(9, dtype=acc) / 9
+    g4, g3 = randn(4, dtype=acc, seed=3), randn(3, dtype=acc, seed=4)
+    samples = []
+    for strategy in (0, 1):
+        out = _ops.vicreg_loss(z_a, z_b, 25.0, 25.0, 1.0, 1e-4, strategy)
+        samples.append((_ops._vicreg_loss_backward,
+                        (g4, z_a, z_b, *out[1:], 25.0, 25.0, 1.0, 1e-4, strategy, mask)))
+        out = _ops.barlow_twins_loss(z_a, z_b, 0.0051, 1e-5, strategy)
+        samples.append((_ops._barlow_twins_loss_backward, (g3, *out[1:], 0.0051, strategy, dtype, mask)))
+        out = _ops.tico_loss(z_a, z_b, c, 0.9, 8.0, strategy)
+        samples.append((_ops._tico_loss_backward, (g3, *out[1:6], 8.0, dtype, mask)))
+    for proposal in (False, True):
+        out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1, proposal)
+        samples.append((_ops._vicreg_tico_loss_backward,
+                        (g4, z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, proposal, mask)))
+    return samples
+
+
+MASKS = [[True, True], [True, False], [False, True], [False, False]]
+
+
+@pytest.mark.parametrize("dtype, mask", [(dtype, [True, True]) for dtype in DTYPES] +
+                         [(torch.float32, mask) for mask in MASKS[1:]], ids=str)
+def test_opcheck_backward_ops(dtype, mask):
+    for op, args in _backward_samples(dtype, mask):
+        opcheck(op, args)
+
+
+def test_opcheck_backward_ops_transposed():
+    for op, args in _backward_samples(torch.float32, [True, True], "transposed"):
+        opcheck(op, args, test_utils=MATRIX_UTILS)
+
+
+@pytest.mark.parametrize("mask", MASKS[1:], ids=str)
+def test_backward_output_mask(mask):
+    """A gradient output_mask does not ask for is not computed (an empty tensor);
+    the one it asks for is the same as with both."""
+    for (op, args), (_, full_args) in zip(_backward_samples(torch.float32, mask),
+                                          _backward_samples(torch.float32, [True, True])):
+        got, want = op(*args), op(*full_args)
+        for wanted, g, w in zip(mask, got, want):
+            if wanted:
+                torch.testing.assert_close(g, w, rtol=0, atol=0)
+                assert g.is_contiguous()
+            else:
+                assert g.shape == (0,)
+
+
+@pytest.mark.parametrize("name", ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss"])
+def test_backward_honours_needs_input_grad(name):
+    """Only z_a requires grad: autograd asks the backward op for dz_a alone."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        masks = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "sslext" and func.__name__.startswith("_" + name + "_backward"):
+                self.masks.append(list(args[-1]))
+            return func(*args, **(kwargs or {}))
+
+    z_a, z_b = randn(6, 9).requires_grad_(), randn(6, 9, seed=1)
     c = torch.eye(9) / 9
-    out = _ops.tico_loss(z_a, z_b, c, 0.9, 8.0, 1)
-    opcheck(_ops.tico_loss_backward, (torch.ones(3), *out[1:6], 8.0, torch.float32))
-    out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1)
-    opcheck(_ops.vicreg_tico_loss_backward, (torch.ones(4), z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4))
-    out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1, True)
-    opcheck(_ops.vicreg_tico_loss_backward, (torch.ones(4), z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, True))
+    extra = {"vicreg_loss": (25.0, 25.0, 1.0, 1e-4, 1), "barlow_twins_loss": (0.0051, 1e-5, 1),
+             "tico_loss": (c, 0.9, 8.0, 1), "vicreg_tico_loss": (c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1)}[name]
+    with Record():
+        getattr(_ops, name)(z_a, z_b, *extra)[0].sum().backward()
+    assert Record.masks == [[True, False]]
+    grad_only_a = z_a.grad.clone()
+    z_a.grad = None
+    z_b.requires_grad_()
+    getattr(_ops, name)(z_a, z_b, *extra)[0].sum().backward()
+    torch.testing.assert_close(grad_only_a, z_a.grad, rtol=0, atol=0)
+    assert z_b.grad is not None
 
 
 # ---------------------------------------------------------------- gradcheck

@@ -2,7 +2,10 @@
 autograd formulas (schemas: ``csrc/ops.cpp``).
 
 The low-level ops are public; the fused loss ops are the engine of
-:mod:`sslext.functional` and are easier to use from there.
+:mod:`sslext.functional` and are easier to use from there. The ops named with a
+leading underscore (``_vicreg_loss_backward`` and the like) are the fused
+losses' backwards, for autograd and compiled graphs, not for users; like every
+op they check each argument in C++ and raise an error naming it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch import Tensor
 
 from . import _native  # noqa: F401  (registers torch.ops.sslext.*: _C, or _C_emu)
 from ._checks import (
+    STRATEGY_CODES,
     check_embedding,
     check_non_negative,
     check_pair,
@@ -23,6 +27,7 @@ from ._checks import (
 )
 
 _ops = torch.ops.sslext
+_GRAM = STRATEGY_CODES["gram"]
 
 __all__ = [
     "batch_covariance",
@@ -101,7 +106,19 @@ def _empty(like: Tensor, *shape: int, dtype: Optional[torch.dtype] = None) -> Te
 
 def _c_new(z: Tensor, strategy: int) -> Tensor:
     d = z.shape[1]
-    return _empty(z, d, d) if strategy == 0 else _empty(z, 0)
+    return _empty(z, 0) if strategy == _GRAM else _empty(z, d, d)
+
+
+def _grads(z_a: Tensor, z_b: Tensor, output_mask, dtype: torch.dtype):
+    """The backwards' outputs: contiguous gradients (whatever the inputs'
+    strides, as the kernels write them), an empty tensor where output_mask
+    asks for none."""
+    if len(output_mask) != 2:
+        raise ValueError(f"output_mask must have 2 entries (one per input: z_a, z_b), got {len(output_mask)}")
+    return tuple(
+        z.new_empty(z.shape if wanted else (0,), dtype=dtype)
+        for z, wanted in zip((z_a, z_b), output_mask)
+    )
 
 
 @torch.library.register_fake("sslext::batch_covariance")
@@ -131,7 +148,7 @@ def _(c, z, beta):
 def _(z_a, z_b, inv_coeff, var_coeff, cov_coeff, eps, strategy):
     check_pair(z_a, z_b)
     n, d = z_a.shape
-    m = n if strategy == 1 else d
+    m = n if strategy == _GRAM else d
     return (
         _empty(z_a, 4),
         _empty(z_a, d),
@@ -143,9 +160,11 @@ def _(z_a, z_b, inv_coeff, var_coeff, cov_coeff, eps, strategy):
     )
 
 
-@torch.library.register_fake("sslext::vicreg_loss_backward")
-def _(grad_terms, z_a, z_b, *rest):
-    return torch.empty_like(z_a), torch.empty_like(z_b)
+@torch.library.register_fake("sslext::_vicreg_loss_backward")
+def _(grad_terms, z_a, z_b, mean_a, mean_b, var_a, var_b, mat_a, mat_b, inv_coeff, var_coeff,
+      cov_coeff, eps, strategy, output_mask):
+    check_pair(z_a, z_b)
+    return _grads(z_a, z_b, output_mask, z_a.dtype)
 
 
 @torch.library.register_fake("sslext::vicreg_tico_loss")
@@ -166,16 +185,18 @@ def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, proposa
     )
 
 
-@torch.library.register_fake("sslext::vicreg_tico_loss_backward")
-def _(grad_terms, z_a, z_b, *rest):
-    return torch.empty_like(z_a), torch.empty_like(z_b)
+@torch.library.register_fake("sslext::_vicreg_tico_loss_backward")
+def _(grad_terms, z_a, z_b, mean_a, mean_b, var_a, var_b, proj, inv_coeff, var_coeff, cov_coeff,
+      eps, proposal, output_mask):
+    check_pair(z_a, z_b)
+    return _grads(z_a, z_b, output_mask, z_a.dtype)
 
 
 @torch.library.register_fake("sslext::barlow_twins_loss")
 def _(z_a, z_b, lambd, eps, strategy):
     check_pair(z_a, z_b)
     n, d = z_a.shape
-    mat = _empty(z_a, 2, n, n) if strategy == 1 else _empty(z_a, d, d)
+    mat = _empty(z_a, 2, n, n) if strategy == _GRAM else _empty(z_a, d, d)
     return (
         _empty(z_a, 3),
         _empty(z_a, n, d),
@@ -186,12 +207,10 @@ def _(z_a, z_b, lambd, eps, strategy):
     )
 
 
-@torch.library.register_fake("sslext::barlow_twins_loss_backward")
-def _(grad_terms, norm_a, norm_b, inv_std_a, inv_std_b, mat, lambd, strategy, out_dtype):
-    return (
-        norm_a.new_empty(norm_a.shape, dtype=out_dtype),
-        norm_b.new_empty(norm_b.shape, dtype=out_dtype),
-    )
+@torch.library.register_fake("sslext::_barlow_twins_loss_backward")
+def _(grad_terms, norm_a, norm_b, inv_std_a, inv_std_b, mat, lambd, strategy, out_dtype,
+      output_mask):
+    return _grads(norm_a, norm_b, output_mask, out_dtype)
 
 
 @torch.library.register_fake("sslext::tico_loss")
@@ -210,12 +229,9 @@ def _(z_a, z_b, c, beta, rho, strategy):
     )
 
 
-@torch.library.register_fake("sslext::tico_loss_backward")
-def _(grad_terms, zhat_a, zhat_b, norm_a, norm_b, proj, rho, out_dtype):
-    return (
-        zhat_a.new_empty(zhat_a.shape, dtype=out_dtype),
-        zhat_b.new_empty(zhat_b.shape, dtype=out_dtype),
-    )
+@torch.library.register_fake("sslext::_tico_loss_backward")
+def _(grad_terms, zhat_a, zhat_b, norm_a, norm_b, proj, rho, out_dtype, output_mask):
+    return _grads(zhat_a, zhat_b, output_mask, out_dtype)
 
 
 # --------------------------------------------------------------------------
@@ -260,13 +276,12 @@ def _cross_correlation_backward(ctx, grad):
     a, inv_a = _standardize(z_a, ctx.eps)
     b, inv_b = _standardize(z_b, ctx.eps)
     grad = grad.to(a.dtype)
-    da = b @ grad.mT / n
-    db = a @ grad / n
-    return (
-        _bn_backward(da, a, inv_a).to(z_a.dtype),
-        _bn_backward(db, b, inv_b).to(z_b.dtype),
-        None,
-    )
+    dz_a = dz_b = None
+    if ctx.needs_input_grad[0]:
+        dz_a = _bn_backward(b @ grad.mT / n, a, inv_a).to(z_a.dtype)
+    if ctx.needs_input_grad[1]:
+        dz_b = _bn_backward(a @ grad / n, b, inv_b).to(z_b.dtype)
+    return dz_a, dz_b, None
 
 
 def _off_diagonal_setup(ctx, inputs, output):
@@ -283,6 +298,13 @@ def _off_diagonal_backward(ctx, grad):
     on = 2.0 * (diag - ctx.diag_target) if ctx.diag_target is not None else torch.zeros_like(diag)
     dc = dc - torch.diag_embed(torch.diagonal(dc)) + torch.diag_embed(on)
     return (grad * dc).to(c.dtype), None, None
+
+
+def _input_grads(ctx, op, *args):
+    """(dz_a, dz_b) from a backward op, computing only what autograd needs."""
+    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+    dz_a, dz_b = op(*args, mask)
+    return (dz_a if mask[0] else None), (dz_b if mask[1] else None)
 
 
 def _no_grad_outputs(ctx, output):
@@ -306,7 +328,8 @@ def _vicreg_setup(ctx, inputs, output):
 def _vicreg_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
         return (None,) * 7
-    dz_a, dz_b = _ops.vicreg_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
+    dz_a, dz_b = _input_grads(ctx, _ops._vicreg_loss_backward, grad_terms, *ctx.saved_tensors,
+                              *ctx.params)
     return dz_a, dz_b, None, None, None, None, None
 
 
@@ -314,7 +337,7 @@ def _vicreg_tico_setup(ctx, inputs, output):
     z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, *proposal = inputs
     _, _, mean_a, mean_b, var_a, var_b, proj, _ = output
     ctx.save_for_backward(z_a, z_b, mean_a, mean_b, var_a, var_b, proj)
-    ctx.params = (inv_coeff, var_coeff, cov_coeff, eps, *proposal)
+    ctx.params = (inv_coeff, var_coeff, cov_coeff, eps, bool(proposal and proposal[0]))
     ctx.n_inputs = len(inputs)
     _no_grad_outputs(ctx, output)
 
@@ -322,7 +345,8 @@ def _vicreg_tico_setup(ctx, inputs, output):
 def _vicreg_tico_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
         return (None,) * ctx.n_inputs
-    dz_a, dz_b = _ops.vicreg_tico_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
+    dz_a, dz_b = _input_grads(ctx, _ops._vicreg_tico_loss_backward, grad_terms,
+                              *ctx.saved_tensors, *ctx.params)
     return (dz_a, dz_b) + (None,) * (ctx.n_inputs - 2)
 
 
@@ -337,7 +361,8 @@ def _barlow_setup(ctx, inputs, output):
 def _barlow_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
         return (None,) * 5
-    dz_a, dz_b = _ops.barlow_twins_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
+    dz_a, dz_b = _input_grads(ctx, _ops._barlow_twins_loss_backward, grad_terms,
+                              *ctx.saved_tensors, *ctx.params)
     return dz_a, dz_b, None, None, None
 
 
@@ -352,7 +377,8 @@ def _tico_setup(ctx, inputs, output):
 def _tico_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
         return (None,) * 6
-    dz_a, dz_b = _ops.tico_loss_backward(grad_terms, *ctx.saved_tensors, *ctx.params)
+    dz_a, dz_b = _input_grads(ctx, _ops._tico_loss_backward, grad_terms, *ctx.saved_tensors,
+                              *ctx.params)
     # The running covariance is a detached statistic, as in the paper.
     return dz_a, dz_b, None, None, None, None
 
@@ -383,13 +409,13 @@ for _name in (
     "off_diagonal_penalty",
     "tico_ema_update_",
     "vicreg_loss",
-    "vicreg_loss_backward",
+    "_vicreg_loss_backward",
     "vicreg_tico_loss",
-    "vicreg_tico_loss_backward",
+    "_vicreg_tico_loss_backward",
     "barlow_twins_loss",
-    "barlow_twins_loss_backward",
+    "_barlow_twins_loss_backward",
     "tico_loss",
-    "tico_loss_backward",
+    "_tico_loss_backward",
 ):
     for _device in ("cpu", "cuda"):
         torch.library.register_autocast(f"sslext::{_name}", _device, torch.float32)

@@ -18,7 +18,9 @@ at::Tensor vicreg_grad_cpu(const at::Tensor& z, const at::Tensor& z_other,
                            double cov_coeff, double eps, double cov_scale,
                            bool subtract_diag) {
   const int64_t n = z.size(0), d = z.size(1);
-  auto dz = at::empty_like(z);
+  // Contiguous whatever z's strides (a size-1 dim keeps any stride): the
+  // fake kernel promises contiguous gradients.
+  auto dz = at::empty(z.sizes(), z.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, z.scalar_type(), "vicreg_grad_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;

@@ -81,7 +81,9 @@ at::Tensor vicreg_grad_cuda(const at::Tensor& z, const at::Tensor& z_other,
                             bool subtract_diag) {
   c10::cuda::CUDAGuard guard(z.device());
   const int64_t n = z.size(0), d = z.size(1);
-  auto dz = at::empty_like(z);
+  // Contiguous whatever z's strides (a size-1 dim keeps any stride): the
+  // fake kernel promises contiguous gradients.
+  auto dz = at::empty(z.sizes(), z.options());
   const int64_t numel = n * d;
   if (numel == 0) return dz;
   const int64_t blocks =

@@ -31,7 +31,8 @@ at::Tensor cross_diag(const at::Tensor& a, const at::Tensor& b) {
 Tensor6 barlow_twins_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                           double lambd, double eps, int64_t strategy) {
   check_pair(z_a, z_b);
-  TORCH_CHECK(eps >= 0.0, "eps must be non-negative, got ", eps);
+  check_finite(lambd, "lambd");
+  check_eps(eps);
   const auto strat = to_strategy(strategy);
   auto [a, inv_std_a] = standardize(z_a, eps);
   auto [b, inv_std_b] = standardize(z_b, eps);
@@ -63,25 +64,54 @@ Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms,
                                    const at::Tensor& inv_std_a,
                                    const at::Tensor& inv_std_b,
                                    const at::Tensor& mat, double lambd,
-                                   int64_t strategy, at::ScalarType out_dtype) {
+                                   int64_t strategy, at::ScalarType out_dtype,
+                                   const c10::List<bool>& output_mask) {
+  // norm_a is the forward's standardised z_a: an (N, D) opmath batch.
+  check_embedding(norm_a, "norm_a");
+  TORCH_CHECK(norm_a.scalar_type() == at::kFloat || norm_a.scalar_type() == at::kDouble,
+              "norm_a must be float32 or float64 (the forward op's output), got ",
+              norm_a.scalar_type());
+  const int64_t n = norm_a.size(0), d = norm_a.size(1);
+  const auto acc = norm_a.scalar_type();
+  check_saved(norm_b, "norm_b", norm_a.sizes(), acc, norm_a, "norm_a",
+              "the shape of norm_a");
+  check_saved(inv_std_a, "inv_std_a", {d}, acc, norm_a, "norm_a", "the dim of norm_a");
+  check_saved(inv_std_b, "inv_std_b", {d}, acc, norm_a, "norm_a", "the dim of norm_a");
   const bool gram = to_strategy(strategy) == Strategy::kGram;
-  const double n = static_cast<double>(norm_a.size(0));
-  auto g = grad_terms.contiguous().to(norm_a.scalar_type());
+  if (gram) {
+    check_saved(mat, "mat", {2, n, n}, acc, norm_a, "norm_a",
+                "two N x N Gram matrices for strategy=1 (gram)");
+  } else {
+    check_saved(mat, "mat", {d, d}, acc, norm_a, "norm_a",
+                "D x D for strategy=0 (covariance)");
+  }
+  check_grad_terms(grad_terms, 3, norm_a, "norm_a");
+  check_finite(lambd, "lambd");
+  check_out_dtype(out_dtype, norm_a, "norm_a");
+  const auto [need_a, need_b] = to_output_mask(output_mask);
+  // bn_backward reads the batches and 1/std flat.
+  auto a = norm_a.contiguous(), b = norm_b.contiguous();
+  auto g = grad_terms.contiguous().to(acc);
   auto w_on = g.select(0, 0) + g.select(0, 1);
   auto w_off = g.select(0, 0) * lambd + g.select(0, 2);
-  auto diag = gram ? cross_diag(norm_a, norm_b) : mat.diagonal();
+  auto diag = gram ? cross_diag(a, b) : mat.diagonal();
   // d/dc_ii of the diagonal terms, net of the off-diagonal sum's c_ii^2 that
   // the full Frobenius product includes: 2 w_on (c_ii - 1) - 2 w_off c_ii.
-  auto h = ((diag - 1.0) * w_on - diag * w_off).mul_(2.0 / n);
+  auto h = ((diag - 1.0) * w_on - diag * w_off).mul_(2.0 / static_cast<double>(n));
+  const double nn = static_cast<double>(n);
   // The Frobenius part: d ||c||^2 / da = 2 b c^T / N = 2 (b b^T) a / N^2.
-  auto p_a = gram ? at::mm(mat.select(0, 1), norm_a).div_(n * n)
-                  : at::mm(norm_b, mat.t()).div_(n);
-  auto p_b = gram ? at::mm(mat.select(0, 0), norm_b).div_(n * n)
-                  : at::mm(norm_a, mat).div_(n);
-  auto da = p_a.mul_(w_off * 2.0).addcmul_(norm_b, h);
-  auto db = p_b.mul_(w_off * 2.0).addcmul_(norm_a, h);
-  return {kernels::bn_backward(da, norm_a, inv_std_a, out_dtype),
-          kernels::bn_backward(db, norm_b, inv_std_b, out_dtype)};
+  at::Tensor dz_a = unrequested_grad(a, out_dtype), dz_b = unrequested_grad(b, out_dtype);
+  if (need_a) {
+    auto p_a = gram ? at::mm(mat.select(0, 1), a).div_(nn * nn) : at::mm(b, mat.t()).div_(nn);
+    auto da = p_a.mul_(w_off * 2.0).addcmul_(b, h);
+    dz_a = kernels::bn_backward(da, a, inv_std_a.contiguous(), out_dtype);
+  }
+  if (need_b) {
+    auto p_b = gram ? at::mm(mat.select(0, 0), b).div_(nn * nn) : at::mm(a, mat).div_(nn);
+    auto db = p_b.mul_(w_off * 2.0).addcmul_(a, h);
+    dz_b = kernels::bn_backward(db, b, inv_std_b.contiguous(), out_dtype);
+  }
+  return {dz_a, dz_b};
 }
 
 }  // namespace sslext

@@ -39,18 +39,21 @@ at::Tensor batch_covariance(const at::Tensor& z) {
 at::Tensor cross_correlation(const at::Tensor& z_a, const at::Tensor& z_b,
                              double eps) {
   check_pair(z_a, z_b);
-  TORCH_CHECK(eps >= 0.0, "eps must be non-negative, got ", eps);
+  check_eps(eps);
   return scaled_xty(standardized(z_a, eps), standardized(z_b, eps),
                     1.0 / static_cast<double>(z_a.size(0)));
 }
 
 at::Tensor off_diagonal_penalty(const at::Tensor& c, double off_weight,
                                 std::optional<double> diag_target) {
-  TORCH_CHECK(c.dim() == 2 && c.size(0) == c.size(1),
-              "c must be a square 2-D matrix, got shape ", c.sizes());
+  TORCH_CHECK(c.dim() == 2 && c.size(0) == c.size(1) && c.size(0) >= 1,
+              "c must be a square 2-D matrix of at least 1 x 1, got shape ",
+              c.sizes());
   TORCH_CHECK(is_supported_float(c.scalar_type()),
               "c must be float16, bfloat16, float32 or float64, got ",
               c.scalar_type());
+  check_finite(off_weight, "off_weight");
+  if (diag_target.has_value()) check_finite(*diag_target, "diag_target");
   const auto acc = opmath_dtype(c.scalar_type());
   auto cc = c.contiguous().to(acc);
   auto sums = kernels::offdiag_sums(cc, diag_target.value_or(0.0));
@@ -61,7 +64,11 @@ at::Tensor off_diagonal_penalty(const at::Tensor& c, double off_weight,
 
 void tico_ema_update_(at::Tensor& c, const at::Tensor& z, double beta) {
   check_embedding(z, "z");
-  check_running_cov(c, z, "c");
+  check_running_cov(c, z, "c", "z");
+  // An expanded c (stride 0) would be written through one element many times.
+  TORCH_CHECK(at::has_internal_overlap(c) != at::MemOverlap::Yes,
+              "c must not have overlapping memory (an expanded tensor): it is "
+              "updated in place");
   check_beta(beta);
   // One rank-N update of c in place: no B = z^T z / N temporary.
   auto zc = z.contiguous().to(c.scalar_type());

@@ -32,8 +32,9 @@ Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                   const at::Tensor& c, double beta, double rho,
                   int64_t strategy) {
   check_pair(z_a, z_b);
-  check_running_cov(c, z_a, "c");
+  check_running_cov(c, z_a, "c", "z_a");
   check_beta(beta);
+  check_finite(rho, "rho");
   to_strategy(strategy);
   const double n = static_cast<double>(z_a.size(0));
   auto [zhat_a, norm_a] = kernels::row_normalize(z_a.contiguous(), kNormalizeEps);
@@ -50,20 +51,45 @@ Tensor2 tico_loss_backward(const at::Tensor& grad_terms,
                            const at::Tensor& zhat_a, const at::Tensor& zhat_b,
                            const at::Tensor& norm_a, const at::Tensor& norm_b,
                            const at::Tensor& proj, double rho,
-                           at::ScalarType out_dtype) {
-  const double n = static_cast<double>(zhat_a.size(0));
-  auto g = grad_terms.contiguous().to(zhat_a.scalar_type());
+                           at::ScalarType out_dtype,
+                           const c10::List<bool>& output_mask) {
+  // zhat_a is the forward's row-normalised z_a: an (N, D) opmath batch.
+  check_embedding(zhat_a, "zhat_a");
+  TORCH_CHECK(zhat_a.scalar_type() == at::kFloat || zhat_a.scalar_type() == at::kDouble,
+              "zhat_a must be float32 or float64 (the forward op's output), got ",
+              zhat_a.scalar_type());
+  const int64_t n = zhat_a.size(0);
+  const auto acc = zhat_a.scalar_type();
+  check_saved(zhat_b, "zhat_b", zhat_a.sizes(), acc, zhat_a, "zhat_a",
+              "the shape of zhat_a");
+  check_saved(norm_a, "norm_a", {n}, acc, zhat_a, "zhat_a", "one norm per row of zhat_a");
+  check_saved(norm_b, "norm_b", {n}, acc, zhat_a, "zhat_a", "one norm per row of zhat_a");
+  check_saved(proj, "proj", zhat_a.sizes(), acc, zhat_a, "zhat_a", "the shape of zhat_a");
+  check_grad_terms(grad_terms, 3, zhat_a, "zhat_a");
+  check_finite(rho, "rho");
+  check_out_dtype(out_dtype, zhat_a, "zhat_a");
+  const auto [need_a, need_b] = to_output_mask(output_mask);
+  const double nd = static_cast<double>(n);
+  // The kernels read every saved tensor flat.
+  auto ha = zhat_a.contiguous(), hb = zhat_b.contiguous();
+  auto g = grad_terms.contiguous().to(acc);
   // d loss/d sim = -1 and d loss/d quad = rho; C_new is a constant (detached,
   // as in the paper and lightly), so d quad/d zhat_a = 2 C_new zhat_a / N.
-  auto w_sim = (g.select(0, 1) - g.select(0, 0)).div_(n);
-  auto w_quad = (g.select(0, 0) * rho + g.select(0, 2)).mul_(2.0 / n);
-  auto w_a = at::stack({w_sim, w_quad});
-  auto w_b = at::stack({w_sim, at::zeros_like(w_sim)});
-  auto dz_a = kernels::row_normalize_backward(zhat_b, proj, zhat_a, norm_a, w_a,
-                                              kNormalizeEps, out_dtype);
-  auto dz_b = kernels::row_normalize_backward(zhat_a, at::Tensor(), zhat_b,
-                                              norm_b, w_b, kNormalizeEps,
-                                              out_dtype);
+  auto w_sim = (g.select(0, 1) - g.select(0, 0)).div_(nd);
+  auto w_quad = (g.select(0, 0) * rho + g.select(0, 2)).mul_(2.0 / nd);
+  at::Tensor dz_a = unrequested_grad(ha, out_dtype), dz_b = unrequested_grad(hb, out_dtype);
+  if (need_a) {
+    auto w_a = at::stack({w_sim, w_quad});
+    dz_a = kernels::row_normalize_backward(hb, proj.contiguous(), ha,
+                                           norm_a.contiguous(), w_a,
+                                           kNormalizeEps, out_dtype);
+  }
+  if (need_b) {
+    auto w_b = at::stack({w_sim, at::zeros_like(w_sim)});
+    dz_b = kernels::row_normalize_backward(ha, at::Tensor(), hb,
+                                           norm_b.contiguous(), w_b,
+                                           kNormalizeEps, out_dtype);
+  }
   return {dz_a, dz_b};
 }
 

@@ -40,6 +40,28 @@ std::tuple<at::Tensor, at::Tensor> invariance_and_variance(
   return {inv, var};
 }
 
+void check_coeffs(double inv_coeff, double var_coeff, double cov_coeff,
+                  double eps) {
+  check_finite(inv_coeff, "inv_coeff");
+  check_finite(var_coeff, "var_coeff");
+  check_finite(cov_coeff, "cov_coeff");
+  check_eps(eps);
+}
+
+// The per-branch statistics both backwards take: mean and variance of each
+// branch, length D, in the forward's opmath dtype, on z_a's device.
+void check_branch_stats(const at::Tensor& z_a, const at::Tensor& mean_a,
+                        const at::Tensor& mean_b, const at::Tensor& var_a,
+                        const at::Tensor& var_b) {
+  const auto acc = opmath_dtype(z_a.scalar_type());
+  const int64_t d = z_a.size(1);
+  const char* why = "the dim of z_a";
+  check_saved(mean_a, "mean_a", {d}, acc, z_a, "z_a", why);
+  check_saved(mean_b, "mean_b", {d}, acc, z_a, "z_a", why);
+  check_saved(var_a, "var_a", {d}, acc, z_a, "z_a", why);
+  check_saved(var_b, "var_b", {d}, acc, z_a, "z_a", why);
+}
+
 at::Tensor vicreg_terms(const at::Tensor& inv, const at::Tensor& var,
                         const at::Tensor& cov, double inv_coeff,
                         double var_coeff, double cov_coeff,
@@ -81,6 +103,7 @@ Tensor7 vicreg_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                     double inv_coeff, double var_coeff, double cov_coeff,
                     double eps, int64_t strategy) {
   check_pair(z_a, z_b);
+  check_coeffs(inv_coeff, var_coeff, cov_coeff, eps);
   const auto strat = to_strategy(strategy);
   auto a = z_a.contiguous(), b = z_b.contiguous();
   const auto acc = opmath_dtype(a.scalar_type());
@@ -102,10 +125,25 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
                              const at::Tensor& var_b, const at::Tensor& mat_a,
                              const at::Tensor& mat_b, double inv_coeff,
                              double var_coeff, double cov_coeff, double eps,
-                             int64_t strategy) {
+                             int64_t strategy,
+                             const c10::List<bool>& output_mask) {
+  check_pair(z_a, z_b);
+  check_grad_terms(grad_terms, 4, z_a, "z_a");
+  check_branch_stats(z_a, mean_a, mean_b, var_a, var_b);
+  check_coeffs(inv_coeff, var_coeff, cov_coeff, eps);
+  const auto strat = to_strategy(strategy);
+  const bool gram = strat == Strategy::kGram;
+  {
+    const int64_t m = gram ? z_a.size(0) : z_a.size(1);
+    const char* why = gram ? "N x N for strategy=1 (gram)"
+                           : "D x D for strategy=0 (covariance)";
+    const auto acc = opmath_dtype(z_a.scalar_type());
+    check_saved(mat_a, "mat_a", {m, m}, acc, z_a, "z_a", why);
+    check_saved(mat_b, "mat_b", {m, m}, acc, z_a, "z_a", why);
+  }
+  const auto [need_a, need_b] = to_output_mask(output_mask);
   auto a = z_a.contiguous(), b = z_b.contiguous();
   auto g = grad_terms.contiguous().to(mean_a.scalar_type());
-  const bool gram = to_strategy(strategy) == Strategy::kGram;
   const double cov_scale =
       4.0 / (static_cast<double>(a.size(1)) * static_cast<double>(a.size(0) - 1));
   // One branch at a time, so only one branch's temporaries are alive.
@@ -117,11 +155,12 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
     // on the Gram path: the same product in O(N^2 D) instead of O(N D^2).
     auto prod = gram ? at::mm(mat, x) : at::mm(x, mat);
     // The covariance path saved C with its diagonal removed (branch_offdiag).
-    return kernels::vicreg_grad(z, other, x, var, prod, g, inv_coeff, var_coeff,
-                                cov_coeff, eps, cov_scale, /*subtract_diag=*/gram);
+    return kernels::vicreg_grad(z, other, x, var.contiguous(), prod, g, inv_coeff,
+                                var_coeff, cov_coeff, eps, cov_scale,
+                                /*subtract_diag=*/gram);
   };
-  auto dz_a = branch(a, b, mean_a, var_a, mat_a);
-  auto dz_b = branch(b, a, mean_b, var_b, mat_b);
+  auto dz_a = need_a ? branch(a, b, mean_a, var_a, mat_a) : unrequested_grad(a, a.scalar_type());
+  auto dz_b = need_b ? branch(b, a, mean_b, var_b, mat_b) : unrequested_grad(b, b.scalar_type());
   return {dz_a, dz_b};
 }
 
@@ -130,7 +169,8 @@ Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          double cov_coeff, double beta, double eps,
                          int64_t strategy, bool proposal) {
   check_pair(z_a, z_b);
-  check_running_cov(c, z_a, "c");
+  check_running_cov(c, z_a, "c", "z_a");
+  check_coeffs(inv_coeff, var_coeff, cov_coeff, eps);
   check_beta(beta);
   to_strategy(strategy);
   auto a = z_a.contiguous(), b = z_b.contiguous();
@@ -161,27 +201,47 @@ Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   const at::Tensor& var_b,
                                   const at::Tensor& proj, double inv_coeff,
                                   double var_coeff, double cov_coeff,
-                                  double eps, bool proposal) {
+                                  double eps, bool proposal,
+                                  const c10::List<bool>& output_mask) {
+  check_pair(z_a, z_b);
+  check_grad_terms(grad_terms, 4, z_a, "z_a");
+  check_branch_stats(z_a, mean_a, mean_b, var_a, var_b);
+  check_coeffs(inv_coeff, var_coeff, cov_coeff, eps);
+  const int64_t n = z_a.size(0), d = z_a.size(1);
+  check_saved(proj, "proj", {proposal ? n : 2 * n, d},
+              opmath_dtype(z_a.scalar_type()), z_a, "z_a",
+              proposal ? "N x D: proposal=True contrasts branch a's rows"
+                       : "2N x D: proposal=False contrasts both branches' rows");
+  const auto [need_a, need_b] = to_output_mask(output_mask);
   auto a = z_a.contiguous(), b = z_b.contiguous();
-  const int64_t n = a.size(0), d = a.size(1);
+  // The kernel reads its row block of proj flat.
+  auto p = proj.contiguous();
   auto g = grad_terms.contiguous().to(mean_a.scalar_type());
   // C_new is held constant (as TiCo detaches it), so d cov/d y = 2 C_new y /
   // (N D) = 2 proj / (N D) (2 proj / N for the proposal); no diagonal is
   // excluded in this contrast.
   const double cov_scale = proposal ? 2.0 / static_cast<double>(n)
                                     : 2.0 / static_cast<double>(n * d);
-  auto xa = recenter(a, mean_a), xb = recenter(b, mean_b);
-  auto dz_a = kernels::vicreg_grad(a, b, xa, var_a, proj.narrow(0, 0, n), g,
-                                   inv_coeff, var_coeff, cov_coeff, eps,
-                                   cov_scale, false);
-  // The proposal's contrast does not involve branch b: its covariance weight
-  // is zero, and the centered rows stand in for the product it multiplies.
-  auto dz_b = proposal
-                  ? kernels::vicreg_grad(b, a, xb, var_b, xb, g, inv_coeff,
-                                         var_coeff, cov_coeff, eps, 0.0, false)
-                  : kernels::vicreg_grad(b, a, xb, var_b, proj.narrow(0, n, n),
-                                         g, inv_coeff, var_coeff, cov_coeff,
-                                         eps, cov_scale, false);
+  at::Tensor dz_a = unrequested_grad(a, a.scalar_type()), dz_b = unrequested_grad(b, b.scalar_type());
+  if (need_a) {
+    auto xa = recenter(a, mean_a);
+    dz_a = kernels::vicreg_grad(a, b, xa, var_a.contiguous(), p.narrow(0, 0, n),
+                                g, inv_coeff, var_coeff, cov_coeff, eps,
+                                cov_scale, false);
+  }
+  if (need_b) {
+    auto xb = recenter(b, mean_b);
+    // The proposal's contrast does not involve branch b: its covariance weight
+    // is zero, and the centered rows stand in for the product it multiplies.
+    dz_b = proposal
+               ? kernels::vicreg_grad(b, a, xb, var_b.contiguous(), xb, g,
+                                      inv_coeff, var_coeff, cov_coeff, eps, 0.0,
+                                      false)
+               : kernels::vicreg_grad(b, a, xb, var_b.contiguous(),
+                                      p.narrow(0, n, n), g, inv_coeff,
+                                      var_coeff, cov_coeff, eps, cov_scale,
+                                      false);
+  }
   return {dz_a, dz_b};
 }
 

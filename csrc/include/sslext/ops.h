@@ -4,12 +4,18 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/List.h>
 
 #include <optional>
 #include <tuple>
 
 namespace sslext {
 
+// The backwards (schema names with a leading underscore: autograd calls them,
+// users should not) take output_mask = [need dz_a, need dz_b] and return an
+// empty tensor for a gradient not asked for; they check every saved tensor
+// against the inputs all the same, since the schema is callable.
+//
 // Output tuples: the first tensor is what the user sees; the rest are what
 // the backward needs, so the forward's work is not redone.
 using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
@@ -38,7 +44,8 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
                              const at::Tensor& var_b, const at::Tensor& mat_a,
                              const at::Tensor& mat_b, double inv_coeff,
                              double var_coeff, double cov_coeff, double eps,
-                             int64_t strategy);
+                             int64_t strategy,
+                             const c10::List<bool>& output_mask);
 Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
@@ -51,7 +58,8 @@ Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   const at::Tensor& var_b,
                                   const at::Tensor& proj, double inv_coeff,
                                   double var_coeff, double cov_coeff,
-                                  double eps, bool proposal);
+                                  double eps, bool proposal,
+                                  const c10::List<bool>& output_mask);
 
 // csrc/ops/barlow_twins_loss.cpp
 Tensor6 barlow_twins_loss(const at::Tensor& z_a, const at::Tensor& z_b,
@@ -62,7 +70,8 @@ Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms,
                                    const at::Tensor& inv_std_a,
                                    const at::Tensor& inv_std_b,
                                    const at::Tensor& mat, double lambd,
-                                   int64_t strategy, at::ScalarType out_dtype);
+                                   int64_t strategy, at::ScalarType out_dtype,
+                                   const c10::List<bool>& output_mask);
 
 // csrc/ops/tico_loss.cpp
 Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
@@ -70,7 +79,8 @@ Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
 Tensor2 tico_loss_backward(const at::Tensor& grad_terms, const at::Tensor& zhat_a,
                            const at::Tensor& zhat_b, const at::Tensor& norm_a,
                            const at::Tensor& norm_b, const at::Tensor& proj,
-                           double rho, at::ScalarType out_dtype);
+                           double rho, at::ScalarType out_dtype,
+                           const c10::List<bool>& output_mask);
 
 // Shared by TiCo and VICReg-TiCo (csrc/ops/tico_loss.cpp): P = Y C_new with
 // C_new = beta C + (1 - beta) Y^T Y / M, never materialising C_new on the Gram
