@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from ._checks import STRATEGIES, check_choice, check_flag, check_fraction, check_pair, check_real
+from ._checks import STRATEGIES, check_choice, check_flag, check_fraction, check_pair, check_real, opmath_dtype
 from .distributed import check_same_shape, gather_with_grad, is_distributed
 
 __all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss", "VICRegTiCoLoss"]
@@ -167,11 +167,12 @@ def keep_covariance_dtype(module: nn.Module, fn, recurse: bool, apply) -> nn.Mod
 
 
 class _RunningCovariance(nn.Module):
-    """Owns the running covariance buffer ``C`` (float32, zeros at start).
+    """Owns the running covariance buffer ``C`` (zeros at start).
 
-    With ``dim`` given, ``C`` is allocated at construction (needed for
-    ``torch.compile(fullgraph=True)``); without it, ``C`` is allocated on the
-    first forward call from the embeddings' dim and device, as lightly does.
+    With ``dim`` given, ``C`` is allocated at construction, float32 (needed for
+    ``torch.compile(fullgraph=True)``; ``.double()`` makes it float64); without
+    it, ``C`` is allocated on the first forward call from the embeddings' dim
+    and device, float64 for float64 embeddings and float32 otherwise.
     A state_dict holding a ``C`` of any shape loads into an unallocated one,
     and one saved before the first call (an empty ``C``) loads into a sized
     one as zeros. ``skipped_updates`` (a buffer, not saved) counts the calls
@@ -191,7 +192,7 @@ class _RunningCovariance(nn.Module):
             return self.C  # the functional's checks name the bad argument
         d = z.shape[1]
         if self.C.numel() == 0:
-            self.C = torch.zeros(d, d, device=z.device, dtype=torch.float32)
+            self.C = torch.zeros(d, d, device=z.device, dtype=opmath_dtype(z.dtype))
         elif self.C.shape != (d, d):
             raise ValueError(
                 f"z_a has embedding dim {d} but the running covariance C is {tuple(self.C.shape)} "
