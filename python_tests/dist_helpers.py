@@ -86,9 +86,9 @@ def run_loss_case(case, rank: int, world: int, steps: int = 2) -> Dict[str, Any]
     seen: List[tuple] = []
     orig = SF.resolve_strategy
 
-    def spy(strategy_, n_, d_):
+    def spy(strategy_, n_, d_, **kwargs):
         seen.append((n_, d_))
-        return orig(strategy_, n_, d_)
+        return orig(strategy_, n_, d_, **kwargs)
 
     SF.resolve_strategy = spy
     out: Dict[str, Any] = {"loss": [], "terms": [], "grad_w": [], "grad_b": [], "grad_za": [], "grad_zb": [],
