@@ -148,7 +148,11 @@ def tico_loss(
     ``c`` (``(D, D)``, float32/float64, on the inputs' device) is the running
     covariance; with ``update=True`` it is replaced by ``C_new`` in place after
     the loss is computed (as lightly does on every forward call). Gradients
-    treat ``C_new`` as a constant. Terms: ``similarity``, ``contrast``.
+    treat ``C_new`` as a constant. Terms: ``similarity`` (the mean cosine
+    ``mean_i <z_a_i, z_b_i>``, not the ``1 - cos`` term) and ``contrast`` (before
+    ``rho``). With ``c`` starting at zeros, the contrast, and the loss, rise over
+    the first ~1 / (1 - beta) calls as ``c`` fills. A NaN or Inf batch enters
+    ``c`` here; the modules (:class:`sslext.TiCoLoss`) refuse such an update.
     """
     terms, _ = _tico(z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite=False)
     return _finish(terms, TICO_TERMS, return_terms)
