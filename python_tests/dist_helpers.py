@@ -86,9 +86,9 @@ def run_loss_case(case, rank: int, world: int, steps: int = 2) -> Dict[str, Any]
     seen: List[tuple] = []
     orig = SF.resolve_strategy
 
-    def spy(strategy_, n_, d_):
+    def spy(strategy_, n_, d_, **kwargs):
         seen.append((n_, d_))
-        return orig(strategy_, n_, d_)
+        return orig(strategy_, n_, d_, **kwargs)
 
     SF.resolve_strategy = spy
     out: Dict[str, Any] = {"loss": [], "terms": [], "grad_w": [], "grad_b": [], "grad_za": [], "grad_zb": [],
@@ -329,3 +329,35 @@ def moco_queue_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
                 method.training_step([x[0, rows], x[1, rows]])
             keys.append(method.queue.keys.clone())
         torch.save({"queue": keys, "ptr": method.queue.ptr.clone()}, Path(out_dir) / f"moco_rank{rank}.pt")
+
+
+def unequal_batch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Rank r passes 8 - 2r rows: every gathering loss must raise on every rank, not abort in gloo."""
+    from sslext.compat import lightly as compat
+    from sslext.distributed import all_reduce_with_grad, gather_with_grad
+
+    n, d = 8 - 2 * rank, 16
+    g = torch.Generator().manual_seed(rank)
+    z_a, z_b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    calls = {
+        "VICRegLoss": lambda: sslext.VICRegLoss()(z_a, z_b),
+        "BarlowTwinsLoss": lambda: sslext.BarlowTwinsLoss()(z_a, z_b),
+        "TiCoLoss": lambda: sslext.TiCoLoss(dim=d)(z_a, z_b),
+        "VICRegTiCoLoss": lambda: sslext.VICRegTiCoLoss(dim=d)(z_a, z_b),
+        "compat.VICRegLoss": lambda: compat.VICRegLoss(gather_distributed=True)(z_a, z_b),
+        "compat.TiCoLoss": lambda: compat.TiCoLoss(gather_distributed=True)(z_a, z_b),
+        "gather_with_grad": lambda: gather_with_grad(z_a),
+        # a D x D statistic of another size per rank (compat Barlow Twins all-reduces one)
+        "all_reduce_with_grad": lambda: all_reduce_with_grad(torch.ones(d + rank, d + rank)),
+    }
+    errors: Dict[str, str] = {}
+    with process_group(rank, world, init_file):
+        for name, call in calls.items():
+            try:
+                call()
+                errors[name] = "no error"
+            except ValueError as e:
+                errors[name] = str(e)
+        # The group is still usable afterwards: equal shapes gather as before.
+        errors["after"] = str(tuple(gather_with_grad(torch.full((2, 3), float(rank))).shape))
+    torch.save(errors, Path(out_dir) / f"rank{rank}.pt")

@@ -7,6 +7,8 @@ compiled.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
@@ -81,7 +83,7 @@ def check_non_negative(value, name: str) -> float:
     return value
 
 
-def resolve_strategy(strategy: str, n: int, d: int) -> int:
+def resolve_strategy(strategy: str, n: int, d: int, stacklevel: int = 3) -> int:
     """'auto' takes the N x N Gram path when N < D and the D x D path otherwise.
 
     The rule is both the cheaper and the more accurate choice: the Gram path
@@ -97,6 +99,39 @@ def resolve_strategy(strategy: str, n: int, d: int) -> int:
             f"strategy='gram' with N={n} >= D={d}: the Gram path subtracts the diagonal "
             "from the full norm and loses precision when the diagonal dominates, as it "
             "does for N >= D; 'auto' or 'covariance' is exact and cheaper here",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return STRATEGY_CODES[strategy]
+
+
+# Constructor arguments of the loss modules (the messages of sslext.compat.lightly).
+def check_real(value, name: str, *, minimum: float = -math.inf) -> float:
+    """A finite real number (not a bool) no smaller than ``minimum``, as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value}")
+    return value
+
+
+def check_fraction(value, name: str) -> float:
+    """A real number in [0, 1], as a float."""
+    value = check_real(value, name)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value

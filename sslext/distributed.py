@@ -26,7 +26,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ["init_distributed", "cleanup_distributed", "get_rank", "get_world_size", "is_main_process", "barrier",
-           "is_distributed", "gather_with_grad", "all_reduce_with_grad", "all_gather_tensors", "SyncBatchNorm",
+           "is_distributed", "check_same_shape", "gather_with_grad",
+           "all_reduce_with_grad", "all_gather_tensors", "SyncBatchNorm",
            "convert_sync_batchnorm", "wrap_ddp"]
 
 # True when init_distributed() created the process group (so it may destroy it).
@@ -100,6 +101,34 @@ def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# Ranks exchange shapes as fixed-size vectors (dim count, then sizes, -1 padded),
+# so the check itself can never be a mismatched collective.
+_MAX_SHAPE_DIMS = 8
+
+
+def check_same_shape(x: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` on every rank unless every rank's ``x`` has the same shape.
+
+    gloo aborts the process (SIGABRT, no Python exception) and NCCL hangs or
+    reads garbage when an all_gather or all_reduce gets tensors of different
+    sizes; one small fixed-size all_gather of the shapes first turns that into
+    an error naming each rank's shape. Costs one extra collective of 9 ints.
+    """
+    if x.dim() > _MAX_SHAPE_DIMS:
+        raise ValueError(f"{what}: at most {_MAX_SHAPE_DIMS} dims, got shape {tuple(x.shape)}")
+    mine = torch.full((_MAX_SHAPE_DIMS + 1,), -1, dtype=torch.int64)
+    mine[0] = x.dim()
+    mine[1:1 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64)
+    mine = mine.to(_comm_device())
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    shapes = [tuple(p[1:1 + int(p[0])].tolist()) for p in (q.cpu() for q in parts)]
+    if len(set(shapes)) > 1:
+        per_rank = ", ".join(f"rank {r}: {s}" for r, s in enumerate(shapes))
+        raise ValueError(f"{what}: every rank must pass the same shape (equal batch sizes: drop the last "
+                         f"incomplete batch, e.g. DataLoader(drop_last=True)); got {per_rank}")
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0 whose backward is all_reduce(SUM) + this rank's slice."""
 
@@ -120,15 +149,19 @@ class _GatherWithGrad(torch.autograd.Function):
         return _sum_over_ranks(grad)[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+def gather_with_grad(x: torch.Tensor, check_shape: bool = True) -> torch.Tensor:
     """Concatenate ``x`` (same shape on every rank) over ranks along dim 0, rank order.
 
     Differentiable: the backward gives each rank the gradient of the sum of
     all ranks' losses with respect to its own rows (module docstring). Without
-    a multi-process group, returns ``x`` unchanged.
+    a multi-process group, returns ``x`` unchanged. ``check_shape`` first
+    compares the ranks' shapes (:func:`check_same_shape`); callers whose shape
+    is fixed by construction may skip that collective.
     """
     if not is_distributed():
         return x
+    if check_shape:
+        check_same_shape(x, "gather_with_grad")
     return _GatherWithGrad.apply(x)
 
 
@@ -153,6 +186,7 @@ def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return x
+    check_same_shape(x, "all_reduce_with_grad")
     return _AllReduceWithGrad.apply(x)
 
 
@@ -194,7 +228,8 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         x = input.float()
         var_r, mean_r = torch.var_mean(x, dim=dims, unbiased=False)
         count_r = torch.full_like(mean_r, float(input.numel() // input.shape[1]))
-        stats = gather_with_grad(torch.stack([mean_r, var_r, count_r])[None])  # (W, 3, C)
+        # (W, 3, C): C is this module's num_features on every rank, no shape check needed.
+        stats = gather_with_grad(torch.stack([mean_r, var_r, count_r])[None], check_shape=False)
         means, vars_, counts = stats[:, 0], stats[:, 1], stats[:, 2].detach()
         total = counts.sum(0)
         mean = (counts * means).sum(0) / total

@@ -49,6 +49,24 @@ def _update_running_cov(c: Tensor, c_new: Tensor, rows: Tensor, beta: float) -> 
         _ops.tico_ema_update_(c, rows, beta)
 
 
+def _update_running_cov_if_finite(c: Tensor, c_new: Tensor, rows: Tensor, beta: float) -> Tensor:
+    """c <- C_new only where C_new is all finite; returns that condition (0-d bool).
+
+    A NaN or Inf batch would otherwise stay in ``c`` for good (every later
+    C_new inherits it through ``beta * c``). ``torch.where`` instead of a
+    Python branch keeps this free of a device sync and traceable by
+    torch.compile; the Gram path pays one D x D copy to get a candidate.
+    """
+    if c_new.numel():
+        candidate = c_new
+    else:
+        candidate = c.clone()
+        _ops.tico_ema_update_(candidate, rows, beta)
+    finite = torch.isfinite(candidate).all()
+    c.copy_(torch.where(finite, candidate, c))
+    return finite
+
+
 def _finish(terms: Tensor, names, return_terms: bool) -> LossOut:
     loss = terms[0]
     if not return_terms:
@@ -130,16 +148,36 @@ def tico_loss(
     ``c`` (``(D, D)``, float32/float64, on the inputs' device) is the running
     covariance; with ``update=True`` it is replaced by ``C_new`` in place after
     the loss is computed (as lightly does on every forward call). Gradients
-    treat ``C_new`` as a constant. Terms: ``similarity``, ``contrast``.
+    treat ``C_new`` as a constant. Terms: ``similarity`` (the mean cosine
+    ``mean_i <z_a_i, z_b_i>``, not the ``1 - cos`` term) and ``contrast`` (before
+    ``rho``). With ``c`` starting at zeros, the contrast, and the loss, rise over
+    the first ~1 / (1 - beta) calls as ``c`` fills. A NaN or Inf batch enters
+    ``c`` here; the modules (:class:`sslext.TiCoLoss`) refuse such an update.
     """
+    terms, _ = _tico(z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite=False)
+    return _finish(terms, TICO_TERMS, return_terms)
+
+
+TICO_TERMS = ("similarity", "contrast")
+
+
+def _tico(z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite):
+    """TiCo's terms, and with ``update`` and ``skip_nonfinite`` whether C_new was finite (else None)."""
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
     beta = check_unit_interval(beta, "beta")
-    code = resolve_strategy(strategy, z_a.shape[0], z_a.shape[1])
+    code = resolve_strategy(strategy, z_a.shape[0], z_a.shape[1], stacklevel=4)
     out = _ops.tico_loss(z_a, z_b, c, beta, float(rho), code)
-    if update:
-        _update_running_cov(c, out[-1], out[1], beta)
-    return _finish(out[0], ("similarity", "contrast"), return_terms)
+    return out[0], _apply_update(c, out, beta, update, skip_nonfinite)
+
+
+def _apply_update(c, out, beta, update, skip_nonfinite):
+    if not update:
+        return None
+    if skip_nonfinite:
+        return _update_running_cov_if_finite(c, out[-1], out[1], beta)
+    _update_running_cov(c, out[-1], out[1], beta)
+    return None
 
 
 VICREG_TICO_VARIANTS = ("symmetric", "proposal")
@@ -187,6 +225,17 @@ def vicreg_tico_loss(
 
     Terms: ``invariance``, ``variance``, ``covariance``.
     """
+    terms, _ = _vicreg_tico(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, update, strategy,
+                            variant, skip_nonfinite=False)
+    return _finish(terms, VICREG_TICO_TERMS, return_terms)
+
+
+VICREG_TICO_TERMS = ("invariance", "variance", "covariance")
+
+
+def _vicreg_tico(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, update, strategy, variant,
+                 skip_nonfinite):
+    """VICReg-TiCo's terms, and with ``update`` and ``skip_nonfinite`` whether C_new was finite (else None)."""
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
     beta = check_unit_interval(beta, "beta")
@@ -196,7 +245,7 @@ def vicreg_tico_loss(
     # The contrast runs over the stacked rows (2N symmetric, N for the proposal),
     # so the Gram path pays off while that count is below D.
     rows = z_a.shape[0] if proposal else 2 * z_a.shape[0]
-    code = resolve_strategy(strategy, rows, z_a.shape[1])
+    code = resolve_strategy(strategy, rows, z_a.shape[1], stacklevel=4)
     out = _ops.vicreg_tico_loss(
         z_a,
         z_b,
@@ -209,6 +258,4 @@ def vicreg_tico_loss(
         code,
         proposal,
     )
-    if update:
-        _update_running_cov(c, out[-1], out[1], beta)
-    return _finish(out[0], ("invariance", "variance", "covariance"), return_terms)
+    return out[0], _apply_update(c, out, beta, update, skip_nonfinite)

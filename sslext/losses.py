@@ -3,8 +3,11 @@ losses of lightly, solo-learn and the official repositories.
 
 Each module returns a scalar loss and keeps the last call's terms, detached,
 in ``last_terms`` for logging. TiCo and VICReg-TiCo own their running
-covariance as the buffer ``C`` (in ``state_dict``, moved by ``.to()``),
-updated in place by every forward call unless ``update=False``.
+covariance as the buffer ``C`` (float32 or float64, in ``state_dict``; moved by
+``.to(device)``, kept in its dtype by ``.to(dtype)``, ``.half()``,
+``.bfloat16()``), updated in place by forward calls in training mode (see
+:class:`TiCoLoss` for the rule) and never by a batch that would make it
+non-finite.
 
 Distributed training: every module takes ``gather_distributed``. With a
 multi-process ``torch.distributed`` group, the embeddings of all ranks are
@@ -13,27 +16,34 @@ variances, covariances, Barlow Twins' batch norm, TiCo's running covariance,
 the ``auto`` strategy choice) is that of the global batch, and every rank
 computes the same loss. The gather's backward makes the parameter gradients,
 after DDP's averaging, equal to one process's on the concatenated batch
-(see :mod:`sslext.distributed`). Every rank must pass the same shape.
+(see :mod:`sslext.distributed`). Every rank must pass the same shape; unequal
+batch sizes raise a ``ValueError`` naming each rank's shape, on every rank,
+before the gather.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from ._checks import STRATEGIES, check_non_negative, check_pair, check_unit_interval
-from .distributed import gather_with_grad, is_distributed
+from ._checks import STRATEGIES, check_choice, check_flag, check_fraction, check_pair, check_real, opmath_dtype
+from .distributed import check_same_shape, gather_with_grad, is_distributed
 
 __all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss", "VICRegTiCoLoss"]
 
 
 def _check_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    return strategy
+    return check_choice(strategy, "strategy", STRATEGIES)
+
+
+def _check_coefficients(module, **values) -> None:
+    """Each loss weight: a finite number >= 0 (a negative weight rewards what the term penalises)."""
+    for name, value in values.items():
+        setattr(module, name, check_real(value, name, minimum=0.0))
 
 
 def _check_gather(value) -> Optional[bool]:
@@ -68,9 +78,10 @@ class _TermsMixin:
         if not is_distributed():
             return z_a, z_b
         check_pair(z_a, z_b)  # fail on the local inputs, before any collective
+        check_same_shape(z_a, f"{type(self).__name__}: z_a and z_b")
         d = z_a.shape[1]
         # One collective for both views: gather [z_a | z_b] and split columns.
-        g = gather_with_grad(torch.cat([z_a, z_b], 1))
+        g = gather_with_grad(torch.cat([z_a, z_b], 1), check_shape=False)
         return g[:, :d], g[:, d:]
 
 
@@ -91,8 +102,7 @@ class VICRegLoss(_TermsMixin, nn.Module):
         gather_distributed: Optional[bool] = None,
     ):
         super().__init__()
-        self.inv_coeff, self.var_coeff, self.cov_coeff = float(inv_coeff), float(var_coeff), float(cov_coeff)
-        self.eps = check_non_negative(eps, "eps")
+        _check_coefficients(self, inv_coeff=inv_coeff, var_coeff=var_coeff, cov_coeff=cov_coeff, eps=eps)
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
@@ -121,8 +131,7 @@ class BarlowTwinsLoss(_TermsMixin, nn.Module):
     def __init__(self, lambd: float = 0.0051, eps: float = 1e-5, strategy: str = "auto",
                  gather_distributed: Optional[bool] = None):
         super().__init__()
-        self.lambd = float(lambd)
-        self.eps = check_non_negative(eps, "eps")
+        _check_coefficients(self, lambd=lambd, eps=eps)
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
@@ -137,78 +146,171 @@ class BarlowTwinsLoss(_TermsMixin, nn.Module):
         return f"lambd={self.lambd}, eps={self.eps}, strategy={self.strategy!r}"
 
 
-class _RunningCovariance(nn.Module):
-    """Owns the running covariance buffer ``C`` (float32, zeros at start).
+_COV_DTYPES = (torch.float32, torch.float64)
 
-    With ``dim`` given, ``C`` is allocated at construction (needed for
-    ``torch.compile(fullgraph=True)``); without it, ``C`` is allocated on the
-    first forward call from the embeddings' dim and device, as lightly does.
-    A state_dict holding a ``C`` of any shape loads into an unallocated one.
+
+def keep_covariance_dtype(module: nn.Module, fn, recurse: bool, apply) -> nn.Module:
+    """``module._apply(fn)`` that moves the buffer ``C`` but never casts it to half precision.
+
+    ``model.half()`` / ``.bfloat16()`` / ``.to(torch.float16)`` run ``fn`` on
+    every floating buffer; the ops accumulate the running covariance in
+    float32 or float64 only, so ``C`` takes the device (and a float32 /
+    float64 dtype) that ``fn`` gives and otherwise keeps its own dtype and
+    every bit of its value (moved from the original, not cast back).
+    """
+    before = module._buffers.get("C")
+    apply(fn, recurse)
+    after = module._buffers.get("C")
+    if before is not None and after is not None and after.dtype not in _COV_DTYPES:
+        module._buffers["C"] = before.to(device=after.device)
+    return module
+
+
+class _RunningCovariance(nn.Module):
+    """Owns the running covariance buffer ``C`` (zeros at start).
+
+    With ``dim`` given, ``C`` is allocated at construction, float32 (needed for
+    ``torch.compile(fullgraph=True)``; ``.double()`` makes it float64); without
+    it, ``C`` is allocated on the first forward call from the embeddings' dim
+    and device, float64 for float64 embeddings and float32 otherwise.
+    A state_dict holding a ``C`` of any shape loads into an unallocated one,
+    and one saved before the first call (an empty ``C``) loads into a sized
+    one as zeros. ``skipped_updates`` (a buffer, not saved) counts the calls
+    whose update was refused because it was not finite.
     """
 
-    def __init__(self, dim: Optional[int]):
+    def __init__(self, dim: Optional[int], update_in_eval: bool):
         super().__init__()
         if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
             raise ValueError(f"dim must be a positive int or None, got {dim!r}")
+        self.update_in_eval = check_flag(update_in_eval, "update_in_eval")
         self.register_buffer("C", torch.zeros(dim, dim) if dim is not None else torch.empty(0))
+        self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.int64), persistent=False)
 
     def _covariance_for(self, z: Tensor) -> Tensor:
+        if not (isinstance(z, Tensor) and z.dim() == 2):
+            return self.C  # the functional's checks name the bad argument
+        d = z.shape[1]
         if self.C.numel() == 0:
-            self.C = torch.zeros(z.shape[1], z.shape[1], device=z.device, dtype=torch.float32)
+            self.C = torch.zeros(d, d, device=z.device, dtype=opmath_dtype(z.dtype))
+        elif self.C.shape != (d, d):
+            raise ValueError(
+                f"z_a has embedding dim {d} but the running covariance C is {tuple(self.C.shape)} "
+                f"(from dim= or earlier calls); call loss_fn.reset_covariance(dim={d}) to start a new "
+                f"one of this size, or load a matching state_dict"
+            )
         return self.C
 
-    def reset_covariance(self) -> None:
-        """Zero the running covariance (e.g. at the start of a new run)."""
-        self.C.zero_()
+    def _should_update(self, update: Optional[bool]) -> bool:
+        if update is None:
+            return self.training or self.update_in_eval
+        return check_flag(update, "update")
+
+    def _count_update(self, finite: Optional[Tensor]) -> None:
+        if finite is None:
+            return
+        self.skipped_updates.add_((~finite).to(self.skipped_updates.dtype))
+        # Warning needs the flag on the host (a device sync); compiled graphs keep the
+        # count only, so they stay free of a data-dependent branch.
+        if not torch.compiler.is_compiling() and not bool(finite):
+            warnings.warn(
+                f"{type(self).__name__}: the batch made the running covariance non-finite (NaN or Inf "
+                f"in the embeddings?); C was left unchanged ({int(self.skipped_updates)} update(s) "
+                "skipped so far, see .skipped_updates)",
+                RuntimeWarning,
+                stacklevel=5,  # _count_update, forward, Module._call_impl, _wrapped_call_impl, caller
+            )
+
+    def reset_covariance(self, dim: Optional[int] = None) -> None:
+        """Zero the running covariance (e.g. at the start of a new run).
+
+        With ``dim``, start a new ``(dim, dim)`` one instead (same device and
+        dtype), for embeddings of another size. ``skipped_updates`` restarts at 0.
+        """
+        if dim is None:
+            self.C.zero_()
+        else:
+            if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+                raise ValueError(f"dim must be a positive int or None, got {dim!r}")
+            dtype = self.C.dtype if self.C.dtype in _COV_DTYPES else torch.float32
+            self.C = torch.zeros(dim, dim, device=self.C.device, dtype=dtype)
+        self.skipped_updates.zero_()
+
+    def _apply(self, fn, recurse=True):
+        return keep_covariance_dtype(self, fn, recurse, super()._apply)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "C"
-        if key in state_dict and self.C.numel() == 0:
-            self.C = torch.empty_like(state_dict[key], device=self.C.device)
+        saved = state_dict.get(key)
+        if isinstance(saved, Tensor):
+            if saved.numel() == 0 and self.C.numel() != 0:
+                # Saved before the first call: no covariance accumulated yet.
+                state_dict = {**state_dict, key: torch.zeros_like(self.C)}
+            elif self.C.numel() == 0 and saved.numel() != 0:
+                dtype = saved.dtype if saved.dtype in _COV_DTYPES else torch.float32
+                self.C = torch.empty(saved.shape, dtype=dtype, device=self.C.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class TiCoLoss(_TermsMixin, _RunningCovariance):
-    """TiCo (Zhu, Liu, Huang, 2022); ``beta`` = 0.9 and ``rho`` = 8.0 as lightly's defaults.
+_UPDATE_RULE = """
+    ``C`` is replaced by ``C_new`` after the loss when ``update`` says so:
+    ``update=None`` (default) updates in training mode only (``loss_fn.train()``,
+    the default; a validation loop under ``.eval()`` leaves it alone) unless the
+    module was built with ``update_in_eval=True``; ``update=True`` / ``False``
+    updates / never updates, whatever the mode. An update that would make ``C``
+    non-finite (a NaN or Inf batch) is skipped: ``C`` keeps its value, the
+    buffer ``skipped_updates`` counts it, and a ``RuntimeWarning`` says so (a
+    device sync per call; under torch.compile only the count is kept). The
+    loss of that call is still returned (NaN): skip the optimizer step as usual.
+    A new embedding size needs ``loss_fn.reset_covariance(dim=D)``."""
 
-    ``loss_fn(z_a, z_b, update=True)``: see :func:`sslext.functional.tico_loss`.
-    The running covariance ``C`` is a buffer, updated in place by every call
-    with ``update=True`` (pass ``update=False`` to evaluate without touching it).
-    ``last_terms``: ``similarity``, ``contrast``.
-    """
+
+class TiCoLoss(_TermsMixin, _RunningCovariance):
+    __doc__ = """TiCo (Zhu, Liu, Huang, 2022); ``beta`` = 0.9 and ``rho`` = 8.0 as lightly's defaults.
+
+    ``loss_fn(z_a, z_b, update=None)``: see :func:`sslext.functional.tico_loss`.
+    ``last_terms``: ``similarity`` (the mean cosine ``mean <z_a, z_b>`` of the
+    normalised rows, not the ``1 - cos`` term of the loss) and ``contrast``
+    (``mean z_a^T C_new z_a``, before ``rho``); loss = ``1 - similarity + rho *
+    contrast``. The contrast grows over the first ~1 / (1 - beta) calls as
+    ``C`` fills from zeros, so the loss of a fresh run rises at first.
+    """ + _UPDATE_RULE
 
     def __init__(self, beta: float = 0.9, rho: float = 8.0, dim: Optional[int] = None,
-                 strategy: str = "auto", gather_distributed: Optional[bool] = None):
-        super().__init__(dim)
-        self.beta = check_unit_interval(beta, "beta")
-        self.rho = float(rho)
+                 strategy: str = "auto", gather_distributed: Optional[bool] = None,
+                 update_in_eval: bool = False):
+        super().__init__(dim, update_in_eval)
+        self.beta = check_fraction(beta, "beta")
+        self.rho = check_real(rho, "rho", minimum=0.0)
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
 
-    def forward(self, z_a: Tensor, z_b: Tensor, update: bool = True) -> Tensor:
+    def forward(self, z_a: Tensor, z_b: Tensor, update: Optional[bool] = None) -> Tensor:
+        update = self._should_update(update)
         # Gathered first, so C is updated from the global batch and stays
         # identical on every rank (no buffer broadcast needed).
         z_a, z_b = self._gather(z_a, z_b)
-        c = self._covariance_for(z_a) if isinstance(z_a, Tensor) and z_a.dim() == 2 else self.C
-        return self._keep(
-            F.tico_loss(z_a, z_b, c, self.beta, self.rho, update, self.strategy, return_terms=True)
-        )
+        c = self._covariance_for(z_a)
+        terms, finite = F._tico(z_a, z_b, c, self.beta, self.rho, update, self.strategy, skip_nonfinite=True)
+        self._count_update(finite)
+        return self._keep(F._finish(terms, F.TICO_TERMS, True))
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, rho={self.rho}, dim={self.C.shape[0] if self.C.dim() == 2 else None}"
+        return (f"beta={self.beta}, rho={self.rho}, dim={self.C.shape[0] if self.C.dim() == 2 else None}, "
+                f"update_in_eval={self.update_in_eval}")
 
 
 class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
-    """VICReg with its covariance term replaced by TiCo's running-covariance contrast.
+    __doc__ = """VICReg with its covariance term replaced by TiCo's running-covariance contrast.
 
     The research proposal sslext exists to test. ``variant="symmetric"``
     (default: both branches, /D scaling) or ``"proposal"`` (the proposal's
     literal one-branch term without /D); every choice (centering, branches,
     scaling, detached ``C_new``) is spelled out in
     :func:`sslext.functional.vicreg_tico_loss`. ``last_terms``: ``invariance``,
-    ``variance``, ``covariance``.
-    """
+    ``variance``, ``covariance`` (before their coefficients).
+    """ + _UPDATE_RULE
 
     def __init__(
         self,
@@ -221,28 +323,28 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         strategy: str = "auto",
         gather_distributed: Optional[bool] = None,
         variant: str = "symmetric",
+        update_in_eval: bool = False,
     ):
-        super().__init__(dim)
-        self.inv_coeff, self.var_coeff, self.cov_coeff = float(inv_coeff), float(var_coeff), float(cov_coeff)
-        self.beta = check_unit_interval(beta, "beta")
-        self.eps = check_non_negative(eps, "eps")
+        super().__init__(dim, update_in_eval)
+        _check_coefficients(self, inv_coeff=inv_coeff, var_coeff=var_coeff, cov_coeff=cov_coeff, eps=eps)
+        self.beta = check_fraction(beta, "beta")
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
-        if variant not in F.VICREG_TICO_VARIANTS:
-            raise ValueError(f"variant must be one of {F.VICREG_TICO_VARIANTS}, got {variant!r}")
-        self.variant = variant
+        self.variant = check_choice(variant, "variant", F.VICREG_TICO_VARIANTS)
         self.last_terms = {}
 
-    def forward(self, z_a: Tensor, z_b: Tensor, update: bool = True) -> Tensor:
+    def forward(self, z_a: Tensor, z_b: Tensor, update: Optional[bool] = None) -> Tensor:
+        update = self._should_update(update)
         z_a, z_b = self._gather(z_a, z_b)
-        c = self._covariance_for(z_a) if isinstance(z_a, Tensor) and z_a.dim() == 2 else self.C
-        return self._keep(
-            F.vicreg_tico_loss(
-                z_a, z_b, c, self.inv_coeff, self.var_coeff, self.cov_coeff, self.beta,
-                self.eps, update, self.strategy, return_terms=True, variant=self.variant,
-            )
+        c = self._covariance_for(z_a)
+        terms, finite = F._vicreg_tico(
+            z_a, z_b, c, self.inv_coeff, self.var_coeff, self.cov_coeff, self.beta, self.eps, update,
+            self.strategy, self.variant, skip_nonfinite=True,
         )
+        self._count_update(finite)
+        return self._keep(F._finish(terms, F.VICREG_TICO_TERMS, True))
 
     def extra_repr(self) -> str:
         return (f"inv_coeff={self.inv_coeff}, var_coeff={self.var_coeff}, "
-                f"cov_coeff={self.cov_coeff}, beta={self.beta}, eps={self.eps}, variant={self.variant!r}")
+                f"cov_coeff={self.cov_coeff}, beta={self.beta}, eps={self.eps}, variant={self.variant!r}, "
+                f"update_in_eval={self.update_in_eval}")

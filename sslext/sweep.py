@@ -404,9 +404,12 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslext-sweep", description="Grids of sslext training runs and their tables.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    # The metavar lists the public commands: argparse prints a sub-command's
+    # help=SUPPRESS as "==SUPPRESS==" instead of hiding it, so _cell has no help.
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,report,status}")
+    sweep_file = "the sweep file (YAML: base config, rows, seeds; see docs/sweeps.md)"
     r = sub.add_parser("run", help="train and evaluate every unfinished cell")
-    r.add_argument("file")
+    r.add_argument("file", help=sweep_file)
     r.add_argument("--jobs", type=int, default=1, help="cells run in parallel (default 1)")
     r.add_argument("--only", help="one cell (ROW-sSEED) or every seed of one row")
     r.add_argument("--out", help="runs under OUT/runs, records and tables in OUT (never the committed study)")
@@ -414,12 +417,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config value of every cell, after the sweep's own (repeatable)")
     r.add_argument("--no-report", action="store_true", help="do not write the tables after running")
     s = sub.add_parser("report", help="aggregate the finished cells into tables and plots (no training)")
-    s.add_argument("file")
+    s.add_argument("file", help=sweep_file)
     s.add_argument("--out", help="read and write OUT instead of the sweep's results_dir")
     t = sub.add_parser("status", help="list every cell and its status")
-    t.add_argument("file")
-    t.add_argument("--out")
-    c = sub.add_parser("_cell", help=argparse.SUPPRESS)
+    t.add_argument("file", help=sweep_file)
+    t.add_argument("--out", help="read OUT instead of the sweep's results_dir")
+    # Internal: one cell in a child process (run's workers); not listed in --help.
+    c = sub.add_parser("_cell")
     c.add_argument("file")
     c.add_argument("cell")
     c.add_argument("--out")

@@ -7,7 +7,8 @@ Writes into ``train.out_dir/<name>/``: ``config.yaml``, ``metrics.jsonl``
 signals, resumes), ``metrics.csv`` (per epoch), ``last.pt`` (atomically,
 every ``checkpoint_every`` epochs, every ``checkpoint_every_steps`` steps, on
 SIGTERM/SIGINT and at the end), ``final_eval.json`` and ``report.md`` + PNG
-plots.
+plots. At the end it prints a short JSON summary (the run's scalars, the
+headline evaluation numbers and the paths of that full record) on stdout.
 
 Resuming restores the model and loss buffers, optimizer, schedule, online
 probe, all RNG streams (augmentation generator, torch) and the position in
@@ -34,7 +35,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .config import ConfigError, dump_config, load_config
 from .distributed import cleanup_distributed
@@ -44,7 +45,7 @@ from .training import (CHECKPOINT_VERSION, CheckpointMismatchError, NonFiniteLos
 from .training.faults import FaultInjector as _FaultInjector  # noqa: F401
 
 __all__ = ["train", "Trainer", "NonFiniteLossError", "CheckpointMismatchError", "RunExistsError",
-           "build_everything", "load_checkpoint_file", "resolve_device", "main", "EXIT_INTERRUPTED"]
+           "build_everything", "load_checkpoint_file", "resolve_device", "main", "short_summary", "EXIT_INTERRUPTED"]
 
 EXIT_INTERRUPTED = 4  # sslext-train stopped by SIGTERM/SIGINT after writing its checkpoint
 
@@ -60,6 +61,27 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download the dataset if missing (CIFAR, Imagenette)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
+
+
+# The final evaluation's headline numbers; the rest (collapse statistics, spectra)
+# stays in the run directory's final_eval.json.
+SUMMARY_EVAL_KEYS = ("linear_acc", "linear_acc_10pct", "knn_acc", "backbone_rankme", "projector_rankme")
+
+
+def short_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """What ``sslext-train`` prints at the end: the run's scalars, the headline
+    evaluation numbers, and where the full record is (never the spectra)."""
+    out: Dict[str, Any] = {k: v for k, v in summary.items() if not isinstance(v, (dict, list, tuple))}
+    final_eval = summary.get("final_eval")
+    if isinstance(final_eval, dict):
+        out["final_eval"] = {k: final_eval[k] for k in SUMMARY_EVAL_KEYS if k in final_eval}
+    run_dir = Path(str(summary.get("run_dir", ".")))
+    out["full_record"] = {
+        "final_eval": str(run_dir / "final_eval.json") if isinstance(final_eval, dict) else None,
+        "metrics": str(run_dir / "metrics.jsonl"),
+        "report": summary.get("report"),
+    }
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -89,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0 and summary.get("moved_aside"):
         print(f"sslext-train: --overwrite: the previous run was moved to {summary['moved_aside']}", file=sys.stderr)
     if int(os.environ.get("RANK", "0")) == 0:  # the group is gone by now; torchrun's RANK still says who we are
-        print(json.dumps({k: v for k, v in summary.items()}, indent=2, default=str))
+        print(json.dumps(short_summary(summary), indent=2, default=str))
     if summary.get("interrupted"):
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"sslext-train: stopped by {summary['interrupted']} at step {summary['global_step']}; checkpoint "

@@ -22,8 +22,11 @@ do these modules:
   covariance, replaced (never mutated in place) by ``beta * C + (1 - beta) *
   B`` with ``B`` from the first view only, by every call with
   ``update_covariance_matrix=True``; it is a plain attribute as in lightly
-  (not in ``state_dict``) but moves with ``.to()``. It is float32 (float64 for
-  float64 inputs), where lightly keeps it in the inputs' dtype.
+  (not in ``state_dict``) but moves with ``.to()``; like lightly's, it is
+  updated in training and eval mode alike, and a NaN batch enters it. It is
+  float32 (float64 for float64 inputs), where lightly keeps it in the inputs'
+  dtype, and ``.half()`` / ``.to(torch.bfloat16)`` of a parent model leave
+  its dtype alone (lightly's plain attribute is not cast either).
 * ``gather_distributed`` gathers only when a process group with more than one
   rank is initialised, and raises ``ValueError`` at construction when
   ``torch.distributed`` is unavailable.
@@ -35,7 +38,6 @@ a negative ``eps``, ``beta`` outside [0, 1]) are refused at construction.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -44,7 +46,9 @@ from torch import Tensor, nn
 
 from .. import functional as F
 from .. import ops
-from ..distributed import all_reduce_with_grad, gather_with_grad
+from .._checks import check_real
+from ..distributed import all_reduce_with_grad, check_same_shape, gather_with_grad
+from ..losses import keep_covariance_dtype
 
 __all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss"]
 
@@ -52,13 +56,8 @@ __all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss"]
 _BATCH_NORM_EPS = 1e-5
 
 
-def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
+# The native modules check their arguments with the same function (same messages).
+_number = check_real
 
 
 def _flag(value, name: str) -> bool:
@@ -125,7 +124,8 @@ class VICRegLoss(nn.Module):
         # Invariance on this rank's rows, variance and covariance on the global batch.
         invariance = torch.nn.functional.mse_loss(z_a, z_b)
         d = z_a.shape[1]
-        g = gather_with_grad(torch.cat([z_a, z_b], 1))
+        check_same_shape(z_a, "VICRegLoss: z_a and z_b")
+        g = gather_with_grad(torch.cat([z_a, z_b], 1), check_shape=False)
         rest = F.vicreg_loss(g[:, :d], g[:, d:], 0.0, self.mu_param, self.nu_param, self.eps)
         return self.lambda_param * invariance.to(rest.dtype) + rest
 
@@ -179,7 +179,8 @@ class TiCoLoss(nn.Module):
         _check_views(z_a, z_b, 2, 2)
         if _gathering(self.gather_distributed):
             d = z_a.shape[1]
-            g = gather_with_grad(torch.cat([z_a, z_b], 1))
+            check_same_shape(z_a, "TiCoLoss: z_a and z_b")
+            g = gather_with_grad(torch.cat([z_a, z_b], 1), check_shape=False)
             z_a, z_b = g[:, :d], g[:, d:]
         dtype = torch.float64 if z_a.dtype == torch.float64 else torch.float32
         d = z_a.shape[1]
@@ -197,6 +198,11 @@ class TiCoLoss(nn.Module):
         loss = F.tico_loss(z_a, z_b, c, self.beta, self.rho, update=True)
         self.C = c
         return loss
+
+    def _apply(self, fn, recurse=True):
+        # lightly's C is a plain attribute that .half() never touches; this buffer
+        # follows the device only and keeps its float32 / float64 dtype.
+        return keep_covariance_dtype(self, fn, recurse, super()._apply)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, rho={self.rho}"
