@@ -87,8 +87,8 @@ def export_backbone(source: str | Path, out: str | Path, fmt: str = "torchvision
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line of ``sslext-export``; exit code 0, 1 on a bad input, 2 on bad usage."""
-    p = argparse.ArgumentParser(prog="sslext-export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="sslext-export", description="Write the backbone of a run on its own: a "
+                                "state dict for torchvision's ResNet, or a file for sslext.models.load_backbone.")
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT",
                    help="a run directory of sslext-train (its last.pt is read) or a checkpoint file")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (replaced atomically)")
