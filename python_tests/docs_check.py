@@ -126,7 +126,8 @@ def make_scratch(root: Path) -> Path:
             (root / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
     bin_dir = root / ".docs-bin"
     bin_dir.mkdir()
-    for name, func in (("sslext-train", "train_main"), ("sslext-eval", "eval_main")):
+    for name, func in (("sslext-train", "train_main"), ("sslext-eval", "eval_main"),
+                       ("sslext-export", "export_main")):
         script = bin_dir / name
         script.write_text(f"#!{sys.executable}\nimport sys\nfrom sslext.cli import {func}\n"
                           f"sys.exit({func}(sys.argv[1:]))\n")

@@ -46,10 +46,10 @@ def main() -> int:
     from sslext.train import Trainer  # noqa: F401
     bindir = Path(sys.executable).parent
     for cmd in ([str(bindir / "sslext-train"), "--help"], [str(bindir / "sslext-eval"), "--help"],
-                [sys.executable, "-I", "-m", "sslext.train", "--help"]):
+                [str(bindir / "sslext-export"), "--help"], [sys.executable, "-I", "-m", "sslext.train", "--help"]):
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
         assert r.returncode == 0 and "usage" in r.stdout, (cmd, r.returncode, r.stderr[-2000:])
-    print("install smoke: loss forward/backward matches the reference; sslext-train, sslext-eval and "
+    print("install smoke: loss forward/backward matches the reference; sslext-train, sslext-eval, sslext-export and "
           "python -m sslext.train start")
 
     # The shipped configs travel inside the package: a recipe by name and the demo's

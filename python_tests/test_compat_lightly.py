@@ -250,6 +250,53 @@ def test_bad_inputs_name_the_argument(cls):
         cls()(z, z.numpy())
 
 
+def _tico_after_a_call_at_dim(d):
+    loss_fn = TiCoLoss()
+    loss_fn(*make_views(8, d))
+    return loss_fn
+
+
+# What lightly 1.6 raises for each bad input (lightly/loss/{vicreg,barlow_twins,tico}_loss.py):
+# its asserts on the batch size and on equal shapes (VICReg, TiCo), and otherwise the torch
+# call that fails first on its path: .shape[0] or F.batch_norm / F.normalize(dim=1) on too
+# few dims (IndexError), the covariance einsum, the (D, D) matmuls or the C update on the
+# wrong shapes (RuntimeError), F.batch_norm on a batch of one (ValueError), .shape / .size()
+# of a non-tensor (AttributeError); Barlow Twins' views of different dims fail its
+# square-matrix assert (or torch.stack's RuntimeError where the views are stacked).
+_Z = torch.randn(8, 16)
+LIGHTLY_ERRORS = [
+    ("vicreg-not-a-tensor", lambda: VICRegLoss()(_Z.tolist(), _Z), (AttributeError, TypeError), "z_a must be"),
+    ("vicreg-0d", lambda: VICRegLoss()(_Z[0, 0], _Z[0, 0]), (IndexError, ValueError), "z_a must have shape"),
+    ("vicreg-batch-1", lambda: VICRegLoss()(_Z[:1], _Z[:1]), (AssertionError, ValueError), "batch size > 1"),
+    ("vicreg-shapes", lambda: VICRegLoss()(_Z, _Z[:, :8]), (AssertionError, ValueError), "same shape"),
+    ("vicreg-1d", lambda: VICRegLoss()(_Z[0], _Z[0]), (RuntimeError, ValueError), "z_a must have shape"),
+    ("barlow-not-a-tensor", lambda: BarlowTwinsLoss()(_Z, "z"), (AttributeError, TypeError), "z_b must be"),
+    ("barlow-0d", lambda: BarlowTwinsLoss()(_Z[0, 0], _Z[0, 0]), (IndexError, ValueError), "z_a must have shape"),
+    ("barlow-1d", lambda: BarlowTwinsLoss()(_Z, _Z[0]), (IndexError, ValueError), "z_b must have shape"),
+    ("barlow-batch-1", lambda: BarlowTwinsLoss()(_Z[:1], _Z[:1]), (ValueError,), "batch size > 1"),
+    ("barlow-3d", lambda: BarlowTwinsLoss()(_Z[:, None], _Z[:, None]), (RuntimeError, ValueError), "z_a must have"),
+    ("barlow-batches", lambda: BarlowTwinsLoss()(_Z, _Z[:6]), (RuntimeError, ValueError), "same shape"),
+    ("barlow-dims", lambda: BarlowTwinsLoss()(_Z, _Z[:, :8]), (AssertionError, RuntimeError, ValueError),
+     "same shape"),
+    ("tico-not-a-tensor", lambda: TiCoLoss()(None, _Z), (AttributeError, TypeError), "z_a must be"),
+    ("tico-0d", lambda: TiCoLoss()(_Z[0, 0], _Z[0, 0]), (IndexError, ValueError), "z_a must have shape"),
+    ("tico-batch-1", lambda: TiCoLoss()(_Z[:1], _Z[:1]), (AssertionError, ValueError), "batch size > 1"),
+    ("tico-shapes", lambda: TiCoLoss()(_Z, _Z[:4]), (AssertionError, ValueError), "same shape"),
+    ("tico-1d", lambda: TiCoLoss()(_Z[0], _Z[0]), (IndexError, ValueError), "z_a must have shape"),
+    ("tico-3d", lambda: TiCoLoss()(_Z[:, None], _Z[:, None]), (RuntimeError, ValueError), "z_a must have shape"),
+    ("tico-dim-change", lambda: _tico_after_a_call_at_dim(12)(*make_views(8, 16)), (RuntimeError, ValueError),
+     "running covariance C"),
+]
+
+
+@pytest.mark.parametrize("call, types, match", [c[1:] for c in LIGHTLY_ERRORS], ids=[c[0] for c in LIGHTLY_ERRORS])
+def test_bad_inputs_raise_what_lightly_raises(call, types, match):
+    with pytest.raises(types[0], match=match) as e:
+        call()
+    for t in types:  # lightly's type, and ours (ValueError / TypeError) naming the argument
+        assert isinstance(e.value, t), (type(e.value).__mro__, t)
+
+
 @pytest.mark.parametrize("cls", [BarlowTwinsLoss, TiCoLoss], ids=lambda c: c.__name__)
 def test_middle_dims_refused_where_lightly_needs_2d(cls):
     z = torch.randn(8, 2, 16)

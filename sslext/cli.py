@@ -1,4 +1,4 @@
-"""Console entry points ``sslext-train`` and ``sslext-eval``."""
+"""Console entry points ``sslext-train``, ``sslext-eval`` and ``sslext-export``."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-__all__ = ["train_main", "eval_main"]
+__all__ = ["train_main", "eval_main", "export_main"]
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -38,6 +38,13 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     print(json.dumps(res, indent=2))
     return 0
+
+
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``sslext-export runs/<name> --out backbone.pt [--format torchvision|sslext]`` (see :mod:`sslext.export`)."""
+    from .export import main
+
+    return main(argv)
 
 
 if __name__ == "__main__":

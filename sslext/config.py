@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import math
 from dataclasses import fields
 from pathlib import Path
@@ -42,7 +43,8 @@ DEFAULTS: Dict[str, Any] = {
               "final_lr_factor": 0.0},
     "train": {"epochs": 1000, "max_steps": None, "device": "auto", "amp": "auto", "channels_last": True,
               "out_dir": "runs", "checkpoint_every": 1, "checkpoint_every_steps": None, "log_every": 20,
-              "progress": True, "threads": None, "on_nonfinite": "stop", "max_consecutive_skips": 10},
+              "progress": True, "threads": None, "on_nonfinite": "stop", "max_consecutive_skips": 10,
+              "loggers": ["jsonl", "csv"]},
     "distributed": {"sync_batchnorm": True, "find_unused_parameters": False},
     "eval": {"online_probe": True, "probe_lr": 0.1, "every": 1, "knn_k": 200, "knn_t": 0.1,
              "knn_train_limit": 10000, "diag_samples": 2048, "batch_size": 512, "final": True,
@@ -85,7 +87,7 @@ _NONNEG = {"optim.weight_decay", "optim.momentum", "optim.warmup_epochs", "optim
 MEANINGS: Dict[str, str] = {
     "name": "run name: the run directory is `train.out_dir/name`",
     "seed": "seeds network init, data order, augmentation and the probe's label subset",
-    "model.backbone": "backbone network: resnet10, resnet18, resnet34 or resnet50",
+    "model.backbone": "backbone network: resnet10, resnet18, resnet34, resnet50, or timm/<name> (`pip install 'sslext[timm]'`)",
     "model.cifar_stem": "3x3 stride-1 first convolution and no max-pool, for 32 px images",
     "model.width": "channels of the first stage (64 = the standard ResNet; the CPU study uses 16)",
     "data.dataset": "which dataset to pretrain and evaluate on",
@@ -122,6 +124,7 @@ MEANINGS: Dict[str, str] = {
     "train.progress": "show a progress bar on the main process",
     "train.threads": "CPU threads torch uses (null: torch's default)",
     "train.on_nonfinite": "a non-finite loss or gradient: stop (exit 3) or skip the step",
+    "train.loggers": "where metrics go: jsonl (always), csv, tensorboard (needs `pip install 'sslext[tensorboard]'`)",
     "train.max_consecutive_skips": "with on_nonfinite=skip, stop after this many skipped steps in a row",
     "distributed.sync_batchnorm": "synchronise BatchNorm statistics across processes",
     "distributed.find_unused_parameters": "DDP's find_unused_parameters (only for methods with unused branches)",
@@ -351,6 +354,7 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
         v = cfg["data"][k]
         if v is not None and (len(v) != 3 or not all(isinstance(x, (int, float)) for x in v)):
             raise ConfigError(f"data.{k}: expected a list of 3 numbers, got {v!r}")
+    _check_loggers(cfg["train"]["loggers"])
     if cfg["optim"]["warmup_epochs"] > cfg["train"]["epochs"]:
         raise ConfigError(f"optim.warmup_epochs: expected <= train.epochs ({cfg['train']['epochs']}), "
                           f"got {cfg['optim']['warmup_epochs']}")
@@ -366,6 +370,17 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
             if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
                 raise ConfigError(f"{k}: expected a non-empty list of positive ints, got {v!r}")
     return cfg
+
+
+def _check_loggers(v: Any) -> None:
+    # metrics.jsonl is the run's own record: resume and the report read it.
+    if not (isinstance(v, list) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v)
+            and "jsonl" in v and set(v) <= {"jsonl", "csv", "tensorboard"}):
+        raise ConfigError(f"train.loggers: expected a list holding 'jsonl' and any of 'csv', 'tensorboard', "
+                          f"each once, got {v!r}")
+    if "tensorboard" in v and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.loggers: 'tensorboard' needs the tensorboard package: "
+                          "pip install 'sslext[tensorboard]' (or pip install tensorboard)")
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> Dict[str, Any]:

@@ -31,9 +31,17 @@ do these modules:
   rank is initialised, and raises ``ValueError`` at construction when
   ``torch.distributed`` is unavailable.
 
-Differences: bad inputs raise ``ValueError`` / ``TypeError`` naming the
-argument where lightly asserts, and bad constructor arguments (a non-number,
-a negative ``eps``, ``beta`` outside [0, 1]) are refused at construction.
+Bad inputs raise the exception type lightly raises for them, as a class that is
+also a ``ValueError`` (or ``TypeError``) naming the argument: an ``except
+AssertionError`` written for lightly still catches a batch of one. lightly
+asserts (``AssertionError``) a batch size > 1 and equal shapes in VICReg and
+TiCo; its torch calls raise ``RuntimeError`` or ``IndexError`` for inputs of
+the wrong rank, ``AttributeError`` for a non-tensor, and, in Barlow Twins,
+``ValueError`` for a batch of one, ``RuntimeError`` for batch sizes that
+differ and ``AssertionError`` (``RuntimeError`` in versions that stack the
+views) for dims that differ. Bad constructor arguments (a non-number, a
+negative ``eps``, ``beta`` outside [0, 1]), which lightly accepts, are refused
+at construction.
 """
 
 from __future__ import annotations
@@ -50,7 +58,30 @@ from .._checks import check_real
 from ..distributed import all_reduce_with_grad, check_same_shape, gather_with_grad
 from ..losses import keep_covariance_dtype
 
-__all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss"]
+__all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss", "LightlyAssertionError", "LightlyRuntimeError",
+           "LightlyIndexError", "LightlyAttributeError"]
+
+
+class LightlyAssertionError(ValueError, AssertionError):
+    """A bad input for which lightly fails an ``assert``."""
+
+
+class LightlyRuntimeError(ValueError, RuntimeError):
+    """A bad input for which a torch call inside lightly raises ``RuntimeError``."""
+
+
+class LightlyIndexError(ValueError, IndexError):
+    """An input lacking a dimension that lightly indexes (``IndexError``)."""
+
+
+class LightlyAttributeError(TypeError, AttributeError):
+    """A non-tensor input, whose ``.shape`` lightly reads (``AttributeError``)."""
+
+
+class _BarlowShapeError(LightlyAssertionError, RuntimeError):
+    """Barlow Twins views of different dims: lightly's square-matrix assert, or
+    ``torch.stack``'s ``RuntimeError`` where the views are stacked."""
+
 
 # lightly normalises with F.batch_norm's default eps.
 _BATCH_NORM_EPS = 1e-5
@@ -74,17 +105,51 @@ def _gathering(flag: bool) -> bool:
     return flag and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _check_views(z_a, z_b, min_dim: int, max_dim: Optional[int]) -> None:
+def _check_tensors(z_a, z_b) -> None:
     for name, z in (("z_a", z_a), ("z_b", z_b)):
         if not isinstance(z, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
-        if z.dim() < min_dim or (max_dim is not None and z.dim() > max_dim):
-            shape = "(batch, dim)" if max_dim == 2 else "(batch, ..., dim)"
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(z.shape)}")
+            raise LightlyAttributeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+
+
+def _shape_error(error, name: str, z: Tensor, shape: str):
+    return error(f"{name} must have shape {shape}, got {tuple(z.shape)}")
+
+
+def _check_asserted(z_a: Tensor, z_b: Tensor, max_dim: Optional[int]) -> None:
+    """VICReg's and TiCo's checks, in lightly's order: its two asserts, then its torch calls."""
+    _check_tensors(z_a, z_b)
+    shape = "(batch, dim)" if max_dim == 2 else "(batch, ..., dim)"
+    for name, z in (("z_a", z_a), ("z_b", z_b)):
+        if z.dim() == 0:
+            raise _shape_error(LightlyIndexError, name, z, shape)
+    if z_a.shape[0] < 2 or z_b.shape[0] < 2:
+        raise LightlyAssertionError(f"z_a and z_b must have batch size > 1, got {z_a.shape[0]} and {z_b.shape[0]}")
     if z_a.shape != z_b.shape:
-        raise ValueError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
-    if z_a.shape[0] < 2:
-        raise ValueError(f"z_a and z_b must have batch size > 1, got {z_a.shape[0]}")
+        raise LightlyAssertionError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and "
+                                    f"{tuple(z_b.shape)}")
+    if z_a.dim() == 1:
+        # VICReg's covariance einsum needs two dims; TiCo's normalize(dim=1) indexes the second.
+        raise _shape_error(LightlyRuntimeError if max_dim is None else LightlyIndexError, "z_a", z_a, shape)
+    if max_dim is not None and z_a.dim() > max_dim:
+        raise _shape_error(LightlyRuntimeError, "z_a", z_a, shape)
+
+
+def _check_barlow(z_a: Tensor, z_b: Tensor) -> None:
+    """Barlow Twins' checks, in lightly's order: each view's batch norm, then the cross-correlation."""
+    _check_tensors(z_a, z_b)
+    for name, z in (("z_a", z_a), ("z_b", z_b)):
+        if z.dim() < 2:
+            raise _shape_error(LightlyIndexError, name, z, "(batch, dim)")
+        if z.shape[0] < 2:  # F.batch_norm's own ValueError in lightly
+            raise ValueError(f"z_a and z_b must have batch size > 1, got {name} of batch size {z.shape[0]}")
+        if z.dim() > 2:
+            raise _shape_error(LightlyRuntimeError, name, z, "(batch, dim)")
+    if z_a.shape[0] != z_b.shape[0]:
+        raise LightlyRuntimeError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and "
+                                  f"{tuple(z_b.shape)}")
+    if z_a.shape != z_b.shape:
+        raise _BarlowShapeError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and "
+                                f"{tuple(z_b.shape)}")
 
 
 class VICRegLoss(nn.Module):
@@ -109,7 +174,7 @@ class VICRegLoss(nn.Module):
             raise ValueError(f"eps must be non-negative, got {self.eps}")
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
-        _check_views(z_a, z_b, 2, None)
+        _check_asserted(z_a, z_b, None)
         if z_a.dim() > 2:
             # lightly's terms average over every middle index, which is the mean
             # of one VICReg problem per index.
@@ -146,7 +211,7 @@ class BarlowTwinsLoss(nn.Module):
         self.gather_distributed = _flag(gather_distributed, "gather_distributed")
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
-        _check_views(z_a, z_b, 2, 2)
+        _check_barlow(z_a, z_b)
         if not _gathering(self.gather_distributed):
             return F.barlow_twins_loss(z_a, z_b, self.lambda_param, _BATCH_NORM_EPS)
         c = ops.cross_correlation(z_a, z_b, _BATCH_NORM_EPS)
@@ -176,7 +241,7 @@ class TiCoLoss(nn.Module):
         self.register_buffer("C", None, persistent=False)
 
     def forward(self, z_a: Tensor, z_b: Tensor, update_covariance_matrix: bool = True) -> Tensor:
-        _check_views(z_a, z_b, 2, 2)
+        _check_asserted(z_a, z_b, 2)
         if _gathering(self.gather_distributed):
             d = z_a.shape[1]
             check_same_shape(z_a, "TiCoLoss: z_a and z_b")
@@ -187,8 +252,9 @@ class TiCoLoss(nn.Module):
         if self.C is None:
             self.C = torch.zeros(d, d, device=z_a.device, dtype=dtype)
         elif self.C.shape != (d, d):
-            raise ValueError(f"z_a has dim {d} but the running covariance C is {tuple(self.C.shape)}; "
-                             "set loss.C = None to start a new one")
+            # lightly fails in the C update's broadcast (RuntimeError).
+            raise LightlyRuntimeError(f"z_a has dim {d} but the running covariance C is {tuple(self.C.shape)}; "
+                                      "set loss.C = None to start a new one")
         elif self.C.dtype != dtype and dtype == torch.float64:
             self.C = self.C.to(dtype)  # lightly's C follows type promotion to float64
         if not update_covariance_matrix:

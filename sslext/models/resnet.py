@@ -8,12 +8,14 @@ larger images (e.g. Imagenette at 128-224 px).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import BasicBlock, ResNet
+
+from .timm_backbone import build_timm_backbone, is_timm_backbone
 
 __all__ = ["BACKBONES", "build_backbone"]
 
@@ -93,19 +95,29 @@ class _NarrowResNet(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-def build_backbone(name: str, cifar_stem: bool = True, width: int = 64) -> nn.Module:
+def build_backbone(name: str, cifar_stem: bool = True, width: int = 64, image_size: Optional[int] = None) -> nn.Module:
     """Return a backbone mapping images to pooled features; ``.out_dim`` is their size.
 
     Args:
         name: one of ``BACKBONES`` (``resnet18``, ``resnet34``, ``resnet50``,
-            ``resnet10``).
-        cifar_stem: 3x3 stride-1 first conv and no max-pool (for <= 64 px).
+            ``resnet10``), or ``timm/<model name>`` (any timm model, built
+            untrained; needs ``pip install 'sslext[timm]'``, see
+            :mod:`sslext.models.timm_backbone`).
+        cifar_stem: 3x3 stride-1 first conv and no max-pool (for <= 64 px);
+            timm models keep their own stem.
         width: base width; only ``resnet10`` supports values other than 64.
+        image_size: the crop size the backbone sees; only timm models that
+            take an input size (ViTs) use it.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"model.backbone: expected one of {sorted(BACKBONES)}, got {name!r}")
     if not isinstance(width, int) or isinstance(width, bool) or width < 4:
         raise ValueError(f"model.width: expected an int >= 4, got {width!r}")
+    if is_timm_backbone(name):
+        if width != 64:
+            raise ValueError(f"model.width: timm backbones have their own widths; expected 64 (the default), "
+                             f"got {width}")
+        return _guard_strided_convs(build_timm_backbone(name, image_size))
+    if name not in BACKBONES:
+        raise ValueError(f"model.backbone: expected one of {sorted(BACKBONES)} or 'timm/<model name>', got {name!r}")
     if width != 64 and name != "resnet10":
         raise ValueError(f"model.width: only 'resnet10' supports a width other than 64, got {width} for {name}")
     if name == "resnet10":

@@ -5,7 +5,7 @@
 - ``checkpoint``: atomic write, weights-only load, resume compatibility, RNG streams;
 - ``signals``: SIGTERM/SIGINT as "stop after the current step";
 - ``nonfinite``: the policy for NaN/Inf steps (stop or skip);
-- ``metrics``: metrics.jsonl and metrics.csv;
+- ``metrics``: metrics.jsonl, metrics.csv and (``tensorboard``) TensorBoard events;
 - ``faults``: the test hook that interrupts a run at a chosen point;
 - ``rundir``: a run never destroys another (refuse, ``--resume`` or ``--overwrite``);
 - ``checkpoint_eval``: offline evaluation of a checkpoint (``sslext-eval``).

@@ -81,7 +81,8 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
         eval_train_ds, test_ds, probe_labels = _hold_out_val(train_ds, cfg["eval"])
     torch.manual_seed(cfg["seed"])  # network init
     m = cfg["model"]
-    backbone = build_backbone(m["backbone"], m["cifar_stem"], m["width"])
+    backbone = build_backbone(m["backbone"], m["cifar_stem"], m["width"],
+                              image_size=cfg["augment"]["view1"]["crop_size"])
     mkw = {k: v for k, v in cfg["method"].items() if k != "name"}
     method = build_method(cfg["method"]["name"], backbone, **mkw).to(device)
     mean, std = _stats(cfg)

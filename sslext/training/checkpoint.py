@@ -24,7 +24,8 @@ _CHECKPOINT_KEYS = ("config", "method", "optimizer", "scheduler", "probe", "prob
                     "cuda_rng", "epoch", "step_in_epoch", "global_step", "epoch_acc")
 
 # Config keys that may differ on --resume without changing the trajectory.
-_RESUME_FREE = ("name", "train.out_dir", "train.progress", "train.log_every", "train.checkpoint_every",
+_RESUME_FREE = ("name", "train.out_dir", "train.progress", "train.loggers", "train.log_every",
+                "train.checkpoint_every",
                 "train.checkpoint_every_steps", "train.max_steps", "train.on_nonfinite",
                 "train.max_consecutive_skips", "data.root", "data.cache_dir", "data.download", "eval.")
 _RESUME_FREE_EXCEPT = ("eval.online_probe", "eval.probe_lr")  # these shape the online probe's training

@@ -103,7 +103,7 @@ class Trainer:
         self.train_images = self.train_ds.images.pin_memory() if self.device.type == "cuda" else self.train_ds.images
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self._reset_acc()
-        self.metrics = MetricsLog(self.run_dir, self.main)
+        self.metrics = MetricsLog(self.run_dir, self.main, t["loggers"])
         self.nonfinite = NonFinitePolicy(t["on_nonfinite"], t["max_consecutive_skips"])
         self.signals = StopSignals()
         self._faults = FaultInjector(os.environ.get("SSLEXT_TEST_FAULT"))
@@ -210,6 +210,7 @@ class Trainer:
         out.update(collapse_diagnostics(feats[:nd], "backbone_"))
         if z is not None:  # pretext methods have no projector
             out.update(collapse_diagnostics(z[:nd], "projector_"))
+        self.metrics.log_spectra(self.global_step, backbone=feats[:nd], projector=None if z is None else z[:nd])
         if self.test_ds is not None and bank.labels is not None:
             tf, _ = extract_features(self.method.backbone, self.test_ds.images, ev["batch_size"], self.device,
                                      self.crop_size, self.mean, self.std)
@@ -437,6 +438,8 @@ class Trainer:
                                     knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=t["progress"])
             summary["final_eval"] = res
             atomic_write_text(self.run_dir / "final_eval.json", json.dumps(res, indent=2))
+            self.metrics.log_final(self.global_step, res)
+        self.metrics.close()
         if self.main and summary["finished"]:
             from ..report import write_report
             summary["report"] = str(write_report(self.run_dir))
