@@ -83,9 +83,9 @@ def _suggest(key: str, options: Iterable[str]) -> str:
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
-    if key == "train.amp":  # the one key that takes a bool or a word
-        if not (isinstance(value, bool) or value == "auto"):
-            raise ConfigError(f"{key}: expected true, false or auto, got {value!r}")
+    if key == "train.amp":  # the one key that takes a bool or a word; true is read as bf16
+        if not (isinstance(value, bool) or value in ("auto", "bf16", "fp16")):
+            raise ConfigError(f"{key}: expected auto, bf16, fp16 or false (true means bf16), got {value!r}")
         return value
     expected = float if key in _FLOATS else _NULLABLE.get(key, type(default) if default is not None else None)
     if value is None:

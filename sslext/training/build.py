@@ -15,7 +15,7 @@ from ..data import DATASET_STATS, TwoViewAugment, build_dataset
 from ..methods import build_method
 from ..models import build_backbone
 
-__all__ = ["resolve_device", "resolve_amp", "cpu_has_native_bf16", "build_everything"]
+__all__ = ["resolve_device", "cpu_has_native_bf16", "build_everything"]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -38,17 +38,6 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_amp(setting: Any, device: torch.device) -> bool:
-    """``train.amp``: true (bf16 autocast on any device), false, or ``auto``
-    (bf16 on CUDA only). On the CPU bf16 did not pay off where it was measured:
-    on a 2-core AVX512-BF16 Xeon with torch 2.14.1, a ResNet-10 VICReg step ran
-    at 0.90-1.00x float32's speed, and bf16 + channels_last at 0.95-1.07x
-    against channels_last's 1.28-1.37x (benchmarks/results/cpu/cpu_precision.md)."""
-    if setting == "auto":
-        return device.type == "cuda"
-    return bool(setting)
 
 
 def _stats(cfg: Dict[str, Any]):
