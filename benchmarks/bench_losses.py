@@ -26,6 +26,7 @@ import gc
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -375,10 +376,19 @@ def _atomic_write(path, text):
 
 
 def _write_results(out, env, rows):
-    """losses.json and losses.md with every row so far (ratios recomputed: a row's sslext[auto] peer may be new)."""
+    """losses.json and losses.md with every row so far (ratios recomputed: a row's sslext[auto] peer may be new).
+
+    SIGINT is held off while both are written, so an interrupted run leaves the two files with the same rows.
+    """
     _add_ratios(rows)
-    _atomic_write(os.path.join(out, "losses.json"), json.dumps({"env": env, "results": rows}, indent=1))
-    _atomic_write(os.path.join(out, "losses.md"), _markdown(env, rows))
+    block = hasattr(signal, "pthread_sigmask")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if block else None
+    try:
+        _atomic_write(os.path.join(out, "losses.json"), json.dumps({"env": env, "results": rows}, indent=1))
+        _atomic_write(os.path.join(out, "losses.md"), _markdown(env, rows))
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _measure(args, losses, grid, dtypes, modes, repeats, device, memory, measured_memory, rows,
