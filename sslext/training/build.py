@@ -11,7 +11,7 @@ from typing import Any, Dict
 import torch
 
 from ..config import ConfigError
-from ..data import DATASET_STATS, TwoViewAugment, build_dataset
+from ..data import DATASET_STATS, TwoViewAugment, build_dataset, first_on_local_rank_zero
 from ..methods import build_method
 from ..models import build_backbone
 
@@ -46,8 +46,7 @@ def _stats(cfg: Dict[str, Any]):
     return tuple(d["mean"] or mean), tuple(d["std"] or std)
 
 
-def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_labels: bool = False) -> Dict[str, Any]:
-    """Datasets, method and augmentation described by ``cfg`` (no optimizer)."""
+def _datasets(cfg: Dict[str, Any], need_train_labels: bool):
     d = cfg["data"]
     kw = dict(root=d["root"], download=d["download"], image_size=d["image_size"], cache_dir=d["cache_dir"],
               seed=cfg["seed"], variant=d["variant"], on_bad_image=d["on_bad_image"])
@@ -60,8 +59,16 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
         test_ds = None  # unlabeled pretraining folders have no test split; evaluation is skipped
     if test_ds is not None and test_ds.labels is None:
         test_ds = None
+    return train_ds, test_ds
+
+
+def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_labels: bool = False) -> Dict[str, Any]:
+    """Datasets, method and augmentation described by ``cfg`` (no optimizer)."""
+    # Under torchrun, each node's local rank 0 downloads, extracts and caches;
+    # the other ranks wait, then read what it left.
+    train_ds, test_ds = first_on_local_rank_zero(lambda: _datasets(cfg, need_train_labels))
     if need_train_labels and (train_ds.labels is None or test_ds is None):
-        raise ValueError(f"data.dataset: evaluation needs labelled train and test splits for {d['dataset']!r}")
+        raise ValueError(f"data.dataset: evaluation needs labelled train and test splits for {cfg['data']['dataset']!r}")
     torch.manual_seed(cfg["seed"])  # network init
     m = cfg["model"]
     backbone = build_backbone(m["backbone"], m["cifar_stem"], m["width"])

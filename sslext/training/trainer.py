@@ -173,12 +173,13 @@ class Trainer:
         self.probe.load_state_dict(ckpt["probe"])
         self.probe_opt.load_state_dict(ckpt["probe_opt"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        restore_rng(ckpt, self.augment, self.device, self.rank, self.world_size, self.cfg["seed"], self.global_step,
-                    self.main)
+        rng_note = restore_rng(ckpt, self.augment, self.device, self.rank, self.world_size, self.cfg["seed"],
+                               self.global_step, self.main)
         self.acc = {"skipped": 0, **ckpt["epoch_acc"]}
         self.nonfinite.consecutive_skips = int(ckpt.get("consecutive_skips", 0))
         self.metrics.truncate_for_resume(ckpt.get("metrics_records"), self.global_step)
-        self._log({"kind": "resume", "step": self.global_step, "epoch": self.epoch, "checkpoint": str(path)})
+        self._log({"kind": "resume", "step": self.global_step, "epoch": self.epoch, "checkpoint": str(path),
+                   **({"cuda_rng": rng_note} if rng_note else {})})
         self.metrics.write_csv()
 
     def _log(self, rec: Dict[str, Any]) -> None:
