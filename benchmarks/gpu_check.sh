@@ -84,6 +84,7 @@ step() {
   echo "=== $name: exit $rc after ${took}s (t=$(elapsed)s)" | tee -a "$log"
   local note=""
   [ "$rc" = 124 ] && note="cut at its limit"
+  [ "$rc" = 137 ] && note="killed: ignored SIGINT for ${GRACE}s"
   record "$name" "$rc" "$took" "$limit" "$note"
   return $rc
 }

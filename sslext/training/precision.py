@@ -9,8 +9,9 @@ AVX512-BF16 (docs/benchmarks.md). So ``auto`` times a few forward + backward
 passes of the run's own model both ways, keeps the faster, and caches the
 answer per CPU model, torch version, thread count and workload in
 ``cpu_precision.json`` under the user's cache folder (``SSLEXT_CACHE_DIR``, else
-``$XDG_CACHE_HOME/sslext``, else ``~/.cache/sslext``), so the measurement costs
-seconds once per machine, not at every start.
+``$XDG_CACHE_HOME/sslext``, else ``~/.cache/sslext``), so the measurement (eight
+forward + backward passes at a batch of at most 64) is paid once per machine and
+workload, not at every start.
 
 Explicit settings: ``bf16``, ``fp16`` (with a GradScaler), ``false`` (float32);
 ``true`` is read as ``bf16``, what it meant before ``auto`` measured.
