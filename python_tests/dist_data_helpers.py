@@ -53,3 +53,25 @@ def download_worker(rank: int, world: int, init_file: str, out_dir: str, fail: b
         except D.DatasetError as e:
             res["error"] = str(e)
     torch.save(res, out / f"rank{rank}.pt")
+
+
+def precision_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """A Trainer with train.amp=auto on 2 CPU ranks (SyncBatchNorm, gathered loss): the measurement must
+    not deadlock, and both ranks must take rank 0's precision."""
+    import os
+
+    from sslext.config import load_config
+    from sslext.training import Trainer
+
+    out = Path(out_dir)
+    os.environ["SSLEXT_CACHE_DIR"] = str(out / "cache")
+    res: Dict[str, Any] = {}
+    with process_group(rank, world, init_file):
+        for run in ("first", "cached"):
+            cfg = load_config(None, ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=4",
+                                     "method.projector=[16,16]", "optim.batch_size=16", "augment.view1.crop_size=8",
+                                     "augment.view2.crop_size=8", "train.amp=auto", "train.progress=false",
+                                     f"train.out_dir={out / run}"])
+            p = Trainer(cfg).precision
+            res[run] = (p.name, p.reason, p.rates)
+    torch.save(res, out / f"prec{rank}.pt")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_data_helpers import N_PER_BATCH, download_worker
+from dist_data_helpers import N_PER_BATCH, download_worker, precision_worker
 from dist_helpers import run_ranks
 from sslext.training import checkpoint as C
 
@@ -24,6 +24,16 @@ def test_rank_zero_downloads_the_others_wait(tmp_path, fail):
     else:
         assert "no network here" in res[0]["error"]
         assert "rank 0" in res[1]["error"] and "no network here" in res[1]["error"] and "did not try" in res[1]["error"]
+
+
+def test_cpu_auto_precision_is_measured_together_and_shared(tmp_path):
+    """Every rank measures at once (the model copy's SyncBatchNorm and loss all-gather are collectives),
+    rank 0's answer is everyone's; the second start reads the cache on every rank alike."""
+    run_ranks(precision_worker, WORLD, tmp_path, str(tmp_path), timeout=240)
+    res = [torch.load(tmp_path / f"prec{r}.pt") for r in range(WORLD)]
+    assert res[0] == res[1]
+    assert "measured" in res[0]["first"][1] and "cached" in res[0]["cached"][1]
+    assert set(res[0]["first"][2]) == {"float32", "bf16"} and res[0]["first"][2] == res[0]["cached"][2]
 
 
 class _Aug:

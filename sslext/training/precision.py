@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import torch
+import torch.distributed as dist
 
 from ..config import ConfigError
 
-__all__ = ["Precision", "resolve_precision", "measure_training_rate", "agree_across_ranks", "trainer_precision",
+__all__ = ["Precision", "resolve_precision", "measure_training_rate", "trainer_precision", "is_cached",
            "cache_file", "cpu_model", "BF16_MARGIN"]
 
 # bf16 must beat float32 by this factor to be chosen on the CPU: a few timed
@@ -120,6 +121,20 @@ def _write_cache(path: Path, key: str, entry: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def _cache_key(workload: str) -> str:
+    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {workload}"
+
+
+def _valid(entry: Any) -> bool:
+    return isinstance(entry, dict) and entry.get("choice") in ("float32", "bf16") \
+        and all(isinstance(entry.get(k), (int, float)) for k in ("float32", "bf16"))
+
+
+def is_cached(workload: str) -> bool:
+    """Whether CPU ``auto`` has an answer for ``workload`` on this machine (no measurement needed)."""
+    return _valid(_read_cache(cache_file()).get(_cache_key(workload)))
+
+
 def _cuda_precision(setting: Any, device: torch.device) -> Precision:
     major, minor = torch.cuda.get_device_capability(device)
     cc = f"compute capability {major}.{minor}"
@@ -143,8 +158,8 @@ def resolve_precision(setting: Any, device: torch.device,
     dtype (``None``: float32); CPU ``auto`` calls it for float32 and bf16 unless
     ``cpu_precision.json`` already holds the answer for this CPU model, torch
     version, thread count and ``workload`` (a description of the model and
-    batch). Without ``measure``, CPU ``auto`` is float32. ``log`` receives a
-    line when the cache cannot be written.
+    batch). Without ``measure``, CPU ``auto`` takes the cached answer, else
+    float32. ``log`` receives a line when the cache cannot be written.
     """
     setting = _check_setting(setting)
     if setting is True:
@@ -159,15 +174,13 @@ def resolve_precision(setting: Any, device: torch.device,
         return Precision(torch.float16, True, "train.amp='fp16': fp16 with a GradScaler")
     if device.type != "cpu":
         return Precision(None, False, f"auto: float32 on {device.type}")
-    if measure is None:
-        return Precision(None, False, "auto: float32 on the CPU (nothing to measure with)")
-    cpu = cpu_model()
-    key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {workload}"
-    path = cache_file()
+    cpu, key, path = cpu_model(), _cache_key(workload), cache_file()
     entry = _read_cache(path).get(key)
-    cached = isinstance(entry, dict) and entry.get("choice") in ("float32", "bf16") \
-        and all(isinstance(entry.get(k), (int, float)) for k in ("float32", "bf16"))
+    cached = _valid(entry)
+    if not cached and measure is None:
+        return Precision(None, False, "auto: float32 on the CPU (nothing to measure with)")
     if not cached:
+        assert measure is not None
         entry = {"float32": float(measure(None)), "bf16": float(measure(torch.bfloat16))}
         entry["choice"] = "bf16" if entry["bf16"] > BF16_MARGIN * entry["float32"] else "float32"
         why_not = _write_cache(path, key, {**entry, "cpu": cpu, "date": time.strftime("%Y-%m-%d")})
@@ -211,23 +224,10 @@ def measure_training_rate(method: torch.nn.Module, batch_shape: tuple, num_views
 
 
 
-def agree_across_ranks(p: Precision, setting: Any, device: torch.device) -> Precision:
-    """Rank 0's choice on every rank where it was measured (CPU ``auto``): every rank
-    of a distributed run must train in the same precision, and only rank 0 measures."""
-    import torch.distributed as dist
-
-    if setting != "auto" or device.type != "cpu" or not (dist.is_available() and dist.is_initialized()) \
-            or dist.get_world_size() == 1:
-        return p
-    box = [p if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]  # type: ignore[return-value]
-
-
 def trainer_precision(cfg: Dict[str, Any], device: torch.device, method: torch.nn.Module, local_batch: int,
                       crop_size: int, rank: int) -> Precision:
-    """The Trainer's precision: ``train.amp`` resolved, CPU ``auto`` measured on rank 0 with
-    the run's own model as it will run (channels_last already applied) and shared."""
+    """The Trainer's precision: ``train.amp`` resolved, CPU ``auto`` measured with the run's
+    own model as it will run (channels_last and SyncBatchNorm already applied), rank 0's answer shared."""
     t, m = cfg["train"], cfg["model"]
     shape = (min(local_batch, 64), 3, crop_size, crop_size)
     workload = (f"{cfg['method']['name']} {m['backbone']} w{m['width']} batch {shape[0]} {crop_size}px "
@@ -236,5 +236,17 @@ def trainer_precision(cfg: Dict[str, Any], device: torch.device, method: torch.n
     def measure(dtype: Optional[torch.dtype]) -> float:
         return measure_training_rate(method, shape, method.num_views, t["channels_last"], dtype)
 
-    p = resolve_precision(t["amp"], device, measure=measure if rank == 0 else None, workload=workload)
-    return agree_across_ranks(p, t["amp"], device)
+    if t["amp"] != "auto" or device.type != "cpu" or not (dist.is_available() and dist.is_initialized()) \
+            or dist.get_world_size() == 1:
+        return resolve_precision(t["amp"], device, measure=measure, workload=workload)
+    # Several processes: every rank must train in rank 0's precision. When it
+    # has to be measured, every rank measures at once, because the model copy
+    # holds collectives (SyncBatchNorm, the losses' all-gather, MoCo's queue):
+    # rank 0 alone would wait for the others forever. Rank 0's rates decide.
+    need = [not is_cached(workload)] if rank == 0 else [None]
+    dist.broadcast_object_list(need, src=0)
+    rates = {dt: measure(dt) for dt in (None, torch.bfloat16)} if need[0] else {}
+    box = [resolve_precision("auto", device, measure=rates.get if rates else None, workload=workload)
+           if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
