@@ -6,8 +6,11 @@ whether or not a GPU is visible, so a GPU-less build host still ships them.
 Environment:
   SSLEXT_FORCE_CUDA=1   require the CUDA kernels (fail loudly if nvcc is missing)
   SSLEXT_FORCE_CPU=1    build the CPU kernels only
-  TORCH_CUDA_ARCH_LIST  target architectures (default without a visible GPU: 8.0;9.0+PTX)
+  TORCH_CUDA_ARCH_LIST  target architectures (default: the visible GPU's; without one 8.0;9.0+PTX)
   MAX_JOBS              parallel compile jobs (default: from cores and memory)
+
+nvcc's CUDA major version must be torch's (torch.version.cuda): a mismatch stops
+the build at once with both versions named, instead of failing deep in nvcc's log.
 """
 
 import glob
@@ -71,6 +74,20 @@ def _nvcc_version(nvcc):
     return ""
 
 
+def cuda_version_mismatch(nvcc_version, torch_cuda, nvcc="nvcc"):
+    """The message that stops a build whose nvcc major version is not torch's, else None."""
+    if not nvcc_version or not torch_cuda:
+        return None
+    have, want = nvcc_version.split(".")[0], torch_cuda.split(".")[0]
+    if have == want:
+        return None
+    return (
+        f"sslext: {nvcc} is CUDA {nvcc_version}, but torch {torch.__version__} was built with CUDA "
+        f"{torch_cuda}; the CUDA kernels need a toolkit of the same major version. Either point CUDA_HOME "
+        f"(or PATH) at a CUDA {want}.x toolkit, or build the CPU kernels only with SSLEXT_FORCE_CPU=1."
+    )
+
+
 def _default_max_jobs():
     # nvcc with the torch headers takes ~1.5 GB per job; never more jobs than cores.
     cores = os.cpu_count() or 1
@@ -90,6 +107,9 @@ def extensions():
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
     extra = {"cxx": cxx_flags}
     if with_cuda:
+        problem = cuda_version_mismatch(_nvcc_version(_nvcc()), torch.version.cuda, _nvcc())
+        if problem:
+            raise RuntimeError(problem)
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
@@ -150,7 +170,10 @@ class BuildPy(build_py):
             shutil.copyfile(src, out)
 
 
-setup(
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension, "build_py": BuildPy},
-)
+# pip (setuptools.build_meta) and `python setup.py` both run this file as __main__;
+# python_tests/test_packaging.py loads it under another name to test its checks.
+if __name__ == "__main__":
+    setup(
+        ext_modules=extensions(),
+        cmdclass={"build_ext": BuildExtension, "build_py": BuildPy},
+    )

@@ -10,7 +10,9 @@ Peers, all measured in the same run on the same inputs:
 Reported per (loss, N, D, dtype, mode): median time with p20/p80 over many timed
 runs after warm-up, peak extra memory, relative error against float64, the
 ratio of every peer to sslext[auto], and roofline floors. Writes JSON, a
-markdown table and a PNG plot into --out.
+markdown table and a PNG plot into --out. losses.json and losses.md are
+rewritten (atomically) after every row, so a run stopped by SIGINT or a time
+limit leaves every row measured so far; the plot is drawn at the end.
 
     python benchmarks/bench_losses.py --device cpu --out benchmarks/results/cpu
     python benchmarks/bench_losses.py --device cuda --out OUTDIR   # full GPU grid
@@ -24,6 +26,7 @@ import gc
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -109,7 +112,7 @@ def _lightly(loss):
     return None  # lightly has no VICReg-TiCo
 
 
-def peers(loss):
+def peers(loss, compile_peer=True):
     out = {
         "sslext[auto]": _sslext(loss, "auto"),
         "sslext[gram]": _sslext(loss, "gram"),
@@ -119,6 +122,8 @@ def peers(loss):
         "reference+compile": torch.compile(_reference(loss), dynamic=True),
         "plain-gram": _reference(loss, gram=True),
     }
+    if not compile_peer:  # its compiles (one per loss and dtype) cost tens of seconds on a GPU
+        del out["reference+compile"]
     lightly = _lightly(loss)
     if lightly is not None:
         out["lightly"] = lightly
@@ -301,6 +306,8 @@ def main():
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory measurement")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer (reference+compile)")
+    p.add_argument("--no-plot", action="store_true", help="write no losses.png")
     p.add_argument("--memory-only", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -344,8 +351,50 @@ def main():
         memory = cpu_memory_pass(args)
     measured_memory = {}
     rows = []
+    try:
+        _measure(args, losses, grid, dtypes, modes, repeats, device, memory, measured_memory, rows,
+                 peak_flops, peak_bytes, env)
+    except KeyboardInterrupt:  # SIGINT (a time limit): the files already hold every finished row
+        if not args.memory_only:
+            print(f"interrupted: {len(rows)} rows in {os.path.join(args.out, 'losses.json')}", flush=True)
+        sys.exit(130)
+    if args.memory_only:
+        with open(args.memory_only, "w") as f:
+            json.dump(measured_memory, f)
+        return
+    _write_results(args.out, env, rows)
+    if not args.no_plot:
+        _plot(rows, os.path.join(args.out, "losses.png"), env)
+    print(_markdown(env, rows))
+
+
+def _atomic_write(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_results(out, env, rows):
+    """losses.json and losses.md with every row so far (ratios recomputed: a row's sslext[auto] peer may be new).
+
+    SIGINT is held off while both are written, so an interrupted run leaves the two files with the same rows.
+    """
+    _add_ratios(rows)
+    block = hasattr(signal, "pthread_sigmask")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if block else None
+    try:
+        _atomic_write(os.path.join(out, "losses.json"), json.dumps({"env": env, "results": rows}, indent=1))
+        _atomic_write(os.path.join(out, "losses.md"), _markdown(env, rows))
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _measure(args, losses, grid, dtypes, modes, repeats, device, memory, measured_memory, rows,
+             peak_flops, peak_bytes, env):
     for loss in losses:
-        all_peers = peers(loss)
+        all_peers = peers(loss, compile_peer=not args.no_compile)
         for n, d in grid:
             for dtype in dtypes:
                 z_a, z_b, c = make_inputs(n, d, dtype, device)
@@ -390,20 +439,10 @@ def main():
                         if name.startswith("sslext") and dtype == torch.float32:
                             row.update(flops=fl, bytes=by, floor_s=floor, floor_fraction=floor / t["median_s"])
                         rows.append(row)
+                        _write_results(args.out, env, rows)
                         print(f"{loss:13s} {n:5d}x{d:<5d} {row['dtype']:8s} {mode:16s} {name:20s} "
                               f"{t['median_s']*1e3:9.3f} ms  err {errors[name]:.1e}  "
                               f"mem {'-' if mem is None else f'{mem/2**20:.1f} MiB'}", flush=True)
-    if args.memory_only:
-        with open(args.memory_only, "w") as f:
-            json.dump(measured_memory, f)
-        return
-    _add_ratios(rows)
-    with open(os.path.join(args.out, "losses.json"), "w") as f:
-        json.dump({"env": env, "results": rows}, f, indent=1)
-    with open(os.path.join(args.out, "losses.md"), "w") as f:
-        f.write(_markdown(env, rows))
-    _plot(rows, os.path.join(args.out, "losses.png"), env)
-    print(_markdown(env, rows))
 
 
 def _cpu_model():

@@ -4,7 +4,8 @@
 
 Lists the cubins (``cuobjdump --list-elf``) and PTX (``--list-ptx``) of the
 wheel's extension and fails unless there is SASS for every arch of the list
-and PTX exactly for the archs marked ``+PTX`` (default: ``TORCH_CUDA_ARCH_LIST``).
+and PTX exactly for the archs marked ``+PTX`` (default: what setup.py builds for here:
+``TORCH_CUDA_ARCH_LIST``, else the visible GPUs, else its ``DEFAULT_ARCHS``).
 A wheel without CUDA kernels passes when no CUDA build was expected
 (``--expect-cuda`` off: no nvcc, or a CPU-only torch). Run by ``make wheel``.
 """
@@ -35,6 +36,25 @@ def parse_arch_list(spec: str):
         if m.group(4):
             ptx.add(cc)
     return sass, ptx
+
+
+def default_archs() -> str:
+    """The arch list setup.py builds for on this machine: ``TORCH_CUDA_ARCH_LIST`` if set; else
+    the visible GPUs' (torch's rule: each one's capability, ``+PTX`` on the newest); else
+    setup.py's ``DEFAULT_ARCHS``."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if env:
+        return env
+    import torch
+
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{a}.{b}" for a, b in caps) + "+PTX"
+    setup_py = Path(__file__).resolve().parent.parent / "setup.py"
+    m = re.search(r'^DEFAULT_ARCHS = "([^"]+)"', setup_py.read_text(), re.M)
+    if not m:
+        raise SystemExit(f"check_wheel_archs: no DEFAULT_ARCHS in {setup_py}")
+    return m.group(1)
 
 
 def _cuobjdump() -> str:
@@ -72,8 +92,9 @@ def embedded(so: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("wheel", type=Path)
-    p.add_argument("--archs", default=os.environ.get("TORCH_CUDA_ARCH_LIST", ""),
-                   help="the TORCH_CUDA_ARCH_LIST the wheel was built with")
+    p.add_argument("--archs", default=None,
+                   help="the TORCH_CUDA_ARCH_LIST the wheel was built with (default: what setup.py "
+                        "chose here: TORCH_CUDA_ARCH_LIST, else the visible GPUs, else its DEFAULT_ARCHS)")
     p.add_argument("--expect-cuda", action="store_true", help="fail if the wheel has no CUDA kernels")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(a.wheel) as zf:
@@ -90,6 +111,8 @@ def main(argv=None) -> int:
             return 1
         print(f"check_wheel_archs: {a.wheel.name}: CPU kernels only (no CUDA build)")
         return 0
+    if a.archs is None:
+        a.archs = default_archs()
     want_sass, want_ptx = parse_arch_list(a.archs)
     print(f"check_wheel_archs: {a.wheel.name}: SASS {sorted(f'sm_{c}' for c in sass)}, "
           f"PTX {sorted(f'compute_{c}' for c in ptx)}")

@@ -33,6 +33,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """train.amp=auto caches CPU measurements; tests never touch the user's cache folder."""
+    old = os.environ.get("SSLEXT_CACHE_DIR")
+    os.environ["SSLEXT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sslext-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SSLEXT_CACHE_DIR", None)
+    else:
+        os.environ["SSLEXT_CACHE_DIR"] = old
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)

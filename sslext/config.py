@@ -115,7 +115,7 @@ MEANINGS: Dict[str, str] = {
     "train.epochs": "training epochs (each a pass over the training set, last partial batch dropped)",
     "train.max_steps": "stop after this many optimizer steps, checkpointed and resumable (null: no limit)",
     "train.device": "auto (CUDA when available), cpu or cuda",
-    "train.amp": "autocast: auto (bf16 on CUDA, float32 on the CPU), true (bf16 everywhere) or false (docs/training.md)",
+    "train.amp": "autocast: auto (GPU: bf16 from compute capability 8.0, else fp16 + GradScaler; CPU: the faster of float32 and bf16, measured once per CPU model), bf16, fp16, false; true = bf16",
     "train.channels_last": "channels-last memory format for the network (faster convolutions on CPU and GPU)",
     "train.out_dir": "parent folder of run directories",
     "train.checkpoint_every": "save `last.pt` every N epochs (and at the end)",
@@ -176,7 +176,7 @@ def meaning(key: str) -> Optional[str]:
 
 def _type_name(key: str, default: Any) -> str:
     if key == "train.amp":
-        return "auto \\| true \\| false"
+        return "auto \\| bf16 \\| fp16 \\| false \\| true"
     if key in _CHOICES:
         return " \\| ".join(str(c) for c in _CHOICES[key])
     t = float if key in _FLOATS else _NULLABLE.get(key, type(default) if default is not None else None)
@@ -241,9 +241,9 @@ def _suggest(key: str, options: Iterable[str]) -> str:
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
-    if key == "train.amp":  # the one key that takes a bool or a word
-        if not (isinstance(value, bool) or value == "auto"):
-            raise ConfigError(f"{key}: expected true, false or auto, got {value!r}")
+    if key == "train.amp":  # the one key that takes a bool or a word; true is read as bf16
+        if not (isinstance(value, bool) or value in ("auto", "bf16", "fp16")):
+            raise ConfigError(f"{key}: expected auto, bf16, fp16 or false (true means bf16), got {value!r}")
         return value
     expected = float if key in _FLOATS else _NULLABLE.get(key, type(default) if default is not None else None)
     if value is None:

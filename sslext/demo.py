@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-download", action="store_true", help="never download Fashion-MNIST")
     p.add_argument("--compare-precision", action="store_true",
                    help="train twice with the same seed, float32 and then bf16 autocast + channels_last "
-                        "(train.amp=true), and print both (make demo does)")
+                        "(train.amp=bf16), and print both (make demo does)")
     args = p.parse_args(argv)
 
     from .config import ConfigError, apply_override, load_config
@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     if args.compare_precision:
         variants = [("float32", ["train.amp=false", "train.channels_last=false"], "_fp32"),
-                    ("bf16 + channels_last", ["train.amp=true", "train.channels_last=true"], "_bf16")]
+                    ("bf16 + channels_last", ["train.amp=bf16", "train.channels_last=true"], "_bf16")]
     else:
         variants = [("SSL", [], "")]
     runs = []
@@ -202,13 +202,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               + f" | {rnd[key]:11.2f} |")
     print(f"| {'training images/s':<32} | " + " | ".join(f"{r[4]:>{w}.0f}" for r in runs) + f" | {'-':>11} |")
     for label, tr, summary, secs, _ in runs:
-        print(f"{label}: pretraining + SSL eval {secs:.0f} s (autocast {'bf16' if tr.amp else 'off'}), "
+        print(f"{label}: pretraining + SSL eval {secs:.0f} s (autocast {tr.precision.name if tr.precision.dtype else 'off'}), "
               f"run dir: {summary['run_dir']}"
               + (f" (previous run moved to {summary['moved_aside']})" if summary.get("moved_aside") else ""))
     print(f"random-init eval: {time.time() - t1:.0f} s, total {total:.0f} s")
     result = {"random_init": rnd, "train_seconds": t_train, "total_seconds": total,
               "runs": {label: {"ssl": summary["final_eval"], "train_seconds": secs, "images_per_second": ips,
-                               "amp": tr.amp, "run_dir": summary["run_dir"]}
+                               "amp": tr.precision.dtype is not None, "precision": tr.precision.name, "run_dir": summary["run_dir"]}
                        for label, tr, summary, secs, ips in runs}}
     if not args.compare_precision:
         result["ssl"] = runs[0][2]["final_eval"]

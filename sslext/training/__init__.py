@@ -5,6 +5,7 @@
 - ``checkpoint``: atomic write, weights-only load, resume compatibility, RNG streams;
 - ``signals``: SIGTERM/SIGINT as "stop after the current step";
 - ``nonfinite``: the policy for NaN/Inf steps (stop or skip);
+- ``precision``: ``train.amp`` -> autocast dtype and GradScaler, measured on the CPU;
 - ``metrics``: metrics.jsonl, metrics.csv and (``tensorboard``) TensorBoard events;
 - ``faults``: the test hook that interrupts a run at a chosen point;
 - ``rundir``: a run never destroys another (refuse, ``--resume`` or ``--overwrite``);
@@ -14,13 +15,14 @@ The command line is :mod:`sslext.train` (``python -m sslext.train``, ``sslext-tr
 """
 from __future__ import annotations
 
-from .build import build_everything, cpu_has_native_bf16, resolve_amp, resolve_device
+from .build import build_everything, cpu_has_native_bf16, resolve_device
 from .checkpoint import CHECKPOINT_VERSION, CheckpointMismatchError, load_checkpoint_file
 from .checkpoint_eval import evaluate_checkpoint, evaluate_parts
 from .nonfinite import NonFiniteLossError
+from .precision import Precision, resolve_precision
 from .rundir import RunExistsError
 from .trainer import Trainer, train
 
-__all__ = ["Trainer", "train", "build_everything", "resolve_device", "resolve_amp", "cpu_has_native_bf16",
-           "load_checkpoint_file", "CheckpointMismatchError", "NonFiniteLossError", "CHECKPOINT_VERSION",
+__all__ = ["Trainer", "train", "build_everything", "resolve_device", "resolve_precision", "Precision",
+           "cpu_has_native_bf16", "load_checkpoint_file", "CheckpointMismatchError", "NonFiniteLossError", "CHECKPOINT_VERSION",
            "evaluate_checkpoint", "evaluate_parts", "RunExistsError"]

@@ -11,12 +11,12 @@ from typing import Any, Dict
 import torch
 
 from ..config import ConfigError
-from ..data import DATASET_STATS, TwoViewAugment, build_dataset
+from ..data import DATASET_STATS, TwoViewAugment, build_dataset, first_on_local_rank_zero
 from ..evaluate import stratified_subset
 from ..methods import build_method
 from ..models import build_backbone
 
-__all__ = ["resolve_device", "resolve_amp", "cpu_has_native_bf16", "build_everything", "IGNORE_LABEL"]
+__all__ = ["resolve_device", "cpu_has_native_bf16", "build_everything", "IGNORE_LABEL"]
 
 IGNORE_LABEL = -100  # F.cross_entropy's default ignore_index
 
@@ -43,25 +43,13 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_amp(setting: Any, device: torch.device) -> bool:
-    """``train.amp``: true (bf16 autocast on any device), false, or ``auto``
-    (bf16 on CUDA only). On the CPU bf16 did not pay off where it was measured:
-    on a 2-core AVX512-BF16 Xeon with torch 2.14.1, a ResNet-10 VICReg step ran
-    at 0.90-1.00x float32's speed, and bf16 + channels_last at 0.95-1.07x
-    against channels_last's 1.28-1.37x (benchmarks/results/cpu/cpu_precision.md)."""
-    if setting == "auto":
-        return device.type == "cuda"
-    return bool(setting)
-
-
 def _stats(cfg: Dict[str, Any]):
     d = cfg["data"]
     mean, std = DATASET_STATS.get(d["dataset"], DATASET_STATS["imagenet"])
     return tuple(d["mean"] or mean), tuple(d["std"] or std)
 
 
-def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_labels: bool = False) -> Dict[str, Any]:
-    """Datasets, method and augmentation described by ``cfg`` (no optimizer)."""
+def _datasets(cfg: Dict[str, Any], need_train_labels: bool):
     d = cfg["data"]
     kw = dict(root=d["root"], download=d["download"], image_size=d["image_size"], cache_dir=d["cache_dir"],
               seed=cfg["seed"], variant=d["variant"], on_bad_image=d["on_bad_image"])
@@ -74,8 +62,16 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
         test_ds = None  # unlabeled pretraining folders have no test split; evaluation is skipped
     if test_ds is not None and test_ds.labels is None:
         test_ds = None
+    return train_ds, test_ds
+
+
+def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_labels: bool = False) -> Dict[str, Any]:
+    """Datasets, method and augmentation described by ``cfg`` (no optimizer)."""
+    # Under torchrun, each node's local rank 0 downloads, extracts and caches;
+    # the other ranks wait, then read what it left.
+    train_ds, test_ds = first_on_local_rank_zero(lambda: _datasets(cfg, need_train_labels))
     if need_train_labels and (train_ds.labels is None or test_ds is None):
-        raise ValueError(f"data.dataset: evaluation needs labelled train and test splits for {d['dataset']!r}")
+        raise ValueError(f"data.dataset: evaluation needs labelled train and test splits for {cfg['data']['dataset']!r}")
     eval_train_ds, probe_labels = train_ds, train_ds.labels
     if cfg["eval"]["split"] == "val" and train_ds.labels is not None:
         eval_train_ds, test_ds, probe_labels = _hold_out_val(train_ds, cfg["eval"])

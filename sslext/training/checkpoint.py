@@ -16,7 +16,7 @@ from ..distributed import all_gather_tensors
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointMismatchError", "load_checkpoint_file", "write_checkpoint",
            "check_resume_compatible", "remove_stale_temp_files", "RANK_SEED_STRIDE", "own_rng", "gather_rank_rng",
-           "restore_rng"]
+           "restore_rng", "restore_cuda_rng_states"]
 
 CHECKPOINT_VERSION = 1
 # What every checkpoint written by Trainer.state_dict holds (newer optional keys are read with .get).
@@ -169,9 +169,38 @@ def gather_rank_rng(augment: Any, device: torch.device, world_size: int) -> Opti
     return [{k: per_key[k][r] for k in own} for r in range(world_size)]
 
 
+def restore_cuda_rng_states(states: Sequence[torch.Tensor]) -> Optional[str]:
+    """Put the saved per-GPU CUDA RNG states back on the GPUs visible now.
+
+    A checkpoint written where more GPUs were visible holds more states than
+    there are GPUs here (``torch.cuda.set_rng_state_all`` would raise): the
+    first ones are restored and the rest are dropped. Returns what was done
+    when the counts differ, else None.
+    """
+    if not states:
+        return None
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n = min(len(states), visible)
+    for i in range(n):
+        torch.cuda.set_rng_state(states[i], i)
+    if len(states) == visible:
+        return None
+    if n == 0:
+        return f"the checkpoint holds the CUDA RNG states of {len(states)} GPU(s); no GPU is visible: none restored"
+    if len(states) > visible:
+        return (f"the checkpoint holds the CUDA RNG states of {len(states)} GPUs, {visible} visible here: restored "
+                f"the states of GPUs 0-{n - 1} and dropped those of GPUs {n}-{len(states) - 1}")
+    return (f"the checkpoint holds the CUDA RNG states of {len(states)} GPU(s), {visible} visible here: restored "
+            f"GPUs 0-{n - 1}; GPUs {n}-{visible - 1} keep their own")
+
+
 def restore_rng(ckpt: Dict[str, Any], augment: Any, device: torch.device, rank: int, world_size: int,
-                seed: int, global_step: int, main: bool) -> None:
-    """Put back this rank's RNG streams; re-seed them deterministically under another world size."""
+                seed: int, global_step: int, main: bool) -> Optional[str]:
+    """Put back this rank's RNG streams; re-seed them deterministically under another world size.
+
+    Returns a note (also printed by the main process) when the saved CUDA RNG
+    states did not match the GPUs visible here.
+    """
     rank_rng = ckpt.get("rank_rng")
     saved_world = ckpt.get("world_size", 1)
     if saved_world == world_size and (world_size == 1 or rank_rng is not None):
@@ -179,12 +208,14 @@ def restore_rng(ckpt: Dict[str, Any], augment: Any, device: torch.device, rank: 
             "augment": ckpt["augment"]["generator"], "torch_rng": ckpt["torch_rng"]}
         augment.generator.set_state(own["augment"])
         torch.set_rng_state(own["torch_rng"])
+        note = None
         if world_size == 1:
-            if ckpt["cuda_rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            note = restore_cuda_rng_states(ckpt["cuda_rng"])
+            if note and main:
+                print(f"sslext-train: note: {note}", file=sys.stderr)
         elif "cuda_rng" in own and device.type == "cuda":
             torch.cuda.set_rng_state(own["cuda_rng"], device)
-        return
+        return note
     # Another world size: the per-rank augmentation streams of the saved run
     # do not exist here. Derive fresh ones from (seed, step, rank) so the
     # resume is still deterministic, and say that it is not bit-exact.

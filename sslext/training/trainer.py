@@ -24,12 +24,13 @@ from ..config import ConfigError, dump_config
 from ..distributed import convert_sync_batchnorm, get_rank, get_world_size, init_distributed, is_main_process, wrap_ddp
 from ..evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from ..optim import WarmupCosine, build_optimizer
-from .build import IGNORE_LABEL, build_everything, resolve_amp, resolve_device
+from .build import IGNORE_LABEL, build_everything, resolve_device
 from .checkpoint import (CHECKPOINT_VERSION, RANK_SEED_STRIDE, check_resume_compatible, gather_rank_rng,
                          load_checkpoint_file, remove_stale_temp_files, restore_rng, write_checkpoint)
 from .faults import FaultInjector
 from .metrics import MetricsLog, atomic_write_text
 from .nonfinite import NonFinitePolicy, nonfinite_reason
+from .precision import trainer_precision
 from .rundir import prepare_run_dir
 from .signals import StopSignals
 
@@ -87,11 +88,12 @@ class Trainer:
         nc = max(self.train_ds.num_classes, 1)
         self.probe = nn.Linear(self.method.feat_dim, nc).to(self.device)
         self.probe_opt = torch.optim.SGD(self.probe.parameters(), lr=cfg["eval"]["probe_lr"], momentum=0.9)
-        # bf16 autocast covers the backbone and heads; every method leaves it
-        # before its loss, which accumulates in float32 (as the ops do anyway).
-        self.amp = resolve_amp(t["amp"], self.device)
         if t["channels_last"]:
             self.method.to(memory_format=torch.channels_last)
+        # Autocast covers the backbone and heads; every method leaves it before
+        # its loss, which accumulates in float32 (as the ops do anyway). CPU
+        # auto is measured on this model (after channels_last, as it will run).
+        self.precision = trainer_precision(cfg, self.device, self.method, self.local_batch, self.crop_size, self.rank)
         # self.method / self.probe stay the unwrapped modules (state_dict keys,
         # hooks, evaluation); self.model / self.probe_model are what the loop
         # calls, so DDP's forward sees every step and syncs its gradients.
@@ -117,6 +119,7 @@ class Trainer:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        self._log(self.precision.log_record(t["amp"]))
         if not resume:
             for split, ds in (("train", self.train_ds), ("test", self.test_ds)):
                 if ds is not None and ds.skipped:  # data.on_bad_image=skip
@@ -170,12 +173,13 @@ class Trainer:
         self.probe.load_state_dict(ckpt["probe"])
         self.probe_opt.load_state_dict(ckpt["probe_opt"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        restore_rng(ckpt, self.augment, self.device, self.rank, self.world_size, self.cfg["seed"], self.global_step,
-                    self.main)
+        rng_note = restore_rng(ckpt, self.augment, self.device, self.rank, self.world_size, self.cfg["seed"],
+                               self.global_step, self.main)
         self.acc = {"skipped": 0, **ckpt["epoch_acc"]}
         self.nonfinite.consecutive_skips = int(ckpt.get("consecutive_skips", 0))
         self.metrics.truncate_for_resume(ckpt.get("metrics_records"), self.global_step)
-        self._log({"kind": "resume", "step": self.global_step, "epoch": self.epoch, "checkpoint": str(path)})
+        self._log({"kind": "resume", "step": self.global_step, "epoch": self.epoch, "checkpoint": str(path),
+                   **({"cuda_rng": rng_note} if rng_note else {})})
         self.metrics.write_csv()
 
     def _log(self, rec: Dict[str, Any]) -> None:
@@ -330,7 +334,7 @@ class Trainer:
         if t["channels_last"]:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         snap = self.nonfinite.snapshot(self.method)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with self.precision.autocast(self.device.type):
             loss, terms = self.model(views)
         lval = self._loss_value(loss)
         self.optimizer.zero_grad(set_to_none=True)
