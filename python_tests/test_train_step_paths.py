@@ -1,6 +1,7 @@
 """The step's optional paths, on the CPU: train.compile against eager, the
 GradScaler path (fp16 on GPUs without native bf16), the pinned batch staging
 and the augmentation's one non-blocking parameter copy."""
+import copy
 import types
 
 import pytest
@@ -26,22 +27,52 @@ def _params(tr):
     return {k: v.detach().clone() for k, v in tr.method.state_dict().items()}
 
 
-def test_compiled_forward_and_loss_train_like_eager(tmp_path):
+def test_compiled_method_gives_eager_loss_and_gradients():
+    """What train.compile compiles (the method's forward and loss), against eager, on one batch."""
+    from sslext.methods import build_method
+    from sslext.models import build_backbone
+
+    torch.manual_seed(0)
+    base = build_method("vicreg", build_backbone("resnet10", True, 8), projector=[32, 32])
+    base = base.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(16, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+             for _ in range(2)]
+    out = {}
+    for name in ("eager", "compiled"):
+        m = copy.deepcopy(base)
+        loss, _ = (torch.compile(m) if name == "compiled" else m)(views)
+        loss.backward()
+        grads = {}
+        for n, p in m.named_parameters():
+            grads.setdefault(n.rsplit(".", 1)[0], []).append(p.grad.flatten())
+        out[name] = loss.detach(), {k: torch.cat(v) for k, v in grads.items()}
+    (le, ge), (lc, gc) = out["eager"], out["compiled"]
+    # Inductor fuses the elementwise tails and rounds sums in another order:
+    # measured 1e-7 relative on the loss, <= 6e-6 of each module's largest
+    # gradient entry; 1e-5 and 1e-4 leave room for another CPU's vector width.
+    torch.testing.assert_close(lc, le, rtol=1e-5, atol=0)
+    for k in ge:
+        # Per module (weight with bias): the last projector bias has a zero
+        # gradient in exact arithmetic (VICReg centres the embeddings), so its
+        # entries are rounding noise, compared against the weight's scale.
+        torch.testing.assert_close(gc[k], ge[k], rtol=1e-4, atol=1e-4 * ge[k].abs().max().item(), msg=k)
+
+
+def test_compiled_trainer_trains_like_eager(tmp_path):
     eager, compiled = _trainer(tmp_path / "e"), _trainer(tmp_path / "c", "train.compile=true")
     assert compiled.forward is not compiled.model  # the step calls the compiled module
     perm = eager._epoch_order()
-    for step in range(3):
+    for _ in range(3):
         eager.train_step(perm)
         compiled.train_step(perm)
-    le, lc = eager.acc["loss"], compiled.acc["loss"]
-    # Inductor fuses the elementwise tails of the losses and may sum in another
-    # order: float32 rounding, ~1e-6 relative per step; three LARS steps
-    # (lr 0.3) carry it into the weights, so 1e-4 on the summed losses and
-    # 1e-3 relative on weights, far below what one wrong term would change.
-    assert lc == pytest.approx(le, rel=1e-4)
-    pe, pc = _params(eager), _params(compiled)
-    for k in pe:
-        torch.testing.assert_close(pc[k], pe[k], rtol=1e-3, atol=1e-5, msg=k)
+    # On augmented synthetic noise the first step's gradients are ill-conditioned
+    # (compiled and eager differ by up to 1e-2 of a layer's largest entry,
+    # measured, against 6e-6 on the batch above), but the summed losses of 3
+    # steps agree to 5e-6 (measured): 1e-4 still fails a wrong term or a
+    # buffer the compiled step forgot to update.
+    assert compiled.acc["loss"] == pytest.approx(eager.acc["loss"], rel=1e-4)
+    assert compiled.acc["n"] == 3
 
 
 def test_precision_with_a_scaler_gives_fp16_autocast_and_a_gradscaler():
