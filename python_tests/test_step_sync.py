@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from sslext.config import load_config
+from sslext.methods import METHODS
 from sslext.optim import LARS, param_groups
 from sslext.train import Trainer
 from sslext.training.dispatch_count import DispatchCounter
 from sslext.training.step_stats import EpochStats
+from test_train_e2e import tiny_cfg
 
 # ResNet-18/50 on 8 px crops of 4 images: the real networks (and so their
 # number of parameter tensors and of ops per step), at a cost tests afford.
@@ -172,3 +174,14 @@ def test_lars_mixed_dtypes_group_by_dtype():
     for p, q in zip(ps, qs):
         assert p.dtype == q.dtype
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_steps_with_at_most_one_sync(tmp_path, method):
+    """The methods' own steps (queues, EMA targets, pretext labels) add no reads of the device."""
+    tr = Trainer(tiny_cfg(tmp_path, method, "train.log_every=1000", "eval.final=false"))
+    perm = tr._epoch_order()
+    tr.train_step(perm)
+    with DispatchCounter() as c:
+        tr.train_step(perm)
+    assert c.syncs <= 1, dict(c.sync_ops)
