@@ -1,205 +1,211 @@
-"""Training throughput: images/s of SSL pretraining, and the share of a step spent in the loss.
+"""Training throughput of the trainer's own step: images/s of ``Trainer.train_step``,
+with the host-device synchronisations and dispatched ATen ops of one step.
 
-For each backbone (VICReg, batch 512 by default), in one run on one machine:
-  ours          uint8 images in memory, two views augmented in a batch on the
-                training device (sslext.data.TwoViewAugment), sslext loss
-  torchvision   the conventional pipeline: PIL images, per-image
-                torchvision.transforms (same recipe), DataLoader workers, sslext loss
-  reference     our input pipeline with the plain-PyTorch reference loss
-                (official formulation) instead of sslext's
-and the loss alone (forward+backward on embeddings of the step's shape), with
-sslext and with the reference, as a share of the step.
+Each backbone trains VICReg (LARS, online probe: the default recipe) from a
+config on synthetic CIFAR-sized images; the timed call is
+``Trainer.train_step`` itself (batch indexing, augmentation, forward, loss,
+backward, non-finite check, optimizer, probe, statistics), on steps that do
+not log. One further step runs under ``sslext.training.dispatch_count``'s
+counter (not timed): ``syncs/step`` are the points where the host waits for
+the device, ``ops/step`` everything the host dispatches, ``optimizer ops``
+those of one ``optimizer.step()``.
 
-    python benchmarks/bench_throughput.py --device cuda --backbones resnet18,resnet50
-    python benchmarks/bench_throughput.py --device cpu --backbones resnet18 --batch-size 64 --iters 3
+    python benchmarks/bench_throughput.py --device cuda --backbones resnet18,resnet50 --batch-size 256
+    python benchmarks/bench_throughput.py --device cpu --backbones resnet18 --batch-size 64 --iters 5
 
-Synthetic uint8 images (CIFAR-sized unless --image-size) unless --data names a
-cifar-10-batches-py folder; throughput does not depend on pixel values.
+Before/after comparisons in one run, rounds interleaved so a change in the
+machine's load hits both sides alike (each tree needs its extension built in
+place; the counter is loaded from this file's repository, whatever tree is
+timed):
+
+    python benchmarks/bench_throughput.py --device cpu --tree before=/path/a --tree after=/path/b --rounds 3
 """
-
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
+import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
-import torch
-from torch import nn
-
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+ROOT = os.path.dirname(HERE)
+
+
+def _counter_class():
+    # By file path: the timed tree may be an older checkout without the module.
+    path = os.path.join(ROOT, "sslext", "training", "dispatch_count.py")
+    spec = importlib.util.spec_from_file_location("_bench_dispatch_count", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.DispatchCounter
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def _sync(device):
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-class ReferenceVICReg(nn.Module):
-    """The official VICReg formulation as a drop-in loss module (last_terms like ours)."""
+def build_trainer(args, backbone: str, out_dir: str):
+    from sslext.config import load_config
+    from sslext.train import Trainer
 
-    def forward(self, z_a, z_b):
-        from sslext import reference as R
-
-        loss, terms = R.vicreg_reference(z_a, z_b)
-        self.last_terms = {k: v.detach() for k, v in terms.items()}
-        return loss
-
-
-def load_images(args):
-    if args.data:
-        from sslext.data import build_dataset
-
-        ds = build_dataset("cifar10", "train", root=args.data, limit=args.batch_size * (args.iters + 2))
-        return ds.images
-    g = torch.Generator().manual_seed(0)
-    n = args.batch_size * (args.iters + 2)
-    return torch.randint(0, 256, (n, 3, args.image_size, args.image_size), dtype=torch.uint8, generator=g)
+    data = (["data.dataset=cifar10", f"data.root={args.data}",
+             f"data.train_limit={args.batch_size * (args.warmup + args.iters + 2)}"] if args.data
+            else ["data.dataset=synthetic"])
+    over = [*data, f"model.backbone={backbone}", f"optim.batch_size={args.batch_size}",
+            f"method.projector=[{args.proj_dim},{args.proj_dim},{args.proj_dim}]", f"train.device={args.device}",
+            "train.log_every=1000000", "train.progress=false", "train.epochs=1000", f"train.out_dir={out_dir}",
+            f"name=bench_{backbone}", *args.override]
+    return Trainer(load_config(None, over))
 
 
-def build(args, backbone_name, device):
-    from sslext.data import DATASET_STATS, TwoViewAugment, ViewAugment
-    from sslext.methods import build_method
-    from sslext.models import build_backbone
+def measure(args, backbone: str) -> dict:
+    import torch
 
-    torch.manual_seed(0)
-    backbone = build_backbone(backbone_name, True, 64)
-    method = build_method("vicreg", backbone, projector=[args.proj_dim] * 3).to(device)
-    if device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
-    mean, std = DATASET_STATS["cifar10"]
-    aug = TwoViewAugment([ViewAugment(crop_size=args.image_size), ViewAugment(crop_size=args.image_size, solarize_prob=0.2)],
-                         mean, std, seed=0)
-    return method, opt, aug, mean, std
+    DispatchCounter = _counter_class()
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = build_trainer(args, backbone, tmp)
+        device = tr.device
+        perm = tr._epoch_order()
+        # Steps that never reach the epoch's last batch: that one logs.
+        nonlog = max(1, tr.steps_per_epoch - 1)
 
+        def step(i):
+            tr.step_in_epoch = i % nonlog
+            tr.train_step(perm)
 
-def train_step(method, opt, views, device):
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        loss, _ = method.training_step(views)
-    loss.backward()
-    opt.step()
-
-
-def run_ours(method, opt, aug, images, args, device):
-    bs = args.batch_size
-    times = []
-    for i in range(args.iters + 2):
+        times = []
+        for i in range(args.warmup + args.iters):
+            _sync(device)
+            t0 = time.perf_counter()
+            step(i)
+            _sync(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        with DispatchCounter() as c:
+            step(0)
         _sync(device)
-        t0 = time.perf_counter()
-        batch = images[i * bs:(i + 1) * bs].to(device, non_blocking=True)
-        views = aug(batch)
-        if device.type == "cuda":
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        train_step(method, opt, views, device)
-        _sync(device)
-        if i >= 2:  # warm-up
-            times.append(time.perf_counter() - t0)
-    return bs / statistics.median(times)
+        with DispatchCounter() as co:
+            tr.optimizer.step()
+        n_tensors = sum(len(g["params"]) for g in tr.optimizer.param_groups)
+    med = statistics.median(times)
+    return dict(backbone=backbone, batch=args.batch_size, proj_dim=args.proj_dim, device=str(device),
+                step_s_median=med, step_s_min=min(times), step_s_max=max(times),
+                images_per_s=args.batch_size / med, syncs_per_step=c.syncs, ops_per_step=c.ops,
+                sync_ops=dict(c.sync_ops), optimizer_ops=co.ops, param_tensors=n_tensors)
 
 
-def run_torchvision(method, opt, images, mean, std, args, device):
-    """Per-image PIL transforms in DataLoader workers: the pipeline most SSL code uses."""
-    from torchvision import transforms as T
-    from torchvision.transforms import functional as TF
+def run_here(args) -> list:
+    import torch
 
-    size = args.image_size
-    recipe = T.Compose([
-        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        T.RandomGrayscale(0.2),
-        T.RandomSolarize(128, p=0.1),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
-
-    class TwoViews(torch.utils.data.Dataset):
-        def __len__(self):
-            return images.shape[0]
-
-        def __getitem__(self, i):
-            img = TF.to_pil_image(images[i])
-            return recipe(img), recipe(img)
-
-    loader = torch.utils.data.DataLoader(
-        TwoViews(), batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False)
-    times = []
-    it = iter(loader)
-    for i in range(min(args.iters + 2, len(loader))):
-        _sync(device)
-        t0 = time.perf_counter()
-        v1, v2 = next(it)
-        views = [v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)]
-        if device.type == "cuda":
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        train_step(method, opt, views, device)
-        _sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return args.batch_size / statistics.median(times)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.backbones.split(","):
+        row = measure(args, name)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
-def time_loss(loss_fn, n, d, device, iters):
-    z_a = torch.randn(n, d, device=device, requires_grad=True)
-    z_b = torch.randn(n, d, device=device, requires_grad=True)
-    times = []
-    for i in range(iters + 2):
-        _sync(device)
-        t0 = time.perf_counter()
-        loss_fn(z_a, z_b).backward()
-        _sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def run_trees(args) -> list:
+    """Alternate child processes over the trees, ``--rounds`` times; every child times every backbone."""
+    rows = []
+    child = [a for a in sys.argv[1:]]
+    clean, skip = [], False
+    for a in child:  # the child times one tree: drop --tree/--rounds/--out
+        if skip:
+            skip = False
+            continue
+        if a in ("--tree", "--rounds", "--out"):
+            skip = True
+            continue
+        if a.startswith(("--tree=", "--rounds=", "--out=")):
+            continue
+        clean.append(a)
+    for r in range(args.rounds):
+        for spec in args.tree:
+            label, path = spec.split("=", 1)
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), *clean], env=env, cwd=path,
+                                 capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"tree {label} failed:\n{out.stderr[-3000:]}")
+            for line in out.stdout.splitlines():
+                if line.startswith("{"):
+                    row = json.loads(line)
+                    row.update(tree=label, round=r)
+                    rows.append(row)
+                    print(f"round {r} {label:>8} {row['backbone']}: {row['images_per_s']:.1f} img/s "
+                          f"(step {row['step_s_median'] * 1e3:.0f} ms), {row['syncs_per_step']} syncs/step, "
+                          f"{row['ops_per_step']} ops/step, optimizer {row['optimizer_ops']} ops "
+                          f"for {row['param_tensors']} tensors", flush=True)
+    return rows
+
+
+def summary(rows: list) -> str:
+    lines = ["| tree | backbone | images/s (median of rounds) | per round | syncs/step | ops/step | optimizer ops |",
+             "|---|---|---|---|---|---|---|"]
+    keys = sorted({(r.get("tree", "-"), r["backbone"]) for r in rows})
+    for tree, bb in keys:
+        rs = [r for r in rows if r.get("tree", "-") == tree and r["backbone"] == bb]
+        ips = [r["images_per_s"] for r in rs]
+        lines.append(f"| {tree} | {bb} | {statistics.median(ips):.1f} | {', '.join(f'{v:.1f}' for v in ips)} | "
+                     f"{rs[-1]['syncs_per_step']} | {rs[-1]['ops_per_step']} | {rs[-1]['optimizer_ops']} "
+                     f"({rs[-1]['param_tensors']} tensors) |")
+    return "\n".join(lines)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--backbones", default="resnet18,resnet50")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--proj-dim", type=int, default=2048)
-    p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data", default=None, help="folder with cifar-10-batches-py (default: synthetic images)")
+    p.add_argument("--override", action="append", default=[], help="extra config override (key=value), repeatable")
+    p.add_argument("--tree", action="append", default=[], help="LABEL=PATH of a source tree to time (repeatable)")
+    p.add_argument("--rounds", type=int, default=1, help="with --tree: interleaved rounds over the trees")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
-    device = torch.device(args.device)
-    import sslext
+    if args.device is None:
+        import torch
 
-    images = load_images(args)
-    rows = []
-    for name in args.backbones.split(","):
-        method, opt, aug, mean, std = build(args, name, device)
-        ours = run_ours(method, opt, aug, images, args, device)
-        tv = run_torchvision(method, opt, images, mean, std, args, device)
-        method.loss_fn = ReferenceVICReg()
-        ref = run_ours(method, opt, aug, images, args, device)
-        d = args.proj_dim
-        t_ours = time_loss(sslext.VICRegLoss(), args.batch_size, d, device, args.iters)
-        t_ref = time_loss(ReferenceVICReg(), args.batch_size, d, device, args.iters)
-        row = dict(backbone=name, batch=args.batch_size, proj_dim=d,
-                   images_per_s_ours=ours, images_per_s_torchvision=tv, images_per_s_reference_loss=ref,
-                   loss_s_sslext=t_ours, loss_s_reference=t_ref,
-                   loss_share_sslext=t_ours * ours / args.batch_size,
-                   loss_share_reference=t_ref * ref / args.batch_size)
-        rows.append(row)
-        print(f"{name}: ours {ours:.0f} img/s | torchvision DataLoader {tv:.0f} img/s ({ours / tv:.2f}x) | "
-              f"reference loss {ref:.0f} img/s | loss share of a step: sslext {row['loss_share_sslext']:.1%}, "
-              f"reference {row['loss_share_reference']:.1%}", flush=True)
-        del method, opt
-    env = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
-               torch=torch.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               autocast="bf16" if device.type == "cuda" else "off", workers=args.workers,
-               images="cifar10" if args.data else "synthetic uint8")
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.time()
+    load_before = os.getloadavg()
+    rows = run_trees(args) if args.tree else run_here(args)
+    env = dict(device=args.device, cpu=cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               loadavg_before=load_before, loadavg_after=os.getloadavg(), wall_s=time.time() - t0,
+               args={k: v for k, v in vars(args).items()})
+    if args.device == "cuda":
+        import torch
+
+        env["gpu"] = torch.cuda.get_device_name()
+    print(summary(rows))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -23,6 +23,21 @@ TOLERANCES = {
 
 HAS_CUDA = torch.cuda.is_available() and sslext.build_info()["with_cuda"]
 
+# Every Trainer a test builds names its device: train.device=auto raises
+# (sslext.training.build.resolve_device), in this process and in the
+# processes it starts (CLI runs, spawned ranks, sweep cells). Left at auto,
+# a test would train on CUDA on a GPU machine against CPU expectations.
+# Tests about auto itself are marked device_auto.
+os.environ["SSLEXT_TEST_FORBID_AUTO_DEVICE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _forbid_auto_device(request, monkeypatch):
+    if "device_auto" in request.keywords:
+        monkeypatch.delenv("SSLEXT_TEST_FORBID_AUTO_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("SSLEXT_TEST_FORBID_AUTO_DEVICE", "1")
+
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 

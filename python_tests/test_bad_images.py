@@ -108,7 +108,7 @@ def test_run_summary_reports_skipped_images(tmp_path):
                              "method.projector=[16,16]", "optim.batch_size=8", "optim.warmup_epochs=0",
                              "train.epochs=1", "train.progress=false", f"train.out_dir={tmp_path / 'runs'}",
                              "eval.offline_epochs=2", "eval.knn_k=4", "augment.view1.crop_size=16",
-                             "augment.view2.crop_size=16", "name=r"])
+                             "augment.view2.crop_size=16", "name=r", "train.device=cpu"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s = train(cfg)

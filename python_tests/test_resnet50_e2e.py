@@ -31,7 +31,8 @@ def _cfg(root, out, *extra):
     return load_config(RECIPE, [
         f"data.root={root}", f"train.out_dir={out}", "name=r50", "optim.batch_size=8", "train.epochs=1",
         "optim.warmup_epochs=0", "train.threads=2", "train.progress=false", "eval.offline_epochs=2",
-        "eval.knn_k=5", "eval.diag_samples=16", "eval.batch_size=16", *extra])
+        "eval.knn_k=5", "eval.diag_samples=16", "eval.batch_size=16", "train.device=cpu", "train.amp=false",
+        *extra])
 
 
 def test_resnet50_trains_checkpoints_resumes_and_probes(tmp_path):

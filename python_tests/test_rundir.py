@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=8", "optim.batch_size=64",
         "optim.warmup_epochs=0", "train.threads=2", "train.progress=false", "eval.final=false",
         "eval.online_probe=false", "eval.every=100", "augment.view1.crop_size=16", "augment.view2.crop_size=16",
-        "method.projector=[16,16]", "name=run"]
+        "method.projector=[16,16]", "name=run", "train.device=cpu", "train.amp=false"]
 
 
 def _args(out, epochs):

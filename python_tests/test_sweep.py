@@ -20,7 +20,7 @@ TINY_BASE = {
     "model": {"backbone": "resnet10", "width": 8},
     "data": {"dataset": "synthetic", "train_limit": 128},
     "optim": {"batch_size": 32, "warmup_epochs": 0},
-    "train": {"epochs": 1, "threads": 1, "log_every": 1, "checkpoint_every_steps": 2},
+    "train": {"epochs": 1, "threads": 1, "log_every": 1, "checkpoint_every_steps": 2, "device": "cpu", "amp": False},
     "eval": {"offline_epochs": 2, "knn_k": 10, "diag_samples": 64, "knn_train_limit": 64},
     "augment": {"view1": {"crop_size": 16}, "view2": {"crop_size": 16}},
 }

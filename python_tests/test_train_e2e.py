@@ -10,7 +10,7 @@ from sslext.train import NonFiniteLossError, Trainer, load_checkpoint_file, main
 TINY = ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=8", "optim.batch_size=32",
         "optim.warmup_epochs=1", "train.threads=2", "train.progress=false", "eval.offline_epochs=3",
         "eval.knn_k=20", "eval.diag_samples=64", "train.log_every=1", "augment.view1.crop_size=16",
-        "augment.view2.crop_size=16"]
+        "augment.view2.crop_size=16", "train.device=cpu", "train.amp=false"]
 
 
 # Pretext-task methods (no projector) at crop 16: a 3x3 jigsaw of 4 px tiles

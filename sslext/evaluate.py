@@ -103,17 +103,20 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     if epochs <= 0:
         raise ValueError(f"epochs: expected > 0, got {epochs}")
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    # Trained where the features are (a CUDA tensor trains on its GPU).
+    dev = train_x.device
+    train_y, test_y = train_y.to(dev), test_y.to(dev)
     mu, sd = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     xtr, xte = (train_x - mu) / sd, (test_x - mu) / sd
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # weight init
-    clf = nn.Linear(xtr.shape[1], num_classes)
+    clf = nn.Linear(xtr.shape[1], num_classes).to(dev)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
     n = xtr.shape[0]
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
     for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(dev)
         for i in range(0, n, batch_size):
             b = perm[i:i + batch_size]
             loss = F.cross_entropy(clf(xtr[b]), train_y[b])
@@ -149,12 +152,13 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
     k = min(k, train_x.shape[0])
     tr = F.normalize(train_x.float(), dim=1)
+    train_y, test_y = train_y.to(tr.device), test_y.to(tr.device)
     correct = 0
     for i in range(0, test_x.shape[0], chunk):
         q = F.normalize(test_x[i:i + chunk].float(), dim=1)
         sim, idx = (q @ tr.T).topk(k, dim=1)
         w = (sim / temperature).exp()
-        votes = torch.zeros(q.shape[0], num_classes).scatter_add_(1, train_y[idx], w)
+        votes = torch.zeros(q.shape[0], num_classes, device=q.device).scatter_add_(1, train_y[idx], w)
         correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
     return correct / test_x.shape[0] * 100
 

@@ -43,32 +43,48 @@ class LARS(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            wd, lr = group["weight_decay"], group["lr"]
+            by_kind: Dict[Any, List[torch.Tensor]] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad
-                if group["lars_adapt"]:
-                    p_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(d_p)
-                    trust = group["eta"] * p_norm / (g_norm + wd * p_norm + group["eps"])
-                    if group["clip_lr"]:
-                        trust = torch.clamp(trust / lr, max=1.0)
-                    # A zero weight or gradient norm gives no signal: fall back to plain SGD.
-                    trust = torch.where((p_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
-                    d_p = d_p.add(p, alpha=wd).mul(trust)
-                elif wd:
-                    d_p = d_p.add(p, alpha=wd)
-                state = self.state[p]
-                if group["momentum"]:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d_p.detach().clone()
-                    else:
-                        buf.mul_(group["momentum"]).add_(d_p)
-                    d_p = buf
-                p.add_(d_p, alpha=-lr)
+                if p.grad is not None:
+                    by_kind.setdefault((p.device, p.dtype), []).append(p)
+            for params in by_kind.values():
+                self._step_tensors(group, params)
         return loss
+
+    def _step_tensors(self, group: Dict[str, Any], params: List[torch.Tensor]) -> None:
+        """One update of ``params`` (one device and dtype) with a fixed number of
+        ``torch._foreach_*`` calls, whatever their count: the host dispatches a
+        few dozen ops per step for ResNet-50 as for ResNet-18. Elementwise, the
+        arithmetic is the per-tensor formula in the same order."""
+        wd, lr = group["weight_decay"], group["lr"]
+        grads = [p.grad for p in params]
+        if group["lars_adapt"]:
+            p_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            trust = group["eta"] * p_norm / (g_norm + wd * p_norm + group["eps"])
+            if group["clip_lr"]:
+                trust = torch.clamp(trust / lr, max=1.0)
+            # A zero weight or gradient norm gives no signal: fall back to plain SGD.
+            trust = torch.where((p_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+            d_p = torch._foreach_add(grads, params, alpha=wd)
+            torch._foreach_mul_(d_p, list(trust.unbind(0)))
+        elif wd:
+            d_p = torch._foreach_add(grads, params, alpha=wd)
+        else:
+            d_p = grads
+        if group["momentum"]:
+            bufs = [self.state[p].get("momentum_buffer") for p in params]
+            if any(b is None for b in bufs):  # the first step: the buffers start as the update
+                for i, (p, b) in enumerate(zip(params, bufs)):
+                    if b is None:
+                        bufs[i] = self.state[p]["momentum_buffer"] = d_p[i].detach().clone()
+                    else:
+                        b.mul_(group["momentum"]).add_(d_p[i])
+            else:
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, d_p)
+            d_p = bufs
+        torch._foreach_add_(params, d_p, alpha=-lr)
 
 
 def _is_no_decay(name: str, p: torch.nn.Parameter, module: nn.Module) -> bool:

@@ -74,8 +74,15 @@ class ViewAugment:
             raise ValueError(f"hue: expected a value in [0, 0.5], got {self.hue}")
 
 
+_GRAY_ON: Dict[Tuple[str, torch.dtype], torch.Tensor] = {}
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = x.new_tensor(_GRAY).view(1, 3, 1, 1)
+    # Cached per device: a fresh x.new_tensor(...) is a blocking host-to-device copy on CUDA.
+    key = (str(x.device), x.dtype)
+    w = _GRAY_ON.get(key)
+    if w is None:
+        w = _GRAY_ON[key] = torch.tensor(_GRAY, dtype=x.dtype).view(1, 3, 1, 1).to(x.device)
     return (x * w).sum(1, keepdim=True)
 
 
@@ -125,6 +132,7 @@ class TwoViewAugment:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.generator = torch.Generator().manual_seed(int(seed))
+        self._device_stats: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- RNG helpers
     def _u(self, n: int, lo: float = 0.0, hi: float = 1.0, k: int | None = None) -> torch.Tensor:
@@ -134,9 +142,9 @@ class TwoViewAugment:
     def _bern(self, n: int, p: float) -> torch.Tensor:
         return torch.rand(n, generator=self.generator) < p
 
-    # ----------------------------------------------------------------- ops
-    def _crop_flip(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
-        n, _, hgt, wid = x.shape
+    # ----------------------------------------------------------------- random parameters
+    def _draw_crop_flip(self, n: int, hgt: int, wid: int, v: ViewAugment) -> torch.Tensor:
+        """The (n, 2, 3) affine matrices of crop + flip, computed on the host."""
         tries = 10
         area = self._u(n, v.crop_min_scale, v.crop_max_scale, tries)
         logr = self._u(n, math.log(3 / 4), math.log(4 / 3), tries)
@@ -157,19 +165,67 @@ class TwoViewAugment:
         theta[:, 0, 2] = 2 * cx - 1
         theta[:, 1, 1] = h
         theta[:, 1, 2] = 2 * cy - 1
-        theta = theta.to(x.device, x.dtype)
-        grid = F.affine_grid(theta, [n, 3, v.crop_size, v.crop_size], align_corners=False)
+        return theta
+
+    def _blur_kernels(self, n: int, v: ViewAugment) -> torch.Tensor:
+        sigma = self._u(n, 0.1, 2.0)
+        k = max(3, int(0.1 * v.crop_size) // 2 * 2 + 1)  # ~10% of the image, as in SimCLR/BYOL
+        r = torch.arange(k, dtype=torch.float32) - k // 2
+        ker = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
+        return ker / ker.sum(1, keepdim=True)
+
+    def _draw(self, n: int, hgt: int, wid: int, v: ViewAugment) -> Tuple[Dict[str, torch.Tensor], List[int]]:
+        """Every random parameter of one view, drawn on the host in the generator's historical order."""
+        p: Dict[str, torch.Tensor] = {"theta": self._draw_crop_flip(n, hgt, wid, v)}
+        order: List[int] = []
+        if v.jitter_prob > 0:
+            p["jitter"] = self._bern(n, v.jitter_prob).float()
+            p["brightness"] = self._u(n, max(0.0, 1 - v.brightness), 1 + v.brightness)
+            p["contrast"] = self._u(n, max(0.0, 1 - v.contrast), 1 + v.contrast)
+            p["saturation"] = self._u(n, max(0.0, 1 - v.saturation), 1 + v.saturation)
+            p["hue"] = self._u(n, -v.hue, v.hue)
+            order = torch.randperm(4, generator=self.generator).tolist()
+        if v.gray_prob > 0:
+            p["gray"] = self._bern(n, v.gray_prob).float()
+        if v.blur_prob > 0:
+            p["blur"] = self._bern(n, v.blur_prob).float()
+            p["blur_kernel"] = self._blur_kernels(n, v)
+        if v.solarize_prob > 0:
+            p["solarize"] = self._bern(n, v.solarize_prob).float()
+        return p, order
+
+    @staticmethod
+    def _to_device(p: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+        """One copy of all of a view's parameters, from pinned memory and without blocking on CUDA.
+
+        A pageable host-to-device copy makes the host wait for the GPU; with
+        the parameters packed in one pinned buffer the host queues the copy
+        and goes on (the caching host allocator keeps the buffer until the
+        copy has run).
+        """
+        if device.type == "cpu":
+            return p
+        flat = torch.cat([t.reshape(-1) for t in p.values()])
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(device, non_blocking=True)
+        out, at = {}, 0
+        for k, t in p.items():
+            out[k] = flat[at:at + t.numel()].view(t.shape)
+            at += t.numel()
+        return out
+
+    # ----------------------------------------------------------------- ops
+    def _crop_flip(self, x: torch.Tensor, v: ViewAugment, theta: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        grid = F.affine_grid(theta.to(x.dtype), [n, 3, v.crop_size, v.crop_size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def _jitter(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
+    def _jitter(self, x: torch.Tensor, v: ViewAugment, p: Dict[str, torch.Tensor], order: List[int]) -> torch.Tensor:
         n = x.shape[0]
-        dev = x.device
-        apply = self._bern(n, v.jitter_prob).to(dev).view(n, 1, 1, 1)
-        bf = self._u(n, max(0.0, 1 - v.brightness), 1 + v.brightness).to(dev).view(n, 1, 1, 1)
-        cf = self._u(n, max(0.0, 1 - v.contrast), 1 + v.contrast).to(dev).view(n, 1, 1, 1)
-        sf = self._u(n, max(0.0, 1 - v.saturation), 1 + v.saturation).to(dev).view(n, 1, 1, 1)
-        hf = self._u(n, -v.hue, v.hue).to(dev).view(n, 1, 1)
-        order = torch.randperm(4, generator=self.generator).tolist()
+        apply = (p["jitter"] > 0.5).view(n, 1, 1, 1)
+        bf, cf, sf = (p[k].view(n, 1, 1, 1) for k in ("brightness", "contrast", "saturation"))
+        hf = p["hue"].view(n, 1, 1)
         y = x
         for op in order:
             if op == 0 and v.brightness > 0:
@@ -184,14 +240,12 @@ class TwoViewAugment:
                 y = _hsv_to_rgb(hsv).clamp(0, 1)
         return torch.where(apply, y, x)
 
-    def _blur(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
+    @staticmethod
+    def _blur(x: torch.Tensor, p: Dict[str, torch.Tensor]) -> torch.Tensor:
         n, c, hgt, wid = x.shape
-        apply = self._bern(n, v.blur_prob).to(x.device).view(n, 1, 1, 1)
-        sigma = self._u(n, 0.1, 2.0)
-        k = max(3, int(0.1 * v.crop_size) // 2 * 2 + 1)  # ~10% of the image, as in SimCLR/BYOL
-        r = torch.arange(k, dtype=torch.float32) - k // 2
-        ker = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
-        ker = (ker / ker.sum(1, keepdim=True)).to(x.device, x.dtype)
+        apply = (p["blur"] > 0.5).view(n, 1, 1, 1)
+        ker = p["blur_kernel"].to(x.dtype)
+        k = ker.shape[1]
         ker = ker.repeat_interleave(c, 0)  # (n*c, k)
         y = x.reshape(1, n * c, hgt, wid)
         y = F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect")
@@ -202,19 +256,27 @@ class TwoViewAugment:
 
     def augment_view(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
         """One augmented view in [0, 1] (not normalised) of a float batch in [0, 1]."""
-        n = x.shape[0]
-        y = self._crop_flip(x, v)
+        n, _, hgt, wid = x.shape
+        p, order = self._draw(n, hgt, wid, v)
+        p = self._to_device(p, x.device)
+        y = self._crop_flip(x, v, p["theta"])
         if v.jitter_prob > 0:
-            y = self._jitter(y, v)
+            y = self._jitter(y, v, p, order)
         if v.gray_prob > 0:
-            g = self._bern(n, v.gray_prob).to(y.device).view(n, 1, 1, 1)
+            g = (p["gray"] > 0.5).view(n, 1, 1, 1)
             y = torch.where(g, _gray(y).expand_as(y), y)
         if v.blur_prob > 0:
-            y = self._blur(y, v)
+            y = self._blur(y, p)
         if v.solarize_prob > 0:
-            s = self._bern(n, v.solarize_prob).to(y.device).view(n, 1, 1, 1)
+            s = (p["solarize"] > 0.5).view(n, 1, 1, 1)
             y = torch.where(s & (y >= 0.5), 1 - y, y)
         return y
+
+    def _stats_on(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._device_stats:
+            self._device_stats[key] = (self.mean.to(device), self.std.to(device))
+        return self._device_stats[key]
 
     def __call__(self, images: torch.Tensor) -> List[torch.Tensor]:
         """Return ``len(views)`` normalised float32 views of a uint8 (N, 3, H, W) batch."""
@@ -223,7 +285,7 @@ class TwoViewAugment:
             raise ValueError(f"images: expected a uint8 tensor (N, 3, H, W), got "
                              f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
         x = images.float().div_(255.0)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        mean, std = self._stats_on(x.device)
         return [(self.augment_view(x, v) - mean) / std for v in self.views]
 
     # ----------------------------------------------------------------- state

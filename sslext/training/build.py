@@ -5,6 +5,7 @@ rebuild exactly the same model from the same config.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict
 
@@ -21,8 +22,17 @@ __all__ = ["resolve_device", "cpu_has_native_bf16", "build_everything", "IGNORE_
 IGNORE_LABEL = -100  # F.cross_entropy's default ignore_index
 
 
+# Set by the test suite (python_tests/conftest.py): a test that leaves
+# train.device at "auto" would train on CUDA on a GPU machine, against CPU
+# tensors and bit-exact CPU expectations; it fails on every machine instead.
+FORBID_AUTO_DEVICE_ENV = "SSLEXT_TEST_FORBID_AUTO_DEVICE"
+
+
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
+        if os.environ.get(FORBID_AUTO_DEVICE_ENV) == "1":
+            raise ConfigError(f"train.device: 'auto' in a test ({FORBID_AUTO_DEVICE_ENV}=1): pin train.device=cpu, "
+                              "or train.device=cuda in a test marked cuda")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' requested but no CUDA device is available")

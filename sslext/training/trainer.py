@@ -33,6 +33,8 @@ from .nonfinite import NonFinitePolicy, nonfinite_reason
 from .precision import trainer_precision
 from .rundir import prepare_run_dir
 from .signals import StopSignals
+from .step import BatchStager, autocast_settings, compile_forward, make_scaler, step_is_finite
+from .step_stats import EpochStats
 
 __all__ = ["Trainer", "train"]
 
@@ -102,9 +104,13 @@ class Trainer:
         if self.world_size > 1:
             self.model = wrap_ddp(self.method, self.device, dcfg["find_unused_parameters"])
             self.probe_model = wrap_ddp(self.probe, self.device)
-        self.train_images = self.train_ds.images.pin_memory() if self.device.type == "cuda" else self.train_ds.images
+        # What the step calls: the method's forward and loss, compiled with train.compile.
+        self.forward = compile_forward(self.model, t["compile"])
+        self.autocast_enabled, self.autocast_dtype = autocast_settings(self)
+        self.scaler = make_scaler(self)
+        self.stage_batch = BatchStager(self.train_ds.images, self.probe_labels, self.local_batch, self.device)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self._reset_acc()
+        self.stats = EpochStats(self.device)
         self.metrics = MetricsLog(self.run_dir, self.main, t["loggers"])
         self.nonfinite = NonFinitePolicy(t["on_nonfinite"], t["max_consecutive_skips"])
         self.signals = StopSignals()
@@ -127,11 +133,11 @@ class Trainer:
                                "skipped": list(ds.skipped)})
 
     # ------------------------------------------------------------------ state
-    def _reset_acc(self) -> None:
-        # Running sums of the current epoch; checkpointed so a mid-epoch resume
-        # reports the same epoch means as an uninterrupted run.
-        self.acc: Dict[str, Any] = {"loss": 0.0, "n": 0, "probe_correct": 0, "terms": {}, "seconds": 0.0,
-                                    "skipped": 0}
+    @property
+    def acc(self) -> Dict[str, Any]:
+        """The epoch's running sums as Python numbers (reads the device): checkpointed so a
+        mid-epoch resume reports the same epoch means as an uninterrupted run."""
+        return self.stats.to_dict()
 
     def state_dict(self, rank_rng: Optional[List[Dict[str, torch.Tensor]]] = None) -> Dict[str, Any]:
         """Checkpoint dict; ``rank_rng`` (from ``checkpoint.gather_rank_rng``) adds every rank's RNG streams."""
@@ -175,7 +181,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         rng_note = restore_rng(ckpt, self.augment, self.device, self.rank, self.world_size, self.cfg["seed"],
                                self.global_step, self.main)
-        self.acc = {"skipped": 0, **ckpt["epoch_acc"]}
+        self.stats.load_dict(ckpt["epoch_acc"])
         self.nonfinite.consecutive_skips = int(ckpt.get("consecutive_skips", 0))
         self.metrics.truncate_for_resume(ckpt.get("metrics_records"), self.global_step)
         self._log({"kind": "resume", "step": self.global_step, "epoch": self.epoch, "checkpoint": str(path),
@@ -227,27 +233,33 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ distributed step helpers
-    def _loss_value(self, loss: torch.Tensor) -> float:
-        """This rank's loss as a float; NaN on every rank when any rank's is non-finite.
+    def _loss_all_ranks(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss summed over the ranks (this rank's loss alone without DDP), on the device.
 
         Under DDP a rank that stopped alone would leave the others blocked in
-        the next collective, so the non-finite decision is taken together.
+        the next collective, so the non-finite decision is taken together:
+        the sum is non-finite on every rank when any rank's loss is.
         """
+        if self.world_size == 1:
+            return loss.detach()
+        s = loss.detach().float().reshape(1).clone()
+        dist.all_reduce(s)
+        return s
+
+    def _loss_value(self, loss: torch.Tensor, loss_all: torch.Tensor) -> float:
+        """This rank's loss as a float; NaN on every rank when any rank's is non-finite (reads the device)."""
         lval = float(loss.detach())
-        if self.world_size > 1:
-            s = loss.detach().float().reshape(1).clone()
-            dist.all_reduce(s)
-            if not math.isfinite(float(s)) and math.isfinite(lval):
-                return float("nan")
+        if self.world_size > 1 and not math.isfinite(float(loss_all)) and math.isfinite(lval):
+            return float("nan")
         return lval
 
     def _global_probe_stats(self, correct: torch.Tensor, probe_loss: torch.Tensor) -> tuple:
-        """(correct count, mean probe loss) over the global batch (one collective under DDP)."""
+        """(correct count, mean probe loss) over the global batch as device tensors (one collective under DDP)."""
         if self.world_size == 1:
-            return int(correct), float(probe_loss.detach())
+            return correct, probe_loss.detach()
         st = torch.stack([correct.float(), probe_loss.detach().float()])
         dist.all_reduce(st)
-        return int(round(float(st[0]))), float(st[1]) / self.world_size
+        return torch.round(st[0]), st[1] / self.world_size
 
     # ------------------------------------------------------------------ main loop
     def fit(self) -> Dict[str, Any]:
@@ -286,7 +298,7 @@ class Trainer:
                     break
                 if self._step_checkpoint_due():
                     self.save()
-            self.acc["seconds"] += time.time() - t_epoch
+            self.stats.seconds += time.time() - t_epoch
             if stop is not None and (self.step_in_epoch < self.steps_per_epoch or stop != "max_steps"):
                 # Mid-epoch state (a signal at the last step of an epoch is saved
                 # before the epoch's evaluation too, to exit quickly; the resumed
@@ -322,61 +334,84 @@ class Trainer:
         return bool(every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch)
 
     def train_step(self, perm: torch.Tensor, pbar: Any = None) -> None:
-        """One optimizer step on this rank's slice of the next global batch of ``perm`` (or a skipped step)."""
+        """One optimizer step on this rank's slice of the next global batch of ``perm`` (or a skipped step).
+
+        Reads the device once (is the step finite?) unless it logs; the
+        loss, terms and probe statistics are summed on the device.
+        """
         t = self.cfg["train"]
-        acc = self.acc
         # This rank's contiguous slice of the global batch: the global
         # batches are the same for any number of processes.
         start = self.step_in_epoch * self.batch_size + self.rank * self.local_batch
         idx = perm[start:start + self.local_batch]
-        x = self.train_images[idx].to(self.device, non_blocking=True)
+        x, y = self.stage_batch(idx)
         views = self.augment(x)
         if t["channels_last"]:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         snap = self.nonfinite.snapshot(self.method)
-        with self.precision.autocast(self.device.type):
-            loss, terms = self.model(views)
-        lval = self._loss_value(loss)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_enabled):
+            loss, terms = self.forward(views)
+        loss_all = self._loss_all_ranks(loss)
         self.optimizer.zero_grad(set_to_none=True)
         # Backward even on a non-finite loss: the gradient check is
         # what every process of a distributed run sees alike.
-        loss.backward()
-        what = nonfinite_reason(lval, self.method)
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        # With a GradScaler, non-finite gradients are its overflow signal (it
+        # skips the update and lowers the scale), not a divergence.
+        ok = step_is_finite([loss, loss_all], self.method, check_grads=self.scaler is None)
         probe_loss = None
-        if what is not None:
+        if not ok:
+            lval = self._loss_value(loss, loss_all)
+            what = nonfinite_reason(lval, self.method) or "loss"
             # Raises unless the step is skipped.
             self.nonfinite.on_bad_step(what, lval, terms, self.method, snap, self.global_step + 1, self.epoch,
                                        self._log, lambda: self.optimizer.zero_grad(set_to_none=True),
                                        lambda: pbar.close() if pbar else None, self.ckpt_path)
-            acc["skipped"] = acc.get("skipped", 0) + 1
+            if self.scaler is not None:
+                self.scaler.update()
+            self.stats.skipped += 1
         else:
             self.nonfinite.step_ok()
-            self.optimizer.step()
+            if self.scaler is None:
+                self.optimizer.step()
+            else:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             self.scheduler.step()
             self.method.after_optimizer_step(self.global_step, self.total_steps)
             if self.use_probe:
-                probe_loss = self._probe_step(idx)
+                probe_loss = self._probe_step(y)
         self.step_in_epoch += 1
         self.global_step += 1
         self._faults.at("step", self.global_step)
-        if what is None:
-            acc["loss"] += lval
-            acc["n"] += 1
-            for k, v in terms.items():
-                acc["terms"][k] = acc["terms"].get(k, 0.0) + float(v)
+        if ok:
+            self.stats.add_step(loss, terms)
             if self.global_step % t["log_every"] == 0 or self.step_in_epoch == self.steps_per_epoch:
-                rec = {"kind": "step", "step": self.global_step, "epoch": self.epoch, "loss": lval,
-                       "lr": self.scheduler.get_last_lr()[0], **{k: float(v) for k, v in terms.items()}}
-                if probe_loss is not None:
-                    rec["probe_loss"] = probe_loss
-                self._log(rec)
+                self._log_step(loss, terms, probe_loss, pbar)
         if pbar:
             pbar.update(1)
+
+    def _log_step(self, loss: torch.Tensor, terms: Dict[str, Any], probe_loss: Optional[torch.Tensor],
+                  pbar: Any) -> None:
+        """The step's record (this reads the device: only every train.log_every steps)."""
+        lval = float(loss.detach())
+        rec = {"kind": "step", "step": self.global_step, "epoch": self.epoch, "loss": lval,
+               "lr": self.scheduler.get_last_lr()[0], **{k: float(v) for k, v in terms.items()}}
+        if probe_loss is not None:
+            rec["probe_loss"] = float(probe_loss)
+        if self.scaler is not None:
+            rec["grad_scale"] = float(self.scaler.get_scale())
+        self._log(rec)
+        if pbar:
             pbar.set_postfix(epoch=self.epoch, loss=f"{lval:.4g}")
 
-    def _probe_step(self, idx: torch.Tensor) -> float:
-        """Train the online linear probe on this step's (detached) features; return its global mean loss."""
-        y = self.probe_labels[idx].to(self.device, non_blocking=True)
+    def _probe_step(self, y: torch.Tensor) -> torch.Tensor:
+        """Train the online linear probe on this step's (detached) features and labels ``y``; return its
+        global mean loss."""
         logits = self.probe_model(self.method.last_outputs["feats"].float())
         if self.probe_labels is self.train_ds.labels:
             probe_loss = F.cross_entropy(logits, y)
@@ -386,7 +421,7 @@ class Trainer:
         probe_loss.backward()
         self.probe_opt.step()
         correct, mean_loss = self._global_probe_stats((logits.argmax(1) == y).sum(), probe_loss)
-        self.acc["probe_correct"] += correct
+        self.stats.add_probe_correct(correct)
         return mean_loss
 
     def end_epoch(self, stop: Optional[str], pbar: Any = None) -> Optional[str]:
@@ -395,7 +430,7 @@ class Trainer:
         ``stop`` is why the loop is stopping, if it is; returns it, or the
         signal that arrived during the epoch's evaluation.
         """
-        cfg, t, acc, B = self.cfg, self.cfg["train"], self.acc, self.batch_size
+        cfg, t, acc, B = self.cfg, self.cfg["train"], self.stats.to_dict(), self.batch_size
         ep_n = acc["n"]
         rec: Dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
                                "loss": acc["loss"] / max(ep_n, 1),
@@ -417,7 +452,7 @@ class Trainer:
                                                                  "backbone_rankme", "projector_rankme")))
         self.epoch += 1
         self.step_in_epoch = 0
-        self._reset_acc()
+        self.stats.reset()
         requested = self._stop_requested() if stop is None else None
         if requested:  # arrived during the epoch's evaluation
             stop = requested
