@@ -304,7 +304,7 @@ def test_gpu_sweep_dry_run_on_the_cpu(tmp_path):
             "train.epochs=1", "optim.warmup_epochs=0", "train.threads=2", "eval.offline_epochs=1",
             "eval.knn_k=5", "eval.diag_samples=32", "eval.knn_train_limit=32", "eval.batch_size=32",
             "augment.view1.crop_size=8", "augment.view2.crop_size=8", "train.amp=false",
-            "train.channels_last=false"]
+            "train.channels_last=false", "train.device=cpu"]
     sweep = load_sweep(REPO / "configs" / "sweeps" / "seed_question_gpu.yaml", out=tmp_path, extra=tiny)
     cells = [c for c in sweep.cells if c.seed == 0]
     assert len(cells) == 18
