@@ -70,7 +70,7 @@ def precision_worker(rank: int, world: int, init_file: str, out_dir: str) -> Non
         for run in ("first", "cached"):
             cfg = load_config(None, ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=4",
                                      "method.projector=[16,16]", "optim.batch_size=16", "augment.view1.crop_size=8",
-                                     "augment.view2.crop_size=8", "train.amp=auto", "train.progress=false",
+                                     "augment.view2.crop_size=8", "train.amp=auto", "train.device=cpu", "train.progress=false",
                                      f"train.out_dir={out / run}"])
             p = Trainer(cfg).precision
             res[run] = (p.name, p.reason, p.rates)

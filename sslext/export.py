@@ -105,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{info['out_dim']}-d features")
     if "torchvision" in info:
         print(f"load it with: import torch, torch.nn as nn, torchvision; {info['torchvision']}; "
-              f"m.load_state_dict(torch.load({info['out']!r}))")
+              f"m.load_state_dict(torch.load({info['out']!r}, weights_only=True))")
     else:
         print(f"load it with: sslext.models.load_backbone({info['out']!r})")
     return 0

@@ -176,8 +176,12 @@ class _RunningCovariance(nn.Module):
     A state_dict holding a ``C`` of any shape loads into an unallocated one,
     and one saved before the first call (an empty ``C``) loads into a sized
     one as zeros. ``skipped_updates`` (a buffer, not saved) counts the calls
-    whose update was refused because it was not finite.
+    whose update was refused because it was not finite; the warning that says
+    so reads a flag from the device, so a caller that checks every loss itself
+    (the trainer: one sync per step) sets ``warn_nonfinite = False``.
     """
+
+    warn_nonfinite = True
 
     def __init__(self, dim: Optional[int], update_in_eval: bool):
         super().__init__()
@@ -212,7 +216,7 @@ class _RunningCovariance(nn.Module):
         self.skipped_updates.add_((~finite).to(self.skipped_updates.dtype))
         # Warning needs the flag on the host (a device sync); compiled graphs keep the
         # count only, so they stay free of a data-dependent branch.
-        if not torch.compiler.is_compiling() and not bool(finite):
+        if self.warn_nonfinite and not torch.compiler.is_compiling() and not bool(finite):
             warnings.warn(
                 f"{type(self).__name__}: the batch made the running covariance non-finite (NaN or Inf "
                 f"in the embeddings?); C was left unchanged ({int(self.skipped_updates)} update(s) "

@@ -30,6 +30,9 @@ class TiCo(Method):
         super().__init__(backbone)
         self.projector = TiCoHead(self.feat_dim, hidden_dim, out_dim)
         self.loss_fn = TiCoLoss(beta=float(beta), rho=float(rho), dim=int(out_dim))
+        # A bad batch makes the loss non-finite too, which the trainer's one check per step
+        # handles (stop, or skip and restore C); the loss's own warning would read a second flag.
+        self.loss_fn.warn_nonfinite = False
 
     def project(self, h):
         return self.projector(h)

@@ -39,6 +39,9 @@ class VICRegTiCo(Method):
         self.loss_fn = VICRegTiCoLoss(inv_coeff=float(inv_coeff), var_coeff=float(var_coeff),
                                       cov_coeff=float(cov_coeff), beta=float(beta), eps=float(eps),
                                       dim=int(projector[-1]), strategy=strategy, variant=variant)
+        # A bad batch makes the loss non-finite too, which the trainer's one check per step
+        # handles (stop, or skip and restore C); the loss's own warning would read a second flag.
+        self.loss_fn.warn_nonfinite = False
 
     def project(self, h):
         return self.projector(h)
