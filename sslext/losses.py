@@ -274,14 +274,17 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
     (``mean z_a^T C_new z_a``, before ``rho``); loss = ``1 - similarity + rho *
     contrast``. The contrast grows over the first ~1 / (1 - beta) calls as
     ``C`` fills from zeros, so the loss of a fresh run rises at first.
+    ``batch_cov_in_graph=True`` keeps the batch matrix in the gradient (TiCo's
+    pseudocode) instead of lightly's detached ``C_new`` (the default).
     """ + _UPDATE_RULE
 
     def __init__(self, beta: float = 0.9, rho: float = 8.0, dim: Optional[int] = None,
                  strategy: str = "auto", gather_distributed: Optional[bool] = None,
-                 update_in_eval: bool = False):
+                 update_in_eval: bool = False, batch_cov_in_graph: bool = False):
         super().__init__(dim, update_in_eval)
         self.beta = check_fraction(beta, "beta")
         self.rho = check_real(rho, "rho", minimum=0.0)
+        self.batch_cov_in_graph = check_flag(batch_cov_in_graph, "batch_cov_in_graph")
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
@@ -292,13 +295,14 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
         # identical on every rank (no buffer broadcast needed).
         z_a, z_b = self._gather(z_a, z_b)
         c = self._covariance_for(z_a)
-        terms, finite = F._tico(z_a, z_b, c, self.beta, self.rho, update, self.strategy, skip_nonfinite=True)
+        terms, finite = F._tico(z_a, z_b, c, self.beta, self.rho, update, self.strategy, skip_nonfinite=True,
+                                batch_cov_in_graph=self.batch_cov_in_graph)
         self._count_update(finite)
         return self._keep(F._finish(terms, F.TICO_TERMS, True))
 
     def extra_repr(self) -> str:
         return (f"beta={self.beta}, rho={self.rho}, dim={self.C.shape[0] if self.C.dim() == 2 else None}, "
-                f"update_in_eval={self.update_in_eval}")
+                f"update_in_eval={self.update_in_eval}, batch_cov_in_graph={self.batch_cov_in_graph}")
 
 
 class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
@@ -307,7 +311,8 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
     The research proposal sslext exists to test. ``variant="symmetric"``
     (default: both branches, /D scaling) or ``"proposal"`` (the proposal's
     literal one-branch term without /D); every choice (centering, branches,
-    scaling, detached ``C_new``) is spelled out in
+    scaling, detached ``C_new`` or, with ``batch_cov_in_graph=True``, the
+    batch matrix in the gradient as the proposal writes it) is spelled out in
     :func:`sslext.functional.vicreg_tico_loss`. ``last_terms``: ``invariance``,
     ``variance``, ``covariance`` (before their coefficients).
     """ + _UPDATE_RULE
@@ -324,6 +329,7 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         gather_distributed: Optional[bool] = None,
         variant: str = "symmetric",
         update_in_eval: bool = False,
+        batch_cov_in_graph: bool = False,
     ):
         super().__init__(dim, update_in_eval)
         _check_coefficients(self, inv_coeff=inv_coeff, var_coeff=var_coeff, cov_coeff=cov_coeff, eps=eps)
@@ -331,6 +337,7 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
         self.variant = check_choice(variant, "variant", F.VICREG_TICO_VARIANTS)
+        self.batch_cov_in_graph = check_flag(batch_cov_in_graph, "batch_cov_in_graph")
         self.last_terms = {}
 
     def forward(self, z_a: Tensor, z_b: Tensor, update: Optional[bool] = None) -> Tensor:
@@ -339,7 +346,7 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         c = self._covariance_for(z_a)
         terms, finite = F._vicreg_tico(
             z_a, z_b, c, self.inv_coeff, self.var_coeff, self.cov_coeff, self.beta, self.eps, update,
-            self.strategy, self.variant, skip_nonfinite=True,
+            self.strategy, self.variant, skip_nonfinite=True, batch_cov_in_graph=self.batch_cov_in_graph,
         )
         self._count_update(finite)
         return self._keep(F._finish(terms, F.VICREG_TICO_TERMS, True))
@@ -347,4 +354,4 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
     def extra_repr(self) -> str:
         return (f"inv_coeff={self.inv_coeff}, var_coeff={self.var_coeff}, "
                 f"cov_coeff={self.cov_coeff}, beta={self.beta}, eps={self.eps}, variant={self.variant!r}, "
-                f"update_in_eval={self.update_in_eval}")
+                f"update_in_eval={self.update_in_eval}, batch_cov_in_graph={self.batch_cov_in_graph}")
