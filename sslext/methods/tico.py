@@ -19,7 +19,8 @@ class TiCo(Method):
     detached reading; docs/api.md).
     """
 
-    DEFAULTS = dict(hidden_dim=4096, out_dim=256, beta=0.9, rho=8.0, batch_cov_in_graph=False)
+    DEFAULTS = dict(hidden_dim=4096, out_dim=256, beta=0.9, rho=8.0, batch_cov_in_graph=False,
+                    bias_correction=False)
 
     HELP = dict(
         hidden_dim='projector hidden width',
@@ -27,13 +28,15 @@ class TiCo(Method):
         beta='running covariance momentum: C = beta C + (1 - beta) B',
         rho='weight of the covariance contrast term',
         batch_cov_in_graph='B in the gradient (TiCo pseudocode, the proposal) instead of detached C_new (lightly; default)',
+        bias_correction='divide C_new by 1 - beta^t in the contrast (t = updates so far; saved), as Adam does',
     )
 
-    def __init__(self, backbone, hidden_dim, out_dim, beta, rho, batch_cov_in_graph) -> None:
+    def __init__(self, backbone, hidden_dim, out_dim, beta, rho, batch_cov_in_graph,
+                 bias_correction) -> None:
         super().__init__(backbone)
         self.projector = TiCoHead(self.feat_dim, hidden_dim, out_dim)
         self.loss_fn = TiCoLoss(beta=float(beta), rho=float(rho), dim=int(out_dim),
-                                batch_cov_in_graph=batch_cov_in_graph)
+                                batch_cov_in_graph=batch_cov_in_graph, bias_correction=bias_correction)
 
     def project(self, h):
         return self.projector(h)
