@@ -197,7 +197,7 @@ class _RunningCovariance(nn.Module):
             # Only then: checkpoints of the default modules keep their keys.
             self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
 
-    def _bias_corrected(self, terms: Tensor, coeff: float) -> Tensor:
+    def _bias_corrected(self, terms: Tensor, coeff: float, counted: bool) -> Tensor:
         """The terms vector with the contrast (its last entry) divided by 1 - beta^(t+1).
 
         C_new after t stored updates holds 1 - beta^(t+1) of the embeddings'
@@ -205,10 +205,14 @@ class _RunningCovariance(nn.Module):
         linear in C_new, so dividing it (and its share of the loss, ``coeff``
         times it) is dividing C_new, in both gradient readings. A tensor
         factor, not a float: no device sync, and one compiled graph for every t.
+
+        Called after ``_count_update`` (``counted``: this call's update was
+        counted, so ``updates`` already is t + 1; a refused, non-finite update
+        leaves t, and that call's loss is non-finite anyway).
         """
         if not self.bias_correction:
             return terms
-        t = self.updates.to(device=terms.device, dtype=torch.float64) + 1
+        t = self.updates.to(device=terms.device, dtype=torch.float64) + (0 if counted else 1)
         k = (1.0 / (1.0 - torch.pow(self.beta, t))).to(terms.dtype)
         contrast = terms[-1]
         loss = terms[0] + (k - 1) * coeff * contrast
@@ -238,7 +242,10 @@ class _RunningCovariance(nn.Module):
             return
         self.skipped_updates.add_((~finite).to(self.skipped_updates.dtype))
         if self.bias_correction:
-            self.updates.add_(finite.to(self.updates.dtype))
+            # Out of place: a compiled graph may recompute the correction in the
+            # backward from the buffer it read, which an in-place add would have
+            # changed by then.
+            self.updates = self.updates + finite.to(self.updates.dtype)
         # Warning needs the flag on the host (a device sync); compiled graphs keep the
         # count only, so they stay free of a data-dependent branch.
         if not torch.compiler.is_compiling() and not bool(finite):
@@ -333,8 +340,8 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
         c = self._covariance_for(z_a)
         terms, finite = F._tico(z_a, z_b, c, self.beta, self.rho, update, self.strategy, skip_nonfinite=True,
                                 batch_cov_in_graph=self.batch_cov_in_graph)
-        terms = self._bias_corrected(terms, self.rho)
         self._count_update(finite)
+        terms = self._bias_corrected(terms, self.rho, counted=finite is not None)
         return self._keep(F._finish(terms, F.TICO_TERMS, True))
 
     def extra_repr(self) -> str:
@@ -387,8 +394,8 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
             z_a, z_b, c, self.inv_coeff, self.var_coeff, self.cov_coeff, self.beta, self.eps, update,
             self.strategy, self.variant, skip_nonfinite=True, batch_cov_in_graph=self.batch_cov_in_graph,
         )
-        terms = self._bias_corrected(terms, self.cov_coeff)
         self._count_update(finite)
+        terms = self._bias_corrected(terms, self.cov_coeff, counted=finite is not None)
         return self._keep(F._finish(terms, F.VICREG_TICO_TERMS, True))
 
     def extra_repr(self) -> str:
