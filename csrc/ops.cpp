@@ -7,6 +7,12 @@
 // VICReg-TiCo's `proposal` selects the research proposal's literal term (one
 // branch, no /D) over the symmetric default; see sslext.functional.
 //
+// `batch_cov_in_graph` (TiCo and VICReg-TiCo) keeps the batch matrix B of
+// C_new = beta C + (1 - beta) B inside the gradient (TiCo's pseudocode, the
+// proposal's text) instead of holding C_new constant (lightly's reading, the
+// default). Only the forward takes it: the `proj` it returns for the backward
+// then already carries the extra term (see add_batch_cov_grad_ in ops.h).
+//
 // The backward of each fused loss is an op too (autograd and compiled graphs
 // call it), named with a leading underscore because users should not; it
 // takes output_mask = [dz_a wanted, dz_b wanted] and checks every argument
@@ -79,7 +85,7 @@ TORCH_LIBRARY(sslext, m) {
   m.def(
       "vicreg_tico_loss(Tensor z_a, Tensor z_b, Tensor c, float inv_coeff, "
       "float var_coeff, float cov_coeff, float beta, float eps, int strategy, "
-      "bool proposal=False) -> (Tensor terms, Tensor centered, Tensor mean_a, Tensor mean_b, Tensor "
+      "bool proposal=False, bool batch_cov_in_graph=False) -> (Tensor terms, Tensor centered, Tensor mean_a, Tensor mean_b, Tensor "
       "var_a, Tensor var_b, Tensor proj, Tensor c_new)");
   m.def(
       "_vicreg_tico_loss_backward(Tensor grad_terms, Tensor z_a, Tensor z_b, "
@@ -96,7 +102,7 @@ TORCH_LIBRARY(sslext, m) {
       "strategy, ScalarType out_dtype, bool[] output_mask) -> (Tensor, Tensor)");
   m.def(
       "tico_loss(Tensor z_a, Tensor z_b, Tensor c, float beta, float rho, int "
-      "strategy) -> (Tensor terms, Tensor zhat_a, Tensor zhat_b, Tensor norm_a, "
+      "strategy, bool batch_cov_in_graph=False) -> (Tensor terms, Tensor zhat_a, Tensor zhat_b, Tensor norm_a, "
       "Tensor norm_b, Tensor proj, Tensor c_new)");
   m.def(
       "_tico_loss_backward(Tensor grad_terms, Tensor zhat_a, Tensor zhat_b, "

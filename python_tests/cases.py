@@ -16,8 +16,11 @@ def _random_cov(d, dtype=torch.float32, device="cpu", seed=0):
 
 
 class LossCase:
-    def __init__(self, name, ours, ref, stateful):
+    def __init__(self, name, ours, ref, stateful, kind=None):
         self.name, self.ours, self.ref, self.stateful = name, ours, ref, stateful
+        # The formula's shape (rows contrasted, loss scale), shared by options
+        # that change only the gradient.
+        self.kind = kind or name
 
     def run_ours(self, z_a, z_b, strategy, c=None):
         if self.stateful:
@@ -39,5 +42,14 @@ CASES = [
     LossCase("vicreg_tico", F.vicreg_tico_loss, R.vicreg_tico_reference, True),
     LossCase("vicreg_tico_proposal", functools.partial(F.vicreg_tico_loss, variant="proposal"),
              R.vicreg_tico_proposal_reference, True),
+    # batch_cov_in_graph: B inside the gradient, against references that do not detach it.
+    LossCase("tico_graph", functools.partial(F.tico_loss, batch_cov_in_graph=True),
+             functools.partial(R.tico_reference, batch_cov_in_graph=True), True, kind="tico"),
+    LossCase("vicreg_tico_graph", functools.partial(F.vicreg_tico_loss, batch_cov_in_graph=True),
+             functools.partial(R.vicreg_tico_reference, batch_cov_in_graph=True), True, kind="vicreg_tico"),
+    LossCase("vicreg_tico_proposal_graph",
+             functools.partial(F.vicreg_tico_loss, variant="proposal", batch_cov_in_graph=True),
+             functools.partial(R.vicreg_tico_proposal_reference, batch_cov_in_graph=True), True,
+             kind="vicreg_tico_proposal"),
 ]
 CASE_IDS = [c.name for c in CASES]

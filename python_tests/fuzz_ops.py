@@ -47,7 +47,8 @@ ARGS = {
                               ("eps", "float"), ("strategy", "strategy"), ("output_mask", "mask")],
     "vicreg_tico_loss": [("z_a", "tensor"), ("z_b", "tensor"), ("c", "tensor"), ("inv_coeff", "float"),
                          ("var_coeff", "float"), ("cov_coeff", "float"), ("beta", "float"),
-                         ("eps", "float"), ("strategy", "strategy"), ("proposal", "bool")],
+                         ("eps", "float"), ("strategy", "strategy"), ("proposal", "bool"),
+                         ("batch_cov_in_graph", "bool")],
     "_vicreg_tico_loss_backward": [("grad_terms", "tensor"), ("z_a", "tensor"), ("z_b", "tensor"),
                                    ("mean_a", "tensor"), ("mean_b", "tensor"), ("var_a", "tensor"),
                                    ("var_b", "tensor"), ("proj", "tensor"), ("inv_coeff", "float"),
@@ -60,7 +61,7 @@ ARGS = {
                                     ("lambd", "float"), ("strategy", "strategy"), ("out_dtype", "dtype"),
                                     ("output_mask", "mask")],
     "tico_loss": [("z_a", "tensor"), ("z_b", "tensor"), ("c", "tensor"), ("beta", "float"), ("rho", "float"),
-                  ("strategy", "strategy")],
+                  ("strategy", "strategy"), ("batch_cov_in_graph", "bool")],
     "_tico_loss_backward": [("grad_terms", "tensor"), ("zhat_a", "tensor"), ("zhat_b", "tensor"),
                             ("norm_a", "tensor"), ("norm_b", "tensor"), ("proj", "tensor"), ("rho", "float"),
                             ("out_dtype", "dtype"), ("output_mask", "mask")],
@@ -128,6 +129,7 @@ def build_valid(case: dict):
     z_b = (base + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64)).to(dtype)
     c = (torch.eye(d, dtype=torch.float64) / d + 0.01).to(acc)
     s, prop = case["strategy"], case["proposal"]
+    graph = case.get("graph", False)  # cases recorded before the option: detached
     mask = [True, True]
     terms4 = torch.randn(4, generator=g, dtype=torch.float64).to(acc)
     terms3 = torch.randn(3, generator=g, dtype=torch.float64).to(acc)
@@ -148,9 +150,9 @@ def build_valid(case: dict):
         out = ops.vicreg_loss(z_a, z_b, 25.0, 25.0, 1.0, 1e-4, s)
         return [terms4, z_a, z_b, *out[1:], 25.0, 25.0, 1.0, 1e-4, s, mask]
     if op == "vicreg_tico_loss":
-        return [z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, s, prop]
+        return [z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, s, prop, graph]
     if op == "_vicreg_tico_loss_backward":
-        out = ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, s, prop)
+        out = ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, s, prop, graph)
         return [terms4, z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, prop, mask]
     if op == "barlow_twins_loss":
         return [z_a, z_b, 0.0051, 1e-5, s]
@@ -158,9 +160,9 @@ def build_valid(case: dict):
         out = ops.barlow_twins_loss(z_a, z_b, 0.0051, 1e-5, s)
         return [terms3, *out[1:], 0.0051, s, dtype, mask]
     if op == "tico_loss":
-        return [z_a, z_b, c, 0.9, 8.0, s]
+        return [z_a, z_b, c, 0.9, 8.0, s, graph]
     if op == "_tico_loss_backward":
-        out = ops.tico_loss(z_a, z_b, c, 0.9, 8.0, s)
+        out = ops.tico_loss(z_a, z_b, c, 0.9, 8.0, s, graph)
         return [terms3, *out[1:6], 8.0, dtype, mask]
     raise KeyError(f"no valid call for op {op!r}")
 

@@ -20,6 +20,12 @@ MODULES = {
     "tico": lambda: sslext.TiCoLoss(dim=48),
     "vicreg_tico": lambda: sslext.VICRegTiCoLoss(dim=48),
     "vicreg_tico_proposal": lambda: sslext.VICRegTiCoLoss(dim=48, variant="proposal"),
+    # B in the graph and the bias-corrected C: the step count t is a tensor,
+    # so the second step must reuse the first step's graph with t = 1.
+    "tico_graph_bias_corrected": lambda: sslext.TiCoLoss(dim=48, batch_cov_in_graph=True,
+                                                         bias_correction=True),
+    "vicreg_tico_proposal_graph_bias_corrected": lambda: sslext.VICRegTiCoLoss(
+        dim=48, variant="proposal", batch_cov_in_graph=True, bias_correction=True),
 }
 
 
@@ -42,6 +48,8 @@ def test_compiled_loss_matches_eager(name):
     if hasattr(eager_fn, "C"):
         torch.testing.assert_close(compiled_module.C, eager_fn.C, rtol=1e-6, atol=1e-8)
         assert compiled_module.C.abs().sum() > 0
+    if getattr(eager_fn, "bias_correction", False):
+        assert int(compiled_module.updates) == int(eager_fn.updates) == 2
 
 
 def test_compiled_in_a_training_step():

@@ -44,6 +44,7 @@ def cases(draw):
         "dtype": draw(st.sampled_from(DTYPES)),
         "strategy": draw(st.integers(0, 1)),
         "proposal": draw(st.booleans()),
+        "graph": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
         "arg": arg,
         "change": draw(st.sampled_from(CHANGES[kind])) if changed else None,

@@ -64,7 +64,7 @@ def test_float32_matches_float64_reference(case, strategy, shape, device):
             value.double(), ref[1][name].double(), rtol=1e-5, atol=1e-6 * abs(ref[0].item())
         )
     assert ours[2].dtype == z_a.dtype and ours[3].dtype == z_b.dtype
-    if case.name == "barlow_twins" and shape[0] == 2:
+    if case.kind == "barlow_twins" and shape[0] == 2:
         # Two standardised rows are +-sqrt(var / (var + eps)) whatever z is, so
         # the true gradient is O(eps / var) and emerges from cancelling O(1)
         # terms: no float32 computation carries 1e-4 relative accuracy here.
@@ -221,6 +221,77 @@ def test_tico_module_matches_lightly_semantics_over_steps():
         ref_loss, _, c_ref = R.tico_reference(z_a.double(), z_b.double(), c_ref, 0.9, 8.0)
         assert_forward_close(loss, ref_loss)
         torch.testing.assert_close(loss_fn.C.double(), c_ref, rtol=1e-5, atol=1e-7)
+
+
+BIAS_MODULES = {
+    "tico": (lambda **kw: sslext.TiCoLoss(beta=0.8, rho=8.0, **kw),
+             lambda a, b, c, k, graph: R.tico_reference(a, b, c, 0.8, 8.0 * k, batch_cov_in_graph=graph)),
+    "vicreg_tico": (lambda **kw: sslext.VICRegTiCoLoss(beta=0.8, **kw),
+                    lambda a, b, c, k, graph: R.vicreg_tico_reference(
+                        a, b, c, cov_coeff=k, beta=0.8, batch_cov_in_graph=graph)),
+    "vicreg_tico_proposal": (lambda **kw: sslext.VICRegTiCoLoss(beta=0.8, variant="proposal", **kw),
+                             lambda a, b, c, k, graph: R.vicreg_tico_proposal_reference(
+                                 a, b, c, cov_coeff=k, beta=0.8, batch_cov_in_graph=graph)),
+}
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["detached", "graph"])
+@pytest.mark.parametrize("name", list(BIAS_MODULES))
+def test_bias_corrected_modules_match_reference_over_steps(name, graph):
+    """bias_correction: the contrast uses C_new / (1 - beta^t), t counting this call's
+    update; the reference takes it as the contrast's coefficient times 1 / (1 - beta^t)
+    (the term is linear in C_new). Loss, gradients, the reported term and the stored
+    (uncorrected) C over four steps, one of them not updating."""
+    make, ref = BIAS_MODULES[name]
+    loss_fn = make(bias_correction=True, batch_cov_in_graph=graph)
+    c_ref = torch.zeros(24, 24, dtype=torch.float64)
+    t = 0
+    for step, update in enumerate([True, True, False, True]):
+        z_a, z_b = make_views(12, 24, seed=step)
+        a, b = z_a.clone().requires_grad_(), z_b.clone().requires_grad_()
+        loss = loss_fn(a, b, update=update)
+        loss.backward()
+        k = 1.0 / (1.0 - 0.8 ** (t + 1))
+        a64, b64 = z_a.double().requires_grad_(), z_b.double().requires_grad_()
+        ref_loss, ref_terms, c_new = ref(a64, b64, c_ref, k, graph)
+        ref_loss.backward()
+        assert_forward_close(loss, ref_loss)
+        assert_grad_close(a.grad, a64.grad)
+        assert_grad_close(b.grad, b64.grad)
+        term = "contrast" if name == "tico" else "covariance"
+        torch.testing.assert_close(loss_fn.last_terms[term].double(), k * ref_terms[term].detach(),
+                                   rtol=1e-5, atol=1e-7)
+        if update:
+            c_ref, t = c_new, t + 1
+        assert int(loss_fn.updates) == t
+        torch.testing.assert_close(loss_fn.C.double(), c_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_bias_correction_state():
+    """t is a saved buffer (only with bias_correction), restored by load_state_dict,
+    zeroed by reset_covariance, not advanced by a refused (non-finite) update."""
+    assert "updates" not in sslext.TiCoLoss(dim=8).state_dict()
+    loss_fn = sslext.VICRegTiCoLoss(dim=8, bias_correction=True)
+    z_a, z_b = make_views(6, 8)
+    for _ in range(3):
+        loss_fn(z_a, z_b)
+    bad = z_a.clone()
+    bad[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        loss_fn(bad, z_b)
+    assert int(loss_fn.updates) == 3 and int(loss_fn.skipped_updates) == 1
+    fresh = sslext.VICRegTiCoLoss(dim=8, bias_correction=True)
+    fresh.load_state_dict(loss_fn.state_dict())
+    assert int(fresh.updates) == 3
+    torch.testing.assert_close(fresh(z_a, z_b, update=False), loss_fn(z_a, z_b, update=False))
+    fresh.reset_covariance()
+    assert int(fresh.updates) == 0
+    with pytest.raises(ValueError, match="bias_correction needs beta < 1"):
+        sslext.TiCoLoss(beta=1.0, bias_correction=True)
+    with pytest.raises(TypeError, match="bias_correction must be True or False"):
+        sslext.TiCoLoss(bias_correction=1)
+    with pytest.raises(TypeError, match="batch_cov_in_graph must be True or False"):
+        sslext.VICRegTiCoLoss(batch_cov_in_graph="yes")
 
 
 def test_vicreg_tico_gram_reference_agrees():

@@ -92,6 +92,10 @@ def _opcheck_samples(device="cpu", dtype=torch.float32):
             (_ops.tico_loss, (z_a, z_b, c, 0.9, 8.0, strategy)),
             (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy)),
             (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, True)),
+            # batch_cov_in_graph: the batch matrix B inside the gradient.
+            (_ops.tico_loss, (z_a, z_b, c, 0.9, 8.0, strategy, True)),
+            (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, False, True)),
+            (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, True, True)),
         ]
     return samples
 
@@ -129,6 +133,9 @@ def _fused_samples(dtype, grad_mode, layout, strategy):
         (_ops.tico_loss, (z_a, z_b, c, 0.9, 8.0, strategy)),
         (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy)),
         (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, True)),
+        (_ops.tico_loss, (z_a, z_b, c, 0.9, 8.0, strategy, True)),
+        (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, False, True)),
+        (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, True, True)),
         (_ops.batch_covariance, (z_a,)),
         (_ops.cross_correlation, (z_a, z_b, 1e-5)),
         (_ops.off_diagonal_penalty, (_view(7, 7, dtype, 2, layout).requires_grad_(grad_mode != "none"),
@@ -137,8 +144,10 @@ def _fused_samples(dtype, grad_mode, layout, strategy):
     ]
 
 
-FUSED_NAMES = ["vicreg", "barlow_twins", "tico", "vicreg_tico", "vicreg_tico_proposal", "batch_covariance",
+FUSED_NAMES = ["vicreg", "barlow_twins", "tico", "vicreg_tico", "vicreg_tico_proposal", "tico_graph",
+               "vicreg_tico_graph", "vicreg_tico_proposal_graph", "batch_covariance",
                "cross_correlation", "off_diagonal_penalty", "tico_ema_update_"]
+N_FUSED = FUSED_NAMES.index("batch_covariance")  # the fused losses lead _fused_samples
 # test_opcheck above runs opcheck's schema test on every op; the matrices below
 # (hundreds of calls) run what their variations can change: the fake kernels
 # against the real outputs, the autograd registration, and the AOT graph with
@@ -162,9 +171,9 @@ def test_opcheck_layouts(layout, strategy):
     ops return (contiguous gradients), forward and backward."""
     samples = _fused_samples(torch.float32, "both", layout, strategy)
     if strategy == 0:
-        samples = samples[:5]  # the low-level ops have no strategy: checked once
+        samples = samples[:N_FUSED]  # the low-level ops have no strategy: checked once
     else:
-        samples += _fused_samples(torch.bfloat16, "a_only", layout, strategy)[:5]
+        samples += _fused_samples(torch.bfloat16, "a_only", layout, strategy)[:N_FUSED]
     for op, args in samples:
         opcheck(op, args, test_utils=MATRIX_UTILS)
 
@@ -181,12 +190,14 @@ def _backward_samples(dtype, mask, layout="contiguous"):
                         (g4, z_a, z_b, *out[1:], 25.0, 25.0, 1.0, 1e-4, strategy, mask)))
         out = _ops.barlow_twins_loss(z_a, z_b, 0.0051, 1e-5, strategy)
         samples.append((_ops._barlow_twins_loss_backward, (g3, *out[1:], 0.0051, strategy, dtype, mask)))
-        out = _ops.tico_loss(z_a, z_b, c, 0.9, 8.0, strategy)
-        samples.append((_ops._tico_loss_backward, (g3, *out[1:6], 8.0, dtype, mask)))
+        for graph in (False, True):
+            out = _ops.tico_loss(z_a, z_b, c, 0.9, 8.0, strategy, graph)
+            samples.append((_ops._tico_loss_backward, (g3, *out[1:6], 8.0, dtype, mask)))
     for proposal in (False, True):
-        out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1, proposal)
-        samples.append((_ops._vicreg_tico_loss_backward,
-                        (g4, z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, proposal, mask)))
+        for graph in (False, True):
+            out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1, proposal, graph)
+            samples.append((_ops._vicreg_tico_loss_backward,
+                            (g4, z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, proposal, mask)))
     return samples
 
 
@@ -249,6 +260,30 @@ def test_backward_honours_needs_input_grad(name):
 
 
 # ---------------------------------------------------------------- gradcheck
+
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+@pytest.mark.parametrize("strategy", [0, 1])
+@pytest.mark.parametrize("name", ["tico_loss", "vicreg_tico_loss", "vicreg_tico_proposal"])
+def test_gradcheck_batch_cov_in_graph(name, strategy, beta):
+    """With B in the graph finite differences see the whole C_new, centering and
+    row normalisation included, so beta < 1 is checked exactly (beta = 0: B alone)."""
+    z_a = randn(5, 7, dtype=torch.float64).requires_grad_()
+    z_b = randn(5, 7, dtype=torch.float64, seed=1).requires_grad_()
+    c = torch.eye(7, dtype=torch.float64) / 7 + 0.01
+    c = (c + c.T) / 2
+    op = getattr(_ops, name.replace("_proposal", "_loss"))
+    extra = {
+        "tico_loss": (c, beta, 8.0, strategy, True),
+        "vicreg_tico_loss": (c, 25.0, 25.0, 1.0, beta, 1e-4, strategy, False, True),
+        "vicreg_tico_proposal": (c, 25.0, 25.0, 1.0, beta, 1e-4, strategy, True, True),
+    }[name]
+    assert torch.autograd.gradcheck(lambda a, b: op(a, b, *extra)[0], (z_a, z_b))
+    # The detached reading differs from it wherever beta < 1: the option is live.
+    detached = extra[:-1] + (False,)
+    ga = torch.autograd.grad(op(z_a, z_b, *extra)[0][0], z_a)[0]
+    gd = torch.autograd.grad(op(z_a, z_b, *detached)[0][0], z_a)[0]
+    assert (ga - gd).abs().max() > 1e-3
+
 
 @pytest.mark.parametrize("strategy", [0, 1])
 @pytest.mark.parametrize("name", ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss",

@@ -90,7 +90,7 @@ def _loss_scale(case_name, terms):
 def test_losses_on_hostile_inputs(case, views, gram):
     z_a, z_b = views
     n, d = z_a.shape
-    rows = 2 * n if case.name == "vicreg_tico" else n
+    rows = 2 * n if case.kind == "vicreg_tico" else n
     # The Gram path is exact only while N < D (the documented 'auto' rule;
     # forcing it beyond warns): there the off-diagonal energy is at least the
     # diagonal's, so the ||K||^2 - sum(diag^2) subtraction cannot cancel.
@@ -107,11 +107,11 @@ def test_losses_on_hostile_inputs(case, views, gram):
     ref[0].backward()
 
     assert torch.isfinite(loss), "finite inputs must give a finite loss"
-    scale = _loss_scale(case.name, ref[1])
+    scale = _loss_scale(case.kind, ref[1])
     rtol = RTOL[z_a.dtype]
     err = abs(loss.item() - ref[0].item())
     # N = 2, or duplicated rows that leave two distinct rows: the same degenerate case.
-    two_row_barlow = case.name == "barlow_twins" and (
+    two_row_barlow = case.kind == "barlow_twins" and (
         n == 2 or all(len(torch.unique(z, dim=0)) == 2 for z in (z_a, z_b)))
     if two_row_barlow:
         # Two distinct standardised rows make c_ii = +-(1 - O(eps/var)): the loss is a
@@ -223,7 +223,7 @@ def test_nonfinite_inputs_propagate(case, n, d, dtype, bad, where, whole_column,
         z_a[:, j] = bad
     else:
         z_a[i, j] = bad
-    strategy = "gram" if gram and (2 * n if case.name == "vicreg_tico" else n) < d else "covariance"
+    strategy = "gram" if gram and (2 * n if case.kind == "vicreg_tico" else n) < d else "covariance"
     c = torch.eye(d) / d if case.stateful else None
     a = z_a.clone().requires_grad_()
     loss, terms = case.run_ours(a, z_b, strategy, c)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from . import ops as _ops_module  # noqa: F401  (registers fake kernels and autograd)
 from ._checks import (
+    check_flag,
     check_non_negative,
     check_pair,
     check_running_cov,
@@ -139,35 +140,41 @@ def tico_loss(
     update: bool = True,
     strategy: str = "auto",
     return_terms: bool = False,
+    batch_cov_in_graph: bool = False,
 ) -> LossOut:
     """TiCo (Zhu, Liu, Huang, 2022), as the paper and lightly's ``TiCoLoss`` compute it.
 
-    Rows are L2-normalised; ``B = z_a^T z_a / N`` (detached);
+    Rows are L2-normalised; ``B = z_a^T z_a / N``;
     ``C_new = beta * c + (1 - beta) * B``; loss
     ``1 - mean_i <z_a_i, z_b_i> + rho * mean_i z_a_i^T C_new z_a_i``.
     ``c`` (``(D, D)``, float32/float64, on the inputs' device) is the running
     covariance; with ``update=True`` it is replaced by ``C_new`` in place after
     the loss is computed (as lightly does on every forward call). Gradients
-    treat ``C_new`` as a constant. Terms: ``similarity`` (the mean cosine
+    treat ``C_new`` as a constant by default (lightly's reading); with
+    ``batch_cov_in_graph=True``, ``B`` stays in the graph (TiCo's pseudocode)
+    and the contrast's gradient gains ``2 (1 - beta) / N * z_a B`` beside
+    ``2 / N * z_a C_new`` (``c`` itself is never differentiated). Terms: ``similarity`` (the mean cosine
     ``mean_i <z_a_i, z_b_i>``, not the ``1 - cos`` term) and ``contrast`` (before
     ``rho``). With ``c`` starting at zeros, the contrast, and the loss, rise over
     the first ~1 / (1 - beta) calls as ``c`` fills. A NaN or Inf batch enters
     ``c`` here; the modules (:class:`sslext.TiCoLoss`) refuse such an update.
     """
-    terms, _ = _tico(z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite=False)
+    terms, _ = _tico(z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite=False,
+                     batch_cov_in_graph=batch_cov_in_graph)
     return _finish(terms, TICO_TERMS, return_terms)
 
 
 TICO_TERMS = ("similarity", "contrast")
 
 
-def _tico(z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite):
+def _tico(z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite, batch_cov_in_graph=False):
     """TiCo's terms, and with ``update`` and ``skip_nonfinite`` whether C_new was finite (else None)."""
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
     beta = check_unit_interval(beta, "beta")
+    graph = check_flag(batch_cov_in_graph, "batch_cov_in_graph")
     code = resolve_strategy(strategy, z_a.shape[0], z_a.shape[1], stacklevel=4)
-    out = _ops.tico_loss(z_a, z_b, c, beta, float(rho), code)
+    out = _ops.tico_loss(z_a, z_b, c, beta, float(rho), code, graph)
     return out[0], _apply_update(c, out, beta, update, skip_nonfinite)
 
 
@@ -196,6 +203,7 @@ def vicreg_tico_loss(
     strategy: str = "auto",
     return_terms: bool = False,
     variant: str = "symmetric",
+    batch_cov_in_graph: bool = False,
 ) -> LossOut:
     """VICReg whose covariance term is replaced by TiCo's running-covariance contrast.
 
@@ -203,14 +211,19 @@ def vicreg_tico_loss(
     Both variants center each branch with its own batch mean (VICReg's
     covariance, and the proposal's "standard covariance", assume centered
     embeddings), do NOT L2-normalise (VICReg's variance term fixes the scale),
-    include the diagonal of ``C_new`` (as TiCo does) and treat ``C_new`` as a
-    constant in the gradient (TiCo's detach). With ``update=True``, ``c`` is
+    include the diagonal of ``C_new`` (as TiCo does) and, by default, treat
+    ``C_new`` as a constant in the gradient (lightly's detach). With
+    ``batch_cov_in_graph=True`` the batch matrix ``B`` stays in the graph (the
+    proposal's text, TiCo's pseudocode): for the contrast ``sum_i y_i^T C_new
+    y_i`` over the M rows ``Y``, the gradient ``2 Y C_new`` gains ``2 (1 - beta)
+    Y B``, under the same scaling (/ (N D) symmetric, / N proposal); ``c`` is
+    never differentiated. With ``update=True``, ``c`` is
     replaced by ``C_new`` in place after the loss.
 
     ``variant="symmetric"`` (default):
 
     * the running covariance sees both branches: ``B = Y^T Y / (2N)`` with
-      ``Y = [z_a - mean(z_a); z_b - mean(z_b)]`` (2N x D), detached, and
+      ``Y = [z_a - mean(z_a); z_b - mean(z_b)]`` (2N x D), and
       ``C_new = beta * c + (1 - beta) * B``;
     * the term is ``sum over branches of mean_i y_i^T C_new y_i / D``: the /D
       and the sum over branches mirror VICReg's covariance term so that
@@ -226,7 +239,7 @@ def vicreg_tico_loss(
     Terms: ``invariance``, ``variance``, ``covariance``.
     """
     terms, _ = _vicreg_tico(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, update, strategy,
-                            variant, skip_nonfinite=False)
+                            variant, skip_nonfinite=False, batch_cov_in_graph=batch_cov_in_graph)
     return _finish(terms, VICREG_TICO_TERMS, return_terms)
 
 
@@ -234,7 +247,7 @@ VICREG_TICO_TERMS = ("invariance", "variance", "covariance")
 
 
 def _vicreg_tico(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, update, strategy, variant,
-                 skip_nonfinite):
+                 skip_nonfinite, batch_cov_in_graph=False):
     """VICReg-TiCo's terms, and with ``update`` and ``skip_nonfinite`` whether C_new was finite (else None)."""
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
@@ -242,6 +255,7 @@ def _vicreg_tico(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, update
     if variant not in VICREG_TICO_VARIANTS:
         raise ValueError(f"variant must be one of {VICREG_TICO_VARIANTS}, got {variant!r}")
     proposal = variant == "proposal"
+    graph = check_flag(batch_cov_in_graph, "batch_cov_in_graph")
     # The contrast runs over the stacked rows (2N symmetric, N for the proposal),
     # so the Gram path pays off while that count is below D.
     rows = z_a.shape[0] if proposal else 2 * z_a.shape[0]
@@ -257,5 +271,6 @@ def _vicreg_tico(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, update
         check_non_negative(eps, "eps"),
         code,
         proposal,
+        graph,
     )
     return out[0], _apply_update(c, out, beta, update, skip_nonfinite)

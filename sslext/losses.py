@@ -178,18 +178,49 @@ class _RunningCovariance(nn.Module):
     one as zeros. ``skipped_updates`` (a buffer, not saved) counts the calls
     whose update was refused because it was not finite; the warning that says
     so reads a flag from the device, so a caller that checks every loss itself
-    (the trainer: one sync per step) sets ``warn_nonfinite = False``.
+    (the trainer: one sync per step) sets ``warn_nonfinite = False``. With
+    ``bias_correction``, ``updates`` (a buffer, saved) counts the updates made.
     """
 
     warn_nonfinite = True
 
-    def __init__(self, dim: Optional[int], update_in_eval: bool):
+    def __init__(self, dim: Optional[int], update_in_eval: bool, beta: float = 0.9,
+                 bias_correction: bool = False):
         super().__init__()
         if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
             raise ValueError(f"dim must be a positive int or None, got {dim!r}")
         self.update_in_eval = check_flag(update_in_eval, "update_in_eval")
+        self.beta = check_fraction(beta, "beta")
+        self.bias_correction = check_flag(bias_correction, "bias_correction")
+        if self.bias_correction and self.beta == 1.0:
+            raise ValueError("bias_correction needs beta < 1: with beta = 1, C never leaves its "
+                             "start and 1 - beta^t is 0")
         self.register_buffer("C", torch.zeros(dim, dim) if dim is not None else torch.empty(0))
         self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.int64), persistent=False)
+        if self.bias_correction:
+            # Only then: checkpoints of the default modules keep their keys.
+            self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
+
+    def _bias_corrected(self, terms: Tensor, coeff: float, counted: bool) -> Tensor:
+        """The terms vector with the contrast (its last entry) divided by 1 - beta^(t+1).
+
+        C_new after t stored updates holds 1 - beta^(t+1) of the embeddings'
+        second moment (C starts at zeros), as Adam's moments do; the contrast is
+        linear in C_new, so dividing it (and its share of the loss, ``coeff``
+        times it) is dividing C_new, in both gradient readings. A tensor
+        factor, not a float: no device sync, and one compiled graph for every t.
+
+        Called after ``_count_update`` (``counted``: this call's update was
+        counted, so ``updates`` already is t + 1; a refused, non-finite update
+        leaves t, and that call's loss is non-finite anyway).
+        """
+        if not self.bias_correction:
+            return terms
+        t = self.updates.to(device=terms.device, dtype=torch.float64) + (0 if counted else 1)
+        k = (1.0 / (1.0 - torch.pow(self.beta, t))).to(terms.dtype)
+        contrast = terms[-1]
+        loss = terms[0] + (k - 1) * coeff * contrast
+        return torch.cat([loss.unsqueeze(0), terms[1:-1], (k * contrast).unsqueeze(0)])
 
     def _covariance_for(self, z: Tensor) -> Tensor:
         if not (isinstance(z, Tensor) and z.dim() == 2):
@@ -214,6 +245,11 @@ class _RunningCovariance(nn.Module):
         if finite is None:
             return
         self.skipped_updates.add_((~finite).to(self.skipped_updates.dtype))
+        if self.bias_correction:
+            # Out of place: a compiled graph may recompute the correction in the
+            # backward from the buffer it read, which an in-place add would have
+            # changed by then.
+            self.updates = self.updates + finite.to(self.updates.dtype)
         # Warning needs the flag on the host (a device sync); compiled graphs keep the
         # count only, so they stay free of a data-dependent branch.
         if self.warn_nonfinite and not torch.compiler.is_compiling() and not bool(finite):
@@ -229,7 +265,8 @@ class _RunningCovariance(nn.Module):
         """Zero the running covariance (e.g. at the start of a new run).
 
         With ``dim``, start a new ``(dim, dim)`` one instead (same device and
-        dtype), for embeddings of another size. ``skipped_updates`` restarts at 0.
+        dtype), for embeddings of another size. ``skipped_updates`` (and
+        ``updates``, with ``bias_correction``) restart at 0.
         """
         if dim is None:
             self.C.zero_()
@@ -239,6 +276,8 @@ class _RunningCovariance(nn.Module):
             dtype = self.C.dtype if self.C.dtype in _COV_DTYPES else torch.float32
             self.C = torch.zeros(dim, dim, device=self.C.device, dtype=dtype)
         self.skipped_updates.zero_()
+        if self.bias_correction:
+            self.updates.zero_()
 
     def _apply(self, fn, recurse=True):
         return keep_covariance_dtype(self, fn, recurse, super()._apply)
@@ -278,14 +317,21 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
     (``mean z_a^T C_new z_a``, before ``rho``); loss = ``1 - similarity + rho *
     contrast``. The contrast grows over the first ~1 / (1 - beta) calls as
     ``C`` fills from zeros, so the loss of a fresh run rises at first.
+    ``batch_cov_in_graph=True`` keeps the batch matrix in the gradient (TiCo's
+    pseudocode) instead of lightly's detached ``C_new`` (the default).
+    ``bias_correction=True`` divides ``C_new`` by ``1 - beta^t`` in the
+    contrast (``t`` = updates so far plus this call's; the buffer ``updates``,
+    saved in ``state_dict``), as Adam corrects its moments: the contrast then
+    has its full weight from the first step instead of filling.
     """ + _UPDATE_RULE
 
     def __init__(self, beta: float = 0.9, rho: float = 8.0, dim: Optional[int] = None,
                  strategy: str = "auto", gather_distributed: Optional[bool] = None,
-                 update_in_eval: bool = False):
-        super().__init__(dim, update_in_eval)
-        self.beta = check_fraction(beta, "beta")
+                 update_in_eval: bool = False, batch_cov_in_graph: bool = False,
+                 bias_correction: bool = False):
+        super().__init__(dim, update_in_eval, beta, bias_correction)
         self.rho = check_real(rho, "rho", minimum=0.0)
+        self.batch_cov_in_graph = check_flag(batch_cov_in_graph, "batch_cov_in_graph")
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
         self.last_terms = {}
@@ -296,13 +342,16 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
         # identical on every rank (no buffer broadcast needed).
         z_a, z_b = self._gather(z_a, z_b)
         c = self._covariance_for(z_a)
-        terms, finite = F._tico(z_a, z_b, c, self.beta, self.rho, update, self.strategy, skip_nonfinite=True)
+        terms, finite = F._tico(z_a, z_b, c, self.beta, self.rho, update, self.strategy, skip_nonfinite=True,
+                                batch_cov_in_graph=self.batch_cov_in_graph)
         self._count_update(finite)
+        terms = self._bias_corrected(terms, self.rho, counted=finite is not None)
         return self._keep(F._finish(terms, F.TICO_TERMS, True))
 
     def extra_repr(self) -> str:
         return (f"beta={self.beta}, rho={self.rho}, dim={self.C.shape[0] if self.C.dim() == 2 else None}, "
-                f"update_in_eval={self.update_in_eval}")
+                f"update_in_eval={self.update_in_eval}, batch_cov_in_graph={self.batch_cov_in_graph}, "
+                f"bias_correction={self.bias_correction}")
 
 
 class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
@@ -311,7 +360,9 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
     The research proposal sslext exists to test. ``variant="symmetric"``
     (default: both branches, /D scaling) or ``"proposal"`` (the proposal's
     literal one-branch term without /D); every choice (centering, branches,
-    scaling, detached ``C_new``) is spelled out in
+    scaling, detached ``C_new`` or, with ``batch_cov_in_graph=True``, the
+    batch matrix in the gradient as the proposal writes it; ``bias_correction``
+    as in :class:`TiCoLoss`) is spelled out in
     :func:`sslext.functional.vicreg_tico_loss`. ``last_terms``: ``invariance``,
     ``variance``, ``covariance`` (before their coefficients).
     """ + _UPDATE_RULE
@@ -328,13 +379,15 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         gather_distributed: Optional[bool] = None,
         variant: str = "symmetric",
         update_in_eval: bool = False,
+        batch_cov_in_graph: bool = False,
+        bias_correction: bool = False,
     ):
-        super().__init__(dim, update_in_eval)
+        super().__init__(dim, update_in_eval, beta, bias_correction)
         _check_coefficients(self, inv_coeff=inv_coeff, var_coeff=var_coeff, cov_coeff=cov_coeff, eps=eps)
-        self.beta = check_fraction(beta, "beta")
         self.strategy = _check_strategy(strategy)
         self.gather_distributed = _check_gather(gather_distributed)
         self.variant = check_choice(variant, "variant", F.VICREG_TICO_VARIANTS)
+        self.batch_cov_in_graph = check_flag(batch_cov_in_graph, "batch_cov_in_graph")
         self.last_terms = {}
 
     def forward(self, z_a: Tensor, z_b: Tensor, update: Optional[bool] = None) -> Tensor:
@@ -343,12 +396,14 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         c = self._covariance_for(z_a)
         terms, finite = F._vicreg_tico(
             z_a, z_b, c, self.inv_coeff, self.var_coeff, self.cov_coeff, self.beta, self.eps, update,
-            self.strategy, self.variant, skip_nonfinite=True,
+            self.strategy, self.variant, skip_nonfinite=True, batch_cov_in_graph=self.batch_cov_in_graph,
         )
         self._count_update(finite)
+        terms = self._bias_corrected(terms, self.cov_coeff, counted=finite is not None)
         return self._keep(F._finish(terms, F.VICREG_TICO_TERMS, True))
 
     def extra_repr(self) -> str:
         return (f"inv_coeff={self.inv_coeff}, var_coeff={self.var_coeff}, "
                 f"cov_coeff={self.cov_coeff}, beta={self.beta}, eps={self.eps}, variant={self.variant!r}, "
-                f"update_in_eval={self.update_in_eval}")
+                f"update_in_eval={self.update_in_eval}, batch_cov_in_graph={self.batch_cov_in_graph}, "
+                f"bias_correction={self.bias_correction}")

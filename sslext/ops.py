@@ -168,7 +168,8 @@ def _(grad_terms, z_a, z_b, mean_a, mean_b, var_a, var_b, mat_a, mat_b, inv_coef
 
 
 @torch.library.register_fake("sslext::vicreg_tico_loss")
-def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, proposal=False):
+def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, proposal=False,
+      batch_cov_in_graph=False):
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
     n, d = z_a.shape
@@ -214,7 +215,7 @@ def _(grad_terms, norm_a, norm_b, inv_std_a, inv_std_b, mat, lambd, strategy, ou
 
 
 @torch.library.register_fake("sslext::tico_loss")
-def _(z_a, z_b, c, beta, rho, strategy):
+def _(z_a, z_b, c, beta, rho, strategy, batch_cov_in_graph=False):
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
     n, d = z_a.shape
@@ -334,10 +335,12 @@ def _vicreg_backward(ctx, grad_terms, *_):
 
 
 def _vicreg_tico_setup(ctx, inputs, output):
-    z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, *proposal = inputs
+    z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, *flags = inputs
     _, _, mean_a, mean_b, var_a, var_b, proj, _ = output
+    # proj already carries the batch_cov_in_graph term (the forward added it),
+    # so the backward takes no flag for it.
     ctx.save_for_backward(z_a, z_b, mean_a, mean_b, var_a, var_b, proj)
-    ctx.params = (inv_coeff, var_coeff, cov_coeff, eps, bool(proposal and proposal[0]))
+    ctx.params = (inv_coeff, var_coeff, cov_coeff, eps, bool(flags and flags[0]))
     ctx.n_inputs = len(inputs)
     _no_grad_outputs(ctx, output)
 
@@ -367,20 +370,22 @@ def _barlow_backward(ctx, grad_terms, *_):
 
 
 def _tico_setup(ctx, inputs, output):
-    z_a, z_b, c, beta, rho, strategy = inputs
+    # proj already carries the batch_cov_in_graph term (the forward added it).
     _, zhat_a, zhat_b, norm_a, norm_b, proj, _ = output
+    z_a = inputs[0]
     ctx.save_for_backward(zhat_a, zhat_b, norm_a, norm_b, proj)
-    ctx.params = (rho, z_a.dtype)
+    ctx.params = (inputs[4], z_a.dtype)
+    ctx.n_inputs = len(inputs)
     _no_grad_outputs(ctx, output)
 
 
 def _tico_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
-        return (None,) * 6
+        return (None,) * ctx.n_inputs
     dz_a, dz_b = _input_grads(ctx, _ops._tico_loss_backward, grad_terms, *ctx.saved_tensors,
                               *ctx.params)
-    # The running covariance is a detached statistic, as in the paper.
-    return dz_a, dz_b, None, None, None, None
+    # The running covariance c is a detached statistic, as in the paper.
+    return (dz_a, dz_b) + (None,) * (ctx.n_inputs - 2)
 
 
 for _name, _setup, _backward in (

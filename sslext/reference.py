@@ -88,11 +88,18 @@ def barlow_twins_gram(z_a, z_b, lambd=0.0051, eps=1e-5):
 
 
 # -------------------------------------------------------------------- TiCo
-def tico_reference(z_a, z_b, c, beta=0.9, rho=8.0):
-    """TiCo as lightly's TiCoLoss computes it; returns (loss, terms, c_new)."""
+def _batch(t: Tensor, batch_cov_in_graph: bool) -> Tensor:
+    """The rows the batch matrix B is formed from: detached (lightly's reading) or in the graph."""
+    return t if batch_cov_in_graph else t.detach()
+
+
+def tico_reference(z_a, z_b, c, beta=0.9, rho=8.0, batch_cov_in_graph=False):
+    """TiCo as lightly's TiCoLoss computes it (``B`` in the graph with ``batch_cov_in_graph``,
+    as TiCo's pseudocode); returns (loss, terms, c_new)."""
     z_a = F.normalize(z_a, dim=1)
     z_b = F.normalize(z_b, dim=1)
-    b = torch.mm(z_a.T, z_a).detach() / z_a.shape[0]
+    zb = _batch(z_a, batch_cov_in_graph)
+    b = torch.mm(zb.T, zb) / z_a.shape[0]
     c_new = beta * c.to(b.dtype) + (1 - beta) * b
     sim = (z_a * z_b).sum(dim=1).mean()
     quad = (torch.mm(z_a, c_new) * z_a).sum(dim=1).mean()
@@ -100,31 +107,33 @@ def tico_reference(z_a, z_b, c, beta=0.9, rho=8.0):
     return loss, {"similarity": sim, "contrast": quad}, c_new.detach()
 
 
-def tico_gram(z_a, z_b, c, beta=0.9, rho=8.0):
+def tico_gram(z_a, z_b, c, beta=0.9, rho=8.0, batch_cov_in_graph=False):
     """TiCo's quadratic term split as (1/N)[beta <C, Z^T Z> + (1-beta)/N ||Z Z^T||^2]."""
     n = z_a.shape[0]
     z_a = F.normalize(z_a, dim=1)
     z_b = F.normalize(z_b, dim=1)
     c = c.to(z_a.dtype)
-    zd = z_a.detach()
+    zd = _batch(z_a, batch_cov_in_graph)
     proj = beta * (z_a @ c) + (1 - beta) / n * ((z_a @ zd.T) @ zd)
     sim = (z_a * z_b).sum(dim=1).mean()
     quad = (proj * z_a).sum(dim=1).mean()
     loss = 1 - sim + rho * quad
     c_new = beta * c + (1 - beta) * (zd.T @ zd) / n
-    return loss, {"similarity": sim, "contrast": quad}, c_new
+    return loss, {"similarity": sim, "contrast": quad}, c_new.detach()
 
 
 # ------------------------------------------------------------- VICReg-TiCo
 def vicreg_tico_reference(
-    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4
+    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+    batch_cov_in_graph=False,
 ):
     """VICReg with its covariance term replaced by TiCo's running-covariance contrast.
 
     Both branches are centered; the running covariance is updated with the
     second moment of both centered branches stacked (2N rows); the contrast is
     ``mean_i y_i^T C_new y_i / D`` per branch, summed over branches, with
-    ``C_new`` detached. Returns (loss, terms, c_new).
+    ``C_new`` detached (``B`` in the graph, centering included, with
+    ``batch_cov_in_graph``). Returns (loss, terms, c_new).
     """
     n, d = z_a.shape
     repr_loss = F.mse_loss(z_a, z_b)
@@ -134,15 +143,16 @@ def vicreg_tico_reference(
         torch.mean(F.relu(1 - torch.sqrt(x.var(dim=0) + eps)))
         + torch.mean(F.relu(1 - torch.sqrt(y.var(dim=0) + eps)))
     ) / 2
-    stacked = torch.cat([x, y]).detach()
+    stacked = _batch(torch.cat([x, y]), batch_cov_in_graph)
     c_new = beta * c.to(x.dtype) + (1 - beta) * stacked.T @ stacked / (2 * n)
     cov_loss = ((x @ c_new) * x).sum(1).mean() / d + ((y @ c_new) * y).sum(1).mean() / d
     loss = inv_coeff * repr_loss + var_coeff * std_loss + cov_coeff * cov_loss
-    return loss, {"invariance": repr_loss, "variance": std_loss, "covariance": cov_loss}, c_new
+    return loss, {"invariance": repr_loss, "variance": std_loss, "covariance": cov_loss}, c_new.detach()
 
 
 def vicreg_tico_gram(
-    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4
+    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+    batch_cov_in_graph=False,
 ):
     """VICReg-TiCo with the contrast split through the (2N x 2N) Gram matrix, in plain PyTorch."""
     n, d = z_a.shape
@@ -153,22 +163,24 @@ def vicreg_tico_gram(
     var_y = y.pow(2).sum(0) / (n - 1)
     std_loss = (F.relu(1 - torch.sqrt(var_x + eps)).mean() + F.relu(1 - torch.sqrt(var_y + eps)).mean()) / 2
     stacked = torch.cat([x, y])
-    sd = stacked.detach()
+    sd = _batch(stacked, batch_cov_in_graph)
     c = c.to(x.dtype)
     proj = beta * (stacked @ c) + (1 - beta) / (2 * n) * ((stacked @ sd.T) @ sd)
     cov_loss = (proj * stacked).sum() / (n * d)
     loss = inv_coeff * repr_loss + var_coeff * std_loss + cov_coeff * cov_loss
     c_new = beta * c + (1 - beta) * sd.T @ sd / (2 * n)
-    return loss, {"invariance": repr_loss, "variance": std_loss, "covariance": cov_loss}, c_new
+    return loss, {"invariance": repr_loss, "variance": std_loss, "covariance": cov_loss}, c_new.detach()
 
 
 def vicreg_tico_proposal_reference(
-    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4
+    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+    batch_cov_in_graph=False,
 ):
     """VICReg-TiCo as the research proposal writes it, term by term.
 
     ``z1`` is branch a, centered; ``B = z1^T z1 / n``; ``C = beta c + (1 - beta) B``
-    (detached); the covariance term is ``mean_i sum_j (z1 C)_ij z1_ij`` — one
+    (detached, or in the graph with ``batch_cov_in_graph`` as the proposal's
+    text has it); the covariance term is ``mean_i sum_j (z1 C)_ij z1_ij`` — one
     branch, no /D. Invariance and variance are VICReg's. Returns (loss, terms, c_new).
     """
     n = z_a.shape[0]
@@ -179,8 +191,9 @@ def vicreg_tico_proposal_reference(
         torch.mean(F.relu(1 - torch.sqrt(z1.var(dim=0) + eps)))
         + torch.mean(F.relu(1 - torch.sqrt(z2.var(dim=0) + eps)))
     ) / 2
-    b = z1.detach().T @ z1.detach() / n
+    zb = _batch(z1, batch_cov_in_graph)
+    b = zb.T @ zb / n
     c_new = beta * c.to(z1.dtype) + (1 - beta) * b
     cov_loss = ((z1 @ c_new) * z1).sum(1).mean()
     loss = inv_coeff * repr_loss + var_coeff * std_loss + cov_coeff * cov_loss
-    return loss, {"invariance": repr_loss, "variance": std_loss, "covariance": cov_loss}, c_new
+    return loss, {"invariance": repr_loss, "variance": std_loss, "covariance": cov_loss}, c_new.detach()

@@ -1,5 +1,6 @@
 // TiCo (Zhu et al., 2022): 1 - mean <za, zb> + rho * mean za^T C_new za on
-// L2-normalised rows, with C_new = beta C + (1 - beta) za^T za / N detached.
+// L2-normalised rows, with C_new = beta C + (1 - beta) za^T za / N detached
+// (lightly's reading) or with its batch matrix in the graph (batch_cov_in_graph).
 #include <ATen/ATen.h>
 
 #include "sslext/common.h"
@@ -28,9 +29,19 @@ Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
   return {p, c_new};
 }
 
+void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta,
+                         int64_t strategy) {
+  const double m = static_cast<double>(y.size(0));
+  if (to_strategy(strategy) == Strategy::kGram) {
+    p.addmm_(at::mm(y, y.t()), y, 1.0, (1.0 - beta) / m);
+  } else {
+    p.addmm_(y, at::mm(y.t(), y), 1.0, (1.0 - beta) / m);
+  }
+}
+
 Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                   const at::Tensor& c, double beta, double rho,
-                  int64_t strategy) {
+                  int64_t strategy, bool batch_cov_in_graph) {
   check_pair(z_a, z_b);
   check_running_cov(c, z_a, "c", "z_a");
   check_beta(beta);
@@ -42,6 +53,10 @@ Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
   auto [proj, c_new] = tico_contrast_product(zhat_a, c, beta, strategy);
   auto sim = kernels::dot_f64(zhat_a, zhat_b).div_(n);
   auto quad = kernels::dot_f64(zhat_a, proj).div_(n);
+  // From here on proj is the backward's product, no longer the loss's.
+  if (batch_cov_in_graph && beta != 1.0) {
+    add_batch_cov_grad_(proj, zhat_a, beta, strategy);
+  }
   auto loss = (1.0 - sim).add_(quad, rho);
   auto terms = at::stack({loss, sim, quad}).to(zhat_a.scalar_type());
   return {terms, zhat_a, zhat_b, norm_a, norm_b, proj, c_new};
@@ -73,8 +88,10 @@ Tensor2 tico_loss_backward(const at::Tensor& grad_terms,
   // The kernels read every saved tensor flat.
   auto ha = zhat_a.contiguous(), hb = zhat_b.contiguous();
   auto g = grad_terms.contiguous().to(acc);
-  // d loss/d sim = -1 and d loss/d quad = rho; C_new is a constant (detached,
-  // as in the paper and lightly), so d quad/d zhat_a = 2 C_new zhat_a / N.
+  // d loss/d sim = -1 and d loss/d quad = rho; d quad/d zhat_a = 2 proj / N,
+  // with proj = zhat_a C_new when C_new is held constant (lightly's reading)
+  // and zhat_a (C_new + (1 - beta) B) when B is in the graph: the forward
+  // already chose.
   auto w_sim = (g.select(0, 1) - g.select(0, 0)).div_(nd);
   auto w_quad = (g.select(0, 0) * rho + g.select(0, 2)).mul_(2.0 / nd);
   at::Tensor dz_a = unrequested_grad(ha, out_dtype), dz_b = unrequested_grad(hb, out_dtype);

@@ -167,7 +167,8 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
 Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
-                         int64_t strategy, bool proposal) {
+                         int64_t strategy, bool proposal,
+                         bool batch_cov_in_graph) {
   check_pair(z_a, z_b);
   check_running_cov(c, z_a, "c", "z_a");
   check_coeffs(inv_coeff, var_coeff, cov_coeff, eps);
@@ -188,6 +189,12 @@ Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
   // Proposal: mean_i y_i^T C_new y_i over branch a, no /D.
   const double scale = proposal ? static_cast<double>(n) : static_cast<double>(n * d);
   auto cov = kernels::dot_f64(rows, proj).div_(scale);
+  // From here on proj is the backward's product, no longer the loss's. The
+  // centering adds nothing: each branch's rows have zero column mean, so
+  // their product with any D x D matrix does too.
+  if (batch_cov_in_graph && beta != 1.0) {
+    add_batch_cov_grad_(proj, rows, beta, strategy);
+  }
   auto terms =
       vicreg_terms(inv, var, cov, inv_coeff, var_coeff, cov_coeff, y.scalar_type());
   return {terms, rows, mean_a, mean_b, var_a, var_b, proj, c_new};
@@ -217,9 +224,10 @@ Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
   // The kernel reads its row block of proj flat.
   auto p = proj.contiguous();
   auto g = grad_terms.contiguous().to(mean_a.scalar_type());
-  // C_new is held constant (as TiCo detaches it), so d cov/d y = 2 C_new y /
-  // (N D) = 2 proj / (N D) (2 proj / N for the proposal); no diagonal is
-  // excluded in this contrast.
+  // d cov/d y = 2 proj / (N D) (2 proj / N for the proposal), proj being
+  // y C_new when C_new is held constant (lightly's reading) and
+  // y (C_new + (1 - beta) B) when B is in the graph: the forward chose. No
+  // diagonal is excluded in this contrast.
   const double cov_scale = proposal ? 2.0 / static_cast<double>(n)
                                     : 2.0 / static_cast<double>(n * d);
   at::Tensor dz_a = unrequested_grad(a, a.scalar_type()), dz_b = unrequested_grad(b, b.scalar_type());

@@ -49,7 +49,8 @@ Tensor2 vicreg_loss_backward(const at::Tensor& grad_terms, const at::Tensor& z_a
 Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
                          const at::Tensor& c, double inv_coeff, double var_coeff,
                          double cov_coeff, double beta, double eps,
-                         int64_t strategy, bool proposal);
+                         int64_t strategy, bool proposal,
+                         bool batch_cov_in_graph);
 Tensor2 vicreg_tico_loss_backward(const at::Tensor& grad_terms,
                                   const at::Tensor& z_a, const at::Tensor& z_b,
                                   const at::Tensor& mean_a,
@@ -75,7 +76,8 @@ Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms,
 
 // csrc/ops/tico_loss.cpp
 Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
-                  const at::Tensor& c, double beta, double rho, int64_t strategy);
+                  const at::Tensor& c, double beta, double rho, int64_t strategy,
+                  bool batch_cov_in_graph);
 Tensor2 tico_loss_backward(const at::Tensor& grad_terms, const at::Tensor& zhat_a,
                            const at::Tensor& zhat_b, const at::Tensor& norm_a,
                            const at::Tensor& norm_b, const at::Tensor& proj,
@@ -89,5 +91,13 @@ Tensor2 tico_loss_backward(const at::Tensor& grad_terms, const at::Tensor& zhat_
 // instead of another rank-M GEMM.
 Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
                                  double beta, int64_t strategy);
+
+// With the batch matrix B = Y^T Y / M inside the graph (batch_cov_in_graph),
+// the contrast sum_i y_i^T C_new y_i gains a second gradient term beside the
+// detached 2 Y C_new: 2 (1 - beta) Y B. Adds (1 - beta) Y B to P in place, so
+// that P then carries Y (C_new + (1 - beta) B) and the backwards, which scale
+// P by 2, need no other change. Same strategies as tico_contrast_product.
+void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta,
+                         int64_t strategy);
 
 }  // namespace sslext
