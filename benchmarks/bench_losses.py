@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import sslext  # noqa: E402
 from sslext import functional as SF  # noqa: E402
 from sslext import reference as R  # noqa: E402
+from sslext.training.precision import cpu_model  # noqa: E402
 
 LOSSES = ["vicreg", "barlow_twins", "tico", "vicreg_tico"]
 STATEFUL = {"tico", "vicreg_tico"}
@@ -335,7 +336,7 @@ def main():
     peak_flops, peak_bytes, peak_note = measure_peak_rates(device, grid)
     env = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine()) + f" ({os.cpu_count()} cores)",
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "sslext_build": sslext.build_info(),
@@ -443,17 +444,6 @@ def _measure(args, losses, grid, dtypes, modes, repeats, device, memory, measure
                         print(f"{loss:13s} {n:5d}x{d:<5d} {row['dtype']:8s} {mode:16s} {name:20s} "
                               f"{t['median_s']*1e3:9.3f} ms  err {errors[name]:.1e}  "
                               f"mem {'-' if mem is None else f'{mem/2**20:.1f} MiB'}", flush=True)
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _add_ratios(rows):

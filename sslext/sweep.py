@@ -242,27 +242,13 @@ def cell_status(sweep: Sweep, cell: Cell) -> str:
 
 # ------------------------------------------------------------------ one cell
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere).
-
-    Recorded in every cell: float reductions can differ between CPU models, so a
-    paired comparison only pairs cells of one model (sslext.sweep_report)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_cell(sweep: Sweep, cell: Cell) -> int:
     """Train (or resume) and evaluate one cell in this process; write its record."""
     import torch
 
     from .report import read_metrics
     from .training import NonFiniteLossError, Trainer, build_everything, evaluate_parts, resolve_device
+    from .training.precision import cpu_model
 
     cfg = sweep.config(cell)
     run_dir = sweep.run_dir(cell)
@@ -273,7 +259,7 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
             "status": status, "cell": cell.name, "row": cell.row, "seed": cell.seed, "method": cfg["method"]["name"],
             "trained": cell.train, **fields, "run_dir": str(run_dir), "overrides": cell.overrides, "config": cfg,
             "seconds": time.time() - t0, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": cpu_model(), "machine": platform.machine(),
+            "cpu": cpu_model(), "machine": platform.machine(),  # reports pair within one CPU model
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
 

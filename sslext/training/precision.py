@@ -80,6 +80,8 @@ def _check_setting(setting: Any) -> Any:
 
 
 def cpu_model() -> str:
+    """The CPU's model name: keys the precision cache, and every sweep cell records it
+    (float reductions differ between CPU models, so reports pair within one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
