@@ -15,13 +15,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The GPU machine runs torch 2.11; this pin is the local and CI environment.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
-DEPS := numpy pytest hypothesis pyyaml tqdm matplotlib pillow ninja cmake setuptools wheel timm tensorboard
+DEPS := numpy pytest hypothesis pyyaml tqdm matplotlib pillow ninja cmake setuptools wheel timm tensorboard \
+	ruff clang-format
 CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
 export CUDA_HOME
 # TORCH_CUDA_ARCH_LIST is left to setup.py: the visible GPU's arch, or without a GPU
 # 8.0;9.0+PTX (docs/install.md). Set it in the environment to build for other GPUs.
 
-.PHONY: venv build test test-emulated fuzz fuzz-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
+.PHONY: venv build lint format test test-emulated fuzz fuzz-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
 
 venv: $(VENV)/.deps-installed
 $(VENV)/.deps-installed: Makefile
@@ -71,7 +72,19 @@ fuzz-emulated: build emulated
 	SSLEXT_EMULATED=1 SSLEXT_FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest python_tests/test_fuzz.py -q -s \
 	  -p no:cacheprovider
 
-test: build cmake emulated test-install
+# The formatting and lint gate: ruff (pyproject.toml) and clang-format (.clang-format).
+CSRC := $(shell git ls-files 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'csrc/*.h' 2>/dev/null)
+lint: $(VENV)/.deps-installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run -Werror $(CSRC)
+
+format: $(VENV)/.deps-installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CSRC)
+
+test: lint build cmake emulated test-install
 	$(PY) -m pytest python_tests -q
 	SSLEXT_EMULATED=1 $(PY) -m pytest python_tests/emulated -q
 

@@ -20,10 +20,9 @@ import subprocess
 import sys
 import sysconfig
 
+import torch
 from setuptools import setup
 from setuptools.command.build_py import build_py
-
-import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -100,9 +99,7 @@ def _default_max_jobs():
 
 def extensions():
     with_cuda = _want_cuda()
-    sources = sorted(
-        glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp")
-    )
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     define_macros = [("SSLEXT_TORCH_VERSION", f'"{torch.__version__}"')]
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
     extra = {"cxx": cxx_flags}

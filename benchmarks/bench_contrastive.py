@@ -18,13 +18,13 @@ true share is smaller still: this is an upper bound.
     python benchmarks/bench_contrastive.py --device cpu --out benchmarks/results/cpu
     python benchmarks/bench_contrastive.py --device cuda --out OUTDIR
 """
+
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from bench_losses import _cpu_model, cpu_peak_extra, cuda_peak_extra, time_it  # noqa: E402
+
 from sslext.contrastive import InfoNCELoss, NTXentLoss  # noqa: E402
 from sslext.models import build_backbone  # noqa: E402
 
@@ -97,8 +98,9 @@ def memory_pass(args):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "mem.json")
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(256 * 1024))
-        subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--memory-only", path],
-                       env=env, check=True)
+        subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--memory-only", path], env=env, check=True
+        )
         with open(path) as f:
             return json.load(f)
 
@@ -153,10 +155,15 @@ def main():
     step_s = rows[-1]["median_s"]
     for r in rows[:-1]:
         r["share_of_step"] = r["median_s"] / (r["median_s"] + step_s)
-    env = dict(device=torch.cuda.get_device_name() if not cpu else f"{_cpu_model()} ({os.cpu_count()} cores)",
-               torch=torch.__version__, threads=torch.get_num_threads(), tf32=False,
-               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               repeats=repeats, step_repeats=step_repeats)
+    env = dict(
+        device=torch.cuda.get_device_name() if not cpu else f"{_cpu_model()} ({os.cpu_count()} cores)",
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        tf32=False,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        repeats=repeats,
+        step_repeats=step_repeats,
+    )
     md = _markdown(env, rows)
     print(md)
     if args.out:
@@ -168,19 +175,25 @@ def main():
 
 
 def _markdown(env, rows):
-    out = [f"# Contrastive losses vs a training step ({env['device']})", "",
-           f"torch {env['torch']}, {env['threads']} threads, TF32 off, {env['date']}; median of {env['repeats']} "
-           f"runs (ResNet-18 step: {env['step_repeats']}) after warm-up, p20-p80 in brackets. Forward+backward. "
-           "'share' = loss / (loss + ResNet-18 forward+backward of one view of the same batch), an upper bound "
-           "on the loss's share of a real two-view step. Peak = extra memory of one call.", "",
-           "| row | shape | median ms [p20-p80] | peak MiB | logits MiB | share of step |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        f"# Contrastive losses vs a training step ({env['device']})",
+        "",
+        f"torch {env['torch']}, {env['threads']} threads, TF32 off, {env['date']}; median of {env['repeats']} "
+        f"runs (ResNet-18 step: {env['step_repeats']}) after warm-up, p20-p80 in brackets. Forward+backward. "
+        "'share' = loss / (loss + ResNet-18 forward+backward of one view of the same batch), an upper bound "
+        "on the loss's share of a real two-view step. Peak = extra memory of one call.",
+        "",
+        "| row | shape | median ms [p20-p80] | peak MiB | logits MiB | share of step |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         mem = "-" if r["peak_extra_bytes"] is None else f"{r['peak_extra_bytes'] / 2**20:.1f}"
         lg = "-" if r["logits_bytes"] is None else f"{r['logits_bytes'] / 2**20:.1f}"
         share = f"{r['share_of_step'] * 100:.1f} %" if "share_of_step" in r else "-"
-        out.append(f"| {r['name']} | {r['shape']} | {r['median_s'] * 1e3:.2f} [{r['p20_s'] * 1e3:.2f}-"
-                   f"{r['p80_s'] * 1e3:.2f}] | {mem} | {lg} | {share} |")
+        out.append(
+            f"| {r['name']} | {r['shape']} | {r['median_s'] * 1e3:.2f} [{r['p20_s'] * 1e3:.2f}-"
+            f"{r['p80_s'] * 1e3:.2f}] | {mem} | {lg} | {share} |"
+        )
     return "\n".join(out) + "\n"
 
 

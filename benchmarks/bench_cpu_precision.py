@@ -56,8 +56,9 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     x = torch.randint(0, 256, (a.batch_size, 3, 32, 32), dtype=torch.uint8)
-    aug = TwoViewAugment([ViewAugment(crop_size=32), ViewAugment(crop_size=32, solarize_prob=0.2)],
-                         *DATASET_STATS["cifar10"])
+    aug = TwoViewAugment(
+        [ViewAugment(crop_size=32), ViewAugment(crop_size=32, solarize_prob=0.2)], *DATASET_STATS["cifar10"]
+    )
     proj = [int(v) for v in a.projector.split(",")]
     models = {}
     for name, (cl, _) in SETTINGS.items():
@@ -93,20 +94,40 @@ def main() -> None:
     rows = []
     for name, r in rates.items():
         q = statistics.quantiles(r, n=5) if len(r) > 1 else [r[0]] * 4
-        rows.append({"setting": name, "images_per_s": statistics.median(r), "p20": q[0], "p80": q[-1],
-                     "vs_float32": statistics.median(r) / base})
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_native_bf16": cpu_has_native_bf16(),
-            "load_avg_at_end": os.getloadavg(), "backbone": f"{a.backbone} (width {a.width}, CIFAR stem)",
-            "method": a.method, "projector": proj, "batch_size": a.batch_size, "steps_per_round": a.steps,
-            "rounds": a.rounds}
-    lines = [f"CPU training step, {info['backbone']}, {a.method} {proj}, batch {a.batch_size}, "
-             f"{info['threads']} threads, torch {info['torch']}, native bf16: {info['cpu_native_bf16']}, "
-             f"{info['date']}, load average at the end {info['load_avg_at_end'][0]:.1f}", "",
-             "| setting | images/s (median) | p20-p80 | vs float32 |", "|---|---|---|---|"]
+        rows.append(
+            {
+                "setting": name,
+                "images_per_s": statistics.median(r),
+                "p20": q[0],
+                "p80": q[-1],
+                "vs_float32": statistics.median(r) / base,
+            }
+        )
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "load_avg_at_end": os.getloadavg(),
+        "backbone": f"{a.backbone} (width {a.width}, CIFAR stem)",
+        "method": a.method,
+        "projector": proj,
+        "batch_size": a.batch_size,
+        "steps_per_round": a.steps,
+        "rounds": a.rounds,
+    }
+    lines = [
+        f"CPU training step, {info['backbone']}, {a.method} {proj}, batch {a.batch_size}, "
+        f"{info['threads']} threads, torch {info['torch']}, native bf16: {info['cpu_native_bf16']}, "
+        f"{info['date']}, load average at the end {info['load_avg_at_end'][0]:.1f}",
+        "",
+        "| setting | images/s (median) | p20-p80 | vs float32 |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['images_per_s']:.0f} | {r['p20']:.0f}-{r['p80']:.0f} | "
-                     f"{r['vs_float32']:.2f}x |")
+        lines.append(
+            f"| {r['setting']} | {r['images_per_s']:.0f} | {r['p20']:.0f}-{r['p80']:.0f} | {r['vs_float32']:.2f}x |"
+        )
     text = "\n".join(lines)
     print(text)
     if a.out:

@@ -6,6 +6,7 @@
 Reports images/s (one "image" = one source image turned into two views).
 Synthetic uint8 images are used so the benchmark needs no dataset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,10 @@ def main() -> None:
     dev = torch.device(a.device)
     x = torch.randint(0, 256, (a.batch_size, 3, a.crop, a.crop), dtype=torch.uint8)
     x = x.pin_memory() if dev.type == "cuda" else x
-    aug = TwoViewAugment([ViewAugment(crop_size=a.crop, blur_prob=0.5),
-                          ViewAugment(crop_size=a.crop, blur_prob=0.5, solarize_prob=0.2)],
-                         *DATASET_STATS["cifar10"])
+    aug = TwoViewAugment(
+        [ViewAugment(crop_size=a.crop, blur_prob=0.5), ViewAugment(crop_size=a.crop, blur_prob=0.5, solarize_prob=0.2)],
+        *DATASET_STATS["cifar10"],
+    )
 
     def aug_step():
         return aug(x.to(dev, non_blocking=True))
@@ -81,8 +83,10 @@ def main() -> None:
         train_step()
     _sync(dev)
     train_ips = a.iters * a.batch_size / (time.perf_counter() - t)
-    print(f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} crop={a.crop} "
-          f"backbone={a.backbone}(w{a.width}) method={a.method}")
+    print(
+        f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} crop={a.crop} "
+        f"backbone={a.backbone}(w{a.width}) method={a.method}"
+    )
     print(f"augmentation only (2 views): {aug_ips:9.0f} images/s")
     print(f"augmentation + train step : {train_ips:9.0f} images/s")
 

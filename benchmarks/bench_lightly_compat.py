@@ -103,8 +103,13 @@ def machine():
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "cpu": model,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def write_atomic(path, text):
@@ -134,14 +139,22 @@ def to_markdown(res):
         lines.append(
             f"| {r['loss']} | {r['n']}x{r['d']} | {lt['median_s'] * 1e3:.1f} ({lt['p20_s'] * 1e3:.1f}-{lt['p80_s'] * 1e3:.1f}, "
             f"{lt['runs']} runs) | {st['median_s'] * 1e3:.1f} ({st['p20_s'] * 1e3:.1f}-{st['p80_s'] * 1e3:.1f}, "
-            f"{st['runs']} runs) | {r['speedup']:.2f}x |")
-    lines += ["", "## Parity (max relative difference to lightly over the steps)", "",
-              "| loss | N x D | steps | value | grad z_a | grad z_b | C |", "|---|---|---|---|---|---|---|"]
+            f"{st['runs']} runs) | {r['speedup']:.2f}x |"
+        )
+    lines += [
+        "",
+        "## Parity (max relative difference to lightly over the steps)",
+        "",
+        "| loss | N x D | steps | value | grad z_a | grad z_b | C |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in res["parity"]:
         p = r["max_rel_diff"]
         c = f"{p['C']:.1e}" if "C" in p else "-"
-        lines.append(f"| {r['loss']} | {r['n']}x{r['d']} | {r['steps']} | {p['value']:.1e} | {p['grad_a']:.1e} | "
-                     f"{p['grad_b']:.1e} | {c} |")
+        lines.append(
+            f"| {r['loss']} | {r['n']}x{r['d']} | {r['steps']} | {p['value']:.1e} | {p['grad_a']:.1e} | "
+            f"{p['grad_b']:.1e} | {c} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -160,19 +173,34 @@ def main():
         import lightly
         from lightly import loss as lightly_loss
     except ImportError as e:
-        sys.exit(f"lightly is not importable ({e}); install it with "
-                 "`pip install --no-deps --target .bench-pkgs lightly` and run with PYTHONPATH=.bench-pkgs")
+        sys.exit(
+            f"lightly is not importable ({e}); install it with "
+            "`pip install --no-deps --target .bench-pkgs lightly` and run with PYTHONPATH=.bench-pkgs"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
     parity_shapes = [tuple(int(x) for x in s.split("x")) for s in args.parity_shapes.split(",") if s]
-    res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "machine": machine(), "lightly_version": lightly.__version__, "sslext_version": sslext.__version__,
-           "loadavg_before": os.getloadavg(), "parity": [], "rows": []}
+    res = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "lightly_version": lightly.__version__,
+        "sslext_version": sslext.__version__,
+        "loadavg_before": os.getloadavg(),
+        "parity": [],
+        "rows": [],
+    }
     for name in LOSSES:
         for n, d in parity_shapes:
-            res["parity"].append({"loss": name, "n": n, "d": d, "steps": args.steps,
-                                  "max_rel_diff": parity(name, lightly_loss, n, d, args.steps)})
+            res["parity"].append(
+                {
+                    "loss": name,
+                    "n": n,
+                    "d": d,
+                    "steps": args.steps,
+                    "max_rel_diff": parity(name, lightly_loss, n, d, args.steps),
+                }
+            )
             print(res["parity"][-1], flush=True)
     for n, d in shapes:
         z_a, z_b = make_inputs(n, d, seed=0)

@@ -50,6 +50,7 @@ GPU_GRID = [(n, d) for n in (256, 512, 1024, 2048) for d in (1024, 2048, 4096, 8
 
 # ----------------------------------------------------------------- peers
 
+
 def _sslext(loss, strategy):
     fns = {
         "vicreg": lambda a, b, c: SF.vicreg_loss(a, b, strategy=strategy),
@@ -68,8 +69,10 @@ def _reference(loss, gram=False):
         f = R.barlow_twins_gram if gram else R.barlow_twins_reference
         return lambda a, b, c: f(a, b)[0]
     f = {
-        ("tico", False): R.tico_reference, ("tico", True): R.tico_gram,
-        ("vicreg_tico", False): R.vicreg_tico_reference, ("vicreg_tico", True): R.vicreg_tico_gram,
+        ("tico", False): R.tico_reference,
+        ("tico", True): R.tico_gram,
+        ("vicreg_tico", False): R.vicreg_tico_reference,
+        ("vicreg_tico", True): R.vicreg_tico_gram,
     }[(loss, gram)]
 
     state = {}
@@ -133,6 +136,7 @@ def peers(loss, compile_peer=True):
 
 # ------------------------------------------------------------ measuring
 
+
 def make_inputs(n, d, dtype, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     shared = torch.randn(n, d, generator=g)
@@ -144,9 +148,11 @@ def make_inputs(n, d, dtype, device, seed=0):
 
 def step_fn(fn, z_a, z_b, c, mode):
     if mode == "forward":
+
         def run():
             with torch.no_grad():
                 return fn(z_a, z_b, c)
+
         return run
     a = z_a.detach().clone().requires_grad_()
     b = z_b.detach().clone().requires_grad_()
@@ -156,6 +162,7 @@ def step_fn(fn, z_a, z_b, c, mode):
         loss = fn(a, b, c)
         loss.backward()
         return loss
+
     return run
 
 
@@ -225,8 +232,7 @@ def cpu_memory_pass(args):
         path = os.path.join(tmp, "memory.json")
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(256 * 1024))
         argv = [a for a in sys.argv[1:]]
-        subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--memory-only", path],
-                       env=env, check=True)
+        subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--memory-only", path], env=env, check=True)
         with open(path) as f:
             return {tuple(k.split("|")): v for k, v in json.load(f).items()}
 
@@ -240,6 +246,7 @@ def rel_error(fn, loss, z_a, z_b, c):
 
 
 # -------------------------------------------------------------- roofline
+
 
 def flops_bytes(loss, strategy, n, d, mode, elem=4):
     """GEMM FLOPs and the minimum bytes sslext's algorithm must move."""
@@ -281,20 +288,27 @@ def measure_peak_rates(device, grid):
     best, best_shape = 0.0, None
     for m, k, n in sorted(shapes):
         a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
-        rate = 2 * m * k * n / time_it(lambda: a @ b, device, 2, 5)["median_s"]
+        rate = 2 * m * k * n / time_it(lambda a=a, b=b: a @ b, device, 2, 5)["median_s"]
         if rate > best:
             best, best_shape = rate, (m, k, n)
     x = torch.randn((256 if device.type == "cuda" else 64) * 2**20 // 4, device=device)
     y = torch.empty_like(x)
-    t = time_it(lambda: y.copy_(x), device, 2, 10)["median_s"]
+    t = time_it(lambda x=x, y=y: y.copy_(x), device, 2, 10)["median_s"]
     bw = 2 * x.numel() * 4 / t
     m, k, n = best_shape
     del a, b, x, y
-    return best, bw, (f"measured here: best SGEMM {best/1e9:.0f} GFLOP/s ({m}x{k} @ {k}x{n}, best of "
-                      f"{len(shapes)} shapes), copy {bw/1e9:.1f} GB/s")
+    return (
+        best,
+        bw,
+        (
+            f"measured here: best SGEMM {best / 1e9:.0f} GFLOP/s ({m}x{k} @ {k}x{n}, best of "
+            f"{len(shapes)} shapes), copy {bw / 1e9:.1f} GB/s"
+        ),
+    )
 
 
 # ------------------------------------------------------------------ main
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -335,7 +349,9 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     peak_flops, peak_bytes, peak_note = measure_peak_rates(device, grid)
     env = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine()) + f" ({os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine()) + f" ({os.cpu_count()} cores)",
         "cpu_model": cpu_model(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -353,8 +369,21 @@ def main():
     measured_memory = {}
     rows = []
     try:
-        _measure(args, losses, grid, dtypes, modes, repeats, device, memory, measured_memory, rows,
-                 peak_flops, peak_bytes, env)
+        _measure(
+            args,
+            losses,
+            grid,
+            dtypes,
+            modes,
+            repeats,
+            device,
+            memory,
+            measured_memory,
+            rows,
+            peak_flops,
+            peak_bytes,
+            env,
+        )
     except KeyboardInterrupt:  # SIGINT (a time limit): the files already hold every finished row
         if not args.memory_only:
             print(f"interrupted: {len(rows)} rows in {os.path.join(args.out, 'losses.json')}", flush=True)
@@ -392,8 +421,9 @@ def _write_results(out, env, rows):
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _measure(args, losses, grid, dtypes, modes, repeats, device, memory, measured_memory, rows,
-             peak_flops, peak_bytes, env):
+def _measure(
+    args, losses, grid, dtypes, modes, repeats, device, memory, measured_memory, rows, peak_flops, peak_bytes, env
+):
     for loss in losses:
         all_peers = peers(loss, compile_peer=not args.no_compile)
         for n, d in grid:
@@ -431,19 +461,36 @@ def _measure(args, losses, grid, dtypes, modes, repeats, device, memory, measure
                             mem = cuda_peak_extra(run)
                         else:
                             mem = memory.get(mkey)
-                        strategy = "gram" if name.endswith("[gram]") or (name == "sslext[auto]" and (2 * n if loss == "vicreg_tico" else n) < d) else "covariance"
+                        strategy = (
+                            "gram"
+                            if name.endswith("[gram]")
+                            or (name == "sslext[auto]" and (2 * n if loss == "vicreg_tico" else n) < d)
+                            else "covariance"
+                        )
                         fl, by = flops_bytes(loss, strategy, n, d, mode)
                         floor = max(fl / peak_flops, by / peak_bytes)
-                        row = dict(loss=loss, n=n, d=d, dtype=str(dtype).split(".")[1], mode=mode, peer=name,
-                                   rel_error=errors[name], peak_extra_bytes=mem, **t)
+                        row = dict(
+                            loss=loss,
+                            n=n,
+                            d=d,
+                            dtype=str(dtype).split(".")[1],
+                            mode=mode,
+                            peer=name,
+                            rel_error=errors[name],
+                            peak_extra_bytes=mem,
+                            **t,
+                        )
                         # The ceilings are FP32 rates; a bfloat16 GEMM's ceiling is another one.
                         if name.startswith("sslext") and dtype == torch.float32:
                             row.update(flops=fl, bytes=by, floor_s=floor, floor_fraction=floor / t["median_s"])
                         rows.append(row)
                         _write_results(args.out, env, rows)
-                        print(f"{loss:13s} {n:5d}x{d:<5d} {row['dtype']:8s} {mode:16s} {name:20s} "
-                              f"{t['median_s']*1e3:9.3f} ms  err {errors[name]:.1e}  "
-                              f"mem {'-' if mem is None else f'{mem/2**20:.1f} MiB'}", flush=True)
+                        print(
+                            f"{loss:13s} {n:5d}x{d:<5d} {row['dtype']:8s} {mode:16s} {name:20s} "
+                            f"{t['median_s'] * 1e3:9.3f} ms  err {errors[name]:.1e}  "
+                            f"mem {'-' if mem is None else f'{mem / 2**20:.1f} MiB'}",
+                            flush=True,
+                        )
 
 
 def _add_ratios(rows):
@@ -469,11 +516,11 @@ def _markdown(env, rows):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        mem = "-" if not r["peak_extra_bytes"] else f"{r['peak_extra_bytes']/2**20:.1f}"
+        mem = "-" if not r["peak_extra_bytes"] else f"{r['peak_extra_bytes'] / 2**20:.1f}"
         frac = f"{r['floor_fraction']:.2f}" if "floor_fraction" in r else ""
         lines.append(
             f"| {r['loss']} | {r['n']}x{r['d']} | {r['dtype']} | {r['mode']} | {r['peer']} | "
-            f"{r['median_s']*1e3:.3f} [{r['p20_s']*1e3:.3f}-{r['p80_s']*1e3:.3f}] | "
+            f"{r['median_s'] * 1e3:.3f} [{r['p20_s'] * 1e3:.3f}-{r['p80_s'] * 1e3:.3f}] | "
             f"{r.get('time_vs_sslext', float('nan')):.2f} | {mem} | {r['rel_error']:.1e} | {frac} |"
         )
     return "\n".join(lines) + "\n"
@@ -482,15 +529,22 @@ def _markdown(env, rows):
 def _plot(rows, path, env):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    sel = [r for r in rows if r["mode"] == "forward+backward" and r["peer"] in ("reference", "reference+compile", "plain-gram", "lightly")]
+    sel = [
+        r
+        for r in rows
+        if r["mode"] == "forward+backward" and r["peer"] in ("reference", "reference+compile", "plain-gram", "lightly")
+    ]
     if not sel:
         return
     labels = sorted({(r["loss"], r["n"], r["d"], r["dtype"]) for r in sel})
-    peers_ = [p for p in ("reference", "reference+compile", "plain-gram", "lightly") if any(r["peer"] == p for r in sel)]
+    peers_ = [
+        p for p in ("reference", "reference+compile", "plain-gram", "lightly") if any(r["peer"] == p for r in sel)
+    ]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels)), 4))
     width = 0.8 / len(peers_)
     for i, p in enumerate(peers_):

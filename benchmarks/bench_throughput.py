@@ -20,6 +20,7 @@ timed):
 
     python benchmarks/bench_throughput.py --device cpu --tree before=/path/a --tree after=/path/b --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,18 +69,32 @@ def build_trainer(args, backbone: str, out_dir: str):
     from sslext.config import load_config
     from sslext.train import Trainer
 
-    data = (["data.dataset=cifar10", f"data.root={args.data}",
-             f"data.train_limit={args.batch_size * (args.warmup + args.iters + 2)}"] if args.data
-            else ["data.dataset=synthetic"])
-    over = [*data, f"model.backbone={backbone}", f"optim.batch_size={args.batch_size}",
-            f"method.projector=[{args.proj_dim},{args.proj_dim},{args.proj_dim}]", f"train.device={args.device}",
-            "train.log_every=1000000", "train.progress=false", "train.epochs=1000", f"train.out_dir={out_dir}",
-            f"name=bench_{backbone}", *args.override]
+    data = (
+        [
+            "data.dataset=cifar10",
+            f"data.root={args.data}",
+            f"data.train_limit={args.batch_size * (args.warmup + args.iters + 2)}",
+        ]
+        if args.data
+        else ["data.dataset=synthetic"]
+    )
+    over = [
+        *data,
+        f"model.backbone={backbone}",
+        f"optim.batch_size={args.batch_size}",
+        f"method.projector=[{args.proj_dim},{args.proj_dim},{args.proj_dim}]",
+        f"train.device={args.device}",
+        "train.log_every=1000000",
+        "train.progress=false",
+        "train.epochs=1000",
+        f"train.out_dir={out_dir}",
+        f"name=bench_{backbone}",
+        *args.override,
+    ]
     return Trainer(load_config(None, over))
 
 
 def measure(args, backbone: str) -> dict:
-    import torch
 
     DispatchCounter = _counter_class()
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,10 +123,21 @@ def measure(args, backbone: str) -> dict:
             tr.optimizer.step()
         n_tensors = sum(len(g["params"]) for g in tr.optimizer.param_groups)
     med = statistics.median(times)
-    return dict(backbone=backbone, batch=args.batch_size, proj_dim=args.proj_dim, device=str(device),
-                step_s_median=med, step_s_min=min(times), step_s_max=max(times),
-                images_per_s=args.batch_size / med, syncs_per_step=c.syncs, ops_per_step=c.ops,
-                sync_ops=dict(c.sync_ops), optimizer_ops=co.ops, param_tensors=n_tensors)
+    return dict(
+        backbone=backbone,
+        batch=args.batch_size,
+        proj_dim=args.proj_dim,
+        device=str(device),
+        step_s_median=med,
+        step_s_min=min(times),
+        step_s_max=max(times),
+        images_per_s=args.batch_size / med,
+        syncs_per_step=c.syncs,
+        ops_per_step=c.ops,
+        sync_ops=dict(c.sync_ops),
+        optimizer_ops=co.ops,
+        param_tensors=n_tensors,
+    )
 
 
 def run_here(args) -> list:
@@ -146,8 +172,9 @@ def run_trees(args) -> list:
         for spec in args.tree:
             label, path = spec.split("=", 1)
             env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), *clean], env=env, cwd=path,
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), *clean], env=env, cwd=path, capture_output=True, text=True
+            )
             if out.returncode:
                 sys.exit(f"tree {label} failed:\n{out.stderr[-3000:]}")
             for line in out.stdout.splitlines():
@@ -155,23 +182,30 @@ def run_trees(args) -> list:
                     row = json.loads(line)
                     row.update(tree=label, round=r)
                     rows.append(row)
-                    print(f"round {r} {label:>8} {row['backbone']}: {row['images_per_s']:.1f} img/s "
-                          f"(step {row['step_s_median'] * 1e3:.0f} ms), {row['syncs_per_step']} syncs/step, "
-                          f"{row['ops_per_step']} ops/step, optimizer {row['optimizer_ops']} ops "
-                          f"for {row['param_tensors']} tensors", flush=True)
+                    print(
+                        f"round {r} {label:>8} {row['backbone']}: {row['images_per_s']:.1f} img/s "
+                        f"(step {row['step_s_median'] * 1e3:.0f} ms), {row['syncs_per_step']} syncs/step, "
+                        f"{row['ops_per_step']} ops/step, optimizer {row['optimizer_ops']} ops "
+                        f"for {row['param_tensors']} tensors",
+                        flush=True,
+                    )
     return rows
 
 
 def summary(rows: list) -> str:
-    lines = ["| tree | backbone | images/s (median of rounds) | per round | syncs/step | ops/step | optimizer ops |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| tree | backbone | images/s (median of rounds) | per round | syncs/step | ops/step | optimizer ops |",
+        "|---|---|---|---|---|---|---|",
+    ]
     keys = sorted({(r.get("tree", "-"), r["backbone"]) for r in rows})
     for tree, bb in keys:
         rs = [r for r in rows if r.get("tree", "-") == tree and r["backbone"] == bb]
         ips = [r["images_per_s"] for r in rs]
-        lines.append(f"| {tree} | {bb} | {statistics.median(ips):.1f} | {', '.join(f'{v:.1f}' for v in ips)} | "
-                     f"{rs[-1]['syncs_per_step']} | {rs[-1]['ops_per_step']} | {rs[-1]['optimizer_ops']} "
-                     f"({rs[-1]['param_tensors']} tensors) |")
+        lines.append(
+            f"| {tree} | {bb} | {statistics.median(ips):.1f} | {', '.join(f'{v:.1f}' for v in ips)} | "
+            f"{rs[-1]['syncs_per_step']} | {rs[-1]['ops_per_step']} | {rs[-1]['optimizer_ops']} "
+            f"({rs[-1]['param_tensors']} tensors) |"
+        )
     return "\n".join(lines)
 
 
@@ -197,10 +231,17 @@ def main():
     t0 = time.time()
     load_before = os.getloadavg()
     rows = run_trees(args) if args.tree else run_here(args)
-    env = dict(device=args.device, cpu=cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
-               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               loadavg_before=load_before, loadavg_after=os.getloadavg(), wall_s=time.time() - t0,
-               args={k: v for k, v in vars(args).items()})
+    env = dict(
+        device=args.device,
+        cpu=cpu_model(),
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        loadavg_before=load_before,
+        loadavg_after=os.getloadavg(),
+        wall_s=time.time() - t0,
+        args={k: v for k, v in vars(args).items()},
+    )
     if args.device == "cuda":
         import torch
 

@@ -9,6 +9,7 @@ of a ResNet step). Every counted op is linear in the batch (convolutions, the
 head, the query-queue logits), so the count is scaled to ``optim.batch_size``
 and to a whole run (steps per epoch from ``--train-images``). Prints JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,7 @@ def count_step(cfg, batch: int) -> float:
     m = cfg["model"]
     torch.manual_seed(0)
     backbone = build_backbone(m["backbone"], m["cifar_stem"], m["width"])
-    method = build_method(cfg["method"]["name"], backbone,
-                          **{k: v for k, v in cfg["method"].items() if k != "name"})
+    method = build_method(cfg["method"]["name"], backbone, **{k: v for k, v in cfg["method"].items() if k != "name"})
     size = cfg["augment"]["view1"]["crop_size"]
     views = [torch.randn(batch, 3, size, size) for _ in range(method.num_views)]
     with FlopCounterMode(display=False) as fc:
@@ -46,8 +46,12 @@ def main() -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--batch", type=int, default=8, help="images counted (the count is scaled to optim.batch_size)")
     p.add_argument("--train-images", type=int, default=9469, help="training-set size (Imagenette: 9469)")
-    p.add_argument("--eval-images", type=int, default=9469 + 3925,
-                   help="images whose features the final evaluation extracts (train + val)")
+    p.add_argument(
+        "--eval-images",
+        type=int,
+        default=9469 + 3925,
+        help="images whose features the final evaluation extracts (train + val)",
+    )
     args = p.parse_args()
     cfg = load_config(args.config)
     t0 = time.time()
@@ -69,12 +73,23 @@ def main() -> int:
     # The per-epoch kNN evaluation (every eval.every epochs) extracts the same features.
     n_epoch_evals = sum(1 for e in range(epochs) if (e + 1) % cfg["eval"]["every"] == 0 or e + 1 == epochs)
     epoch_eval_flops = eval_flops * n_epoch_evals
-    out = {"config": args.config, "crop_size": size, "counted_batch": args.batch,
-           "flops_per_image_step": per_image, "flops_per_step": per_image * B, "batch_size": B,
-           "steps_per_epoch": steps_per_epoch, "epochs": epochs, "train_flops": train_flops,
-           "final_eval_flops": eval_flops,
-           "epoch_eval_flops": epoch_eval_flops, "epoch_evals": n_epoch_evals,
-           "total_flops": train_flops + eval_flops + epoch_eval_flops, "torch": torch.__version__, "count_seconds": round(time.time() - t0, 1)}
+    out = {
+        "config": args.config,
+        "crop_size": size,
+        "counted_batch": args.batch,
+        "flops_per_image_step": per_image,
+        "flops_per_step": per_image * B,
+        "batch_size": B,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": epochs,
+        "train_flops": train_flops,
+        "final_eval_flops": eval_flops,
+        "epoch_eval_flops": epoch_eval_flops,
+        "epoch_evals": n_epoch_evals,
+        "total_flops": train_flops + eval_flops + epoch_eval_flops,
+        "torch": torch.__version__,
+        "count_seconds": round(time.time() - t0, 1),
+    }
     print(json.dumps(out, indent=2))
     return 0
 

@@ -9,6 +9,7 @@ compute-sanitizer on PATH or under CUDA_HOME; setuptools, ninja, pytest,
 hypothesis and yaml (the build and the tests import them; the GPU machine has
 no network to fetch them).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,8 +39,10 @@ def cuda_major_mismatch(nvcc_version: Optional[str], torch_cuda: Optional[str]) 
         return None
     if nvcc_version.split(".")[0] == torch_cuda.split(".")[0]:
         return None
-    return (f"nvcc is CUDA {nvcc_version} but torch was built with CUDA {torch_cuda}: the major versions "
-            f"must match (put the CUDA {torch_cuda.split('.')[0]}.x toolkit first on PATH / in CUDA_HOME)")
+    return (
+        f"nvcc is CUDA {nvcc_version} but torch was built with CUDA {torch_cuda}: the major versions "
+        f"must match (put the CUDA {torch_cuda.split('.')[0]}.x toolkit first on PATH / in CUDA_HOME)"
+    )
 
 
 def find_sanitizer(cuda_home: Optional[str]) -> Optional[str]:

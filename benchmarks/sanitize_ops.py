@@ -6,6 +6,7 @@ the CPU kernels. Small shapes keep it fast under the
 tools; they still cover both strategies (Gram: N < D, covariance: N >= D),
 float32/bfloat16/float64, non-contiguous inputs, N = 2 and the in-place EMA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def main(argv=None) -> int:
                         "vicreg": lambda x, y: F.vicreg_loss(x, y, strategy=strategy),
                         "barlow_twins": lambda x, y: F.barlow_twins_loss(x, y, strategy=strategy),
                         "tico": lambda x, y: F.tico_loss(x, y, torch.eye(d, device=dev) / d, strategy=strategy),
-                        "vicreg_tico": lambda x, y: F.vicreg_tico_loss(x, y, torch.eye(d, device=dev) / d,
-                                                                       strategy=strategy),
+                        "vicreg_tico": lambda x, y: F.vicreg_tico_loss(
+                            x, y, torch.eye(d, device=dev) / d, strategy=strategy
+                        ),
                     }
                     for name, fn in losses.items():
                         r = 2 * n if name == "vicreg_tico" else n

@@ -85,7 +85,8 @@ TORCH_LIBRARY(sslext, m) {
   m.def(
       "vicreg_tico_loss(Tensor z_a, Tensor z_b, Tensor c, float inv_coeff, "
       "float var_coeff, float cov_coeff, float beta, float eps, int strategy, "
-      "bool proposal=False, bool batch_cov_in_graph=False) -> (Tensor terms, Tensor centered, Tensor mean_a, Tensor mean_b, Tensor "
+      "bool proposal=False, bool batch_cov_in_graph=False) -> (Tensor terms, Tensor centered, "
+      "Tensor mean_a, Tensor mean_b, Tensor "
       "var_a, Tensor var_b, Tensor proj, Tensor c_new)");
   m.def(
       "_vicreg_tico_loss_backward(Tensor grad_terms, Tensor z_a, Tensor z_b, "
@@ -102,7 +103,8 @@ TORCH_LIBRARY(sslext, m) {
       "strategy, ScalarType out_dtype, bool[] output_mask) -> (Tensor, Tensor)");
   m.def(
       "tico_loss(Tensor z_a, Tensor z_b, Tensor c, float beta, float rho, int "
-      "strategy, bool batch_cov_in_graph=False) -> (Tensor terms, Tensor zhat_a, Tensor zhat_b, Tensor norm_a, "
+      "strategy, bool batch_cov_in_graph=False) -> (Tensor terms, Tensor zhat_a, Tensor zhat_b, "
+      "Tensor norm_a, "
       "Tensor norm_b, Tensor proj, Tensor c_new)");
   m.def(
       "_tico_loss_backward(Tensor grad_terms, Tensor zhat_a, Tensor zhat_b, "
@@ -135,13 +137,18 @@ TORCH_LIBRARY_IMPL(sslext, CUDA, m) { SSLEXT_REGISTER_IMPLS(m); }
 // take CPU tensors: it registers for CPU only, above.)
 namespace {
 
-constexpr std::array<const char*, 12> kTensorOps = {
-    "batch_covariance",      "cross_correlation",
-    "off_diagonal_penalty",  "tico_ema_update_",
-    "vicreg_loss",           "_vicreg_loss_backward",
-    "vicreg_tico_loss",      "_vicreg_tico_loss_backward",
-    "barlow_twins_loss",     "_barlow_twins_loss_backward",
-    "tico_loss",             "_tico_loss_backward"};
+constexpr std::array<const char*, 12> kTensorOps = {"batch_covariance",
+                                                    "cross_correlation",
+                                                    "off_diagonal_penalty",
+                                                    "tico_ema_update_",
+                                                    "vicreg_loss",
+                                                    "_vicreg_loss_backward",
+                                                    "vicreg_tico_loss",
+                                                    "_vicreg_tico_loss_backward",
+                                                    "barlow_twins_loss",
+                                                    "_barlow_twins_loss_backward",
+                                                    "tico_loss",
+                                                    "_tico_loss_backward"};
 
 void no_cuda_kernels(const c10::OperatorHandle& op, torch::jit::Stack*) {
 #ifdef SSLEXT_EMULATE_CUDA

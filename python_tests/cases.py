@@ -40,16 +40,33 @@ CASES = [
     LossCase("barlow_twins", F.barlow_twins_loss, R.barlow_twins_reference, False),
     LossCase("tico", F.tico_loss, R.tico_reference, True),
     LossCase("vicreg_tico", F.vicreg_tico_loss, R.vicreg_tico_reference, True),
-    LossCase("vicreg_tico_proposal", functools.partial(F.vicreg_tico_loss, variant="proposal"),
-             R.vicreg_tico_proposal_reference, True),
+    LossCase(
+        "vicreg_tico_proposal",
+        functools.partial(F.vicreg_tico_loss, variant="proposal"),
+        R.vicreg_tico_proposal_reference,
+        True,
+    ),
     # batch_cov_in_graph: B inside the gradient, against references that do not detach it.
-    LossCase("tico_graph", functools.partial(F.tico_loss, batch_cov_in_graph=True),
-             functools.partial(R.tico_reference, batch_cov_in_graph=True), True, kind="tico"),
-    LossCase("vicreg_tico_graph", functools.partial(F.vicreg_tico_loss, batch_cov_in_graph=True),
-             functools.partial(R.vicreg_tico_reference, batch_cov_in_graph=True), True, kind="vicreg_tico"),
-    LossCase("vicreg_tico_proposal_graph",
-             functools.partial(F.vicreg_tico_loss, variant="proposal", batch_cov_in_graph=True),
-             functools.partial(R.vicreg_tico_proposal_reference, batch_cov_in_graph=True), True,
-             kind="vicreg_tico_proposal"),
+    LossCase(
+        "tico_graph",
+        functools.partial(F.tico_loss, batch_cov_in_graph=True),
+        functools.partial(R.tico_reference, batch_cov_in_graph=True),
+        True,
+        kind="tico",
+    ),
+    LossCase(
+        "vicreg_tico_graph",
+        functools.partial(F.vicreg_tico_loss, batch_cov_in_graph=True),
+        functools.partial(R.vicreg_tico_reference, batch_cov_in_graph=True),
+        True,
+        kind="vicreg_tico",
+    ),
+    LossCase(
+        "vicreg_tico_proposal_graph",
+        functools.partial(F.vicreg_tico_loss, variant="proposal", batch_cov_in_graph=True),
+        functools.partial(R.vicreg_tico_proposal_reference, batch_cov_in_graph=True),
+        True,
+        kind="vicreg_tico_proposal",
+    ),
 ]
 CASE_IDS = [c.name for c in CASES]

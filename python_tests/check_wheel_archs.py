@@ -9,6 +9,7 @@ and PTX exactly for the archs marked ``+PTX`` (default: what setup.py builds for
 A wheel without CUDA kernels passes when no CUDA build was expected
 (``--expect-cuda`` off: no nvcc, or a CPU-only torch). Run by ``make wheel``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,9 +93,12 @@ def embedded(so: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("wheel", type=Path)
-    p.add_argument("--archs", default=None,
-                   help="the TORCH_CUDA_ARCH_LIST the wheel was built with (default: what setup.py "
-                        "chose here: TORCH_CUDA_ARCH_LIST, else the visible GPUs, else its DEFAULT_ARCHS)")
+    p.add_argument(
+        "--archs",
+        default=None,
+        help="the TORCH_CUDA_ARCH_LIST the wheel was built with (default: what setup.py "
+        "chose here: TORCH_CUDA_ARCH_LIST, else the visible GPUs, else its DEFAULT_ARCHS)",
+    )
     p.add_argument("--expect-cuda", action="store_true", help="fail if the wheel has no CUDA kernels")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(a.wheel) as zf:
@@ -106,16 +110,19 @@ def main(argv=None) -> int:
         sass, ptx = embedded(so)
     if not sass and not ptx:
         if a.expect_cuda:
-            print(f"check_wheel_archs: {a.wheel.name} has no CUDA kernels, but a CUDA build was expected",
-                  file=sys.stderr)
+            print(
+                f"check_wheel_archs: {a.wheel.name} has no CUDA kernels, but a CUDA build was expected", file=sys.stderr
+            )
             return 1
         print(f"check_wheel_archs: {a.wheel.name}: CPU kernels only (no CUDA build)")
         return 0
     if a.archs is None:
         a.archs = default_archs()
     want_sass, want_ptx = parse_arch_list(a.archs)
-    print(f"check_wheel_archs: {a.wheel.name}: SASS {sorted(f'sm_{c}' for c in sass)}, "
-          f"PTX {sorted(f'compute_{c}' for c in ptx)}")
+    print(
+        f"check_wheel_archs: {a.wheel.name}: SASS {sorted(f'sm_{c}' for c in sass)}, "
+        f"PTX {sorted(f'compute_{c}' for c in ptx)}"
+    )
     problems = []
     if want_sass - sass:
         problems.append(f"no SASS for {sorted(want_sass - sass)}")
@@ -125,10 +132,15 @@ def main(argv=None) -> int:
         print(f"check_wheel_archs: TORCH_CUDA_ARCH_LIST={a.archs!r}: " + "; ".join(problems), file=sys.stderr)
         return 1
     newest = max(ptx) if ptx else None
-    print("check_wheel_archs: runs natively on compute capability "
-          + ", ".join(f"{c // 10}.x (x >= {c % 10})" for c in sorted(sass))
-          + (f"; newer GPUs (> {newest // 10}.{newest % 10}) through the driver's JIT of compute_{newest} PTX"
-             if newest else "; no PTX: no newer GPU"))
+    print(
+        "check_wheel_archs: runs natively on compute capability "
+        + ", ".join(f"{c // 10}.x (x >= {c % 10})" for c in sorted(sass))
+        + (
+            f"; newer GPUs (> {newest // 10}.{newest % 10}) through the driver's JIT of compute_{newest} PTX"
+            if newest
+            else "; no PTX: no newer GPU"
+        )
+    )
     return 0
 
 

@@ -38,6 +38,7 @@ def _forbid_auto_device(request, monkeypatch):
     else:
         monkeypatch.setenv("SSLEXT_TEST_FORBID_AUTO_DEVICE", "1")
 
+
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 
@@ -78,9 +79,7 @@ def assert_grad_close(actual, expected, dtype=torch.float32):
 
 def assert_forward_close(actual, expected, dtype=torch.float32):
     tol = TOLERANCES[dtype]
-    torch.testing.assert_close(
-        actual.double(), expected.double(), rtol=tol["forward_rtol"], atol=0.0
-    )
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=tol["forward_rtol"], atol=0.0)
 
 
 if EMULATED:

@@ -1,4 +1,5 @@
 """Workers of test_distributed_data.py (a module of its own so spawned ranks can import it)."""
+
 from __future__ import annotations
 
 import pickle
@@ -8,7 +9,6 @@ from typing import Any, Dict
 
 import numpy as np
 import torch
-
 from dist_helpers import process_group
 
 N_PER_BATCH = 8
@@ -20,8 +20,10 @@ def write_fake_cifar10(root: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, N_PER_BATCH).tolist()}
+        batch = {
+            "data": rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, N_PER_BATCH).tolist(),
+        }
         (d / name).write_bytes(pickle.dumps(batch, protocol=4))
         time.sleep(0.05)  # a rank that did not wait would find a half-extracted folder
     (d / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}, protocol=4))
@@ -43,8 +45,17 @@ def download_worker(rank: int, world: int, init_file: str, out_dir: str, fail: b
         write_fake_cifar10(root)
 
     D._download_cifar = fake_download
-    cfg = load_config(None, ["data.dataset=cifar10", f"data.root={out / 'data'}", "data.download=true",
-                             "model.backbone=resnet10", "model.width=4", "method.projector=[16,16]"])
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=cifar10",
+            f"data.root={out / 'data'}",
+            "data.download=true",
+            "model.backbone=resnet10",
+            "model.width=4",
+            "method.projector=[16,16]",
+        ],
+    )
     res: Dict[str, Any] = {}
     with process_group(rank, world, init_file):
         try:
@@ -68,10 +79,22 @@ def precision_worker(rank: int, world: int, init_file: str, out_dir: str) -> Non
     res: Dict[str, Any] = {}
     with process_group(rank, world, init_file):
         for run in ("first", "cached"):
-            cfg = load_config(None, ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=4",
-                                     "method.projector=[16,16]", "optim.batch_size=16", "augment.view1.crop_size=8",
-                                     "augment.view2.crop_size=8", "train.amp=auto", "train.device=cpu", "train.progress=false",
-                                     f"train.out_dir={out / run}"])
+            cfg = load_config(
+                None,
+                [
+                    "data.dataset=synthetic",
+                    "model.backbone=resnet10",
+                    "model.width=4",
+                    "method.projector=[16,16]",
+                    "optim.batch_size=16",
+                    "augment.view1.crop_size=8",
+                    "augment.view2.crop_size=8",
+                    "train.amp=auto",
+                    "train.device=cpu",
+                    "train.progress=false",
+                    f"train.out_dir={out / run}",
+                ],
+            )
             p = Trainer(cfg).precision
             res[run] = (p.name, p.reason, p.rates)
     torch.save(res, out / f"prec{rank}.pt")

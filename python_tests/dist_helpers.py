@@ -4,6 +4,7 @@ They live in a module of their own so ``torch.multiprocessing.spawn`` can
 import them in the child processes. Workers save their observations with
 ``torch.save``; the test process makes the assertions.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,11 +27,19 @@ from sslext.distributed import convert_sync_batchnorm
 # local batch (N/2) would pick the Gram path while the global N picks the
 # covariance path: the tests check the decision is taken on the global N.
 LOSS_CASES = [
-    ("vicreg", "gram", 16, 32), ("vicreg", "covariance", 24, 16), ("vicreg", "auto", 24, 16),
-    ("barlow_twins", "gram", 16, 32), ("barlow_twins", "covariance", 24, 16), ("barlow_twins", "auto", 24, 16),
-    ("tico", "gram", 16, 32), ("tico", "covariance", 24, 16), ("tico", "auto", 24, 16),
+    ("vicreg", "gram", 16, 32),
+    ("vicreg", "covariance", 24, 16),
+    ("vicreg", "auto", 24, 16),
+    ("barlow_twins", "gram", 16, 32),
+    ("barlow_twins", "covariance", 24, 16),
+    ("barlow_twins", "auto", 24, 16),
+    ("tico", "gram", 16, 32),
+    ("tico", "covariance", 24, 16),
+    ("tico", "auto", 24, 16),
     # VICReg-TiCo's contrast runs on 2N stacked rows.
-    ("vicreg_tico", "gram", 16, 48), ("vicreg_tico", "covariance", 24, 16), ("vicreg_tico", "auto", 24, 40),
+    ("vicreg_tico", "gram", 16, 48),
+    ("vicreg_tico", "covariance", 24, 16),
+    ("vicreg_tico", "auto", 24, 40),
 ]
 IN_DIM = 8
 RUNNING_COV = ("tico", "vicreg_tico")
@@ -91,8 +100,7 @@ def run_loss_case(case, rank: int, world: int, steps: int = 2) -> Dict[str, Any]
         return orig(strategy_, n_, d_, **kwargs)
 
     SF.resolve_strategy = spy
-    out: Dict[str, Any] = {"loss": [], "terms": [], "grad_w": [], "grad_b": [], "grad_za": [], "grad_zb": [],
-                           "C": []}
+    out: Dict[str, Any] = {"loss": [], "terms": [], "grad_w": [], "grad_b": [], "grad_za": [], "grad_zb": [], "C": []}
     try:
         for _ in range(steps if name in RUNNING_COV else 1):
             model.zero_grad(set_to_none=True)
@@ -161,10 +169,18 @@ def run_bn_case(kind: str, rank: int, world: int, steps: int = 2) -> Dict[str, A
 # crop falls back to the whole image), no flip, no colour ops: the views no
 # longer depend on the generator, so a run's trajectory depends only on the
 # global batches and the arithmetic, not on how many ranks drew augmentations.
-DETERMINISTIC_VIEWS = [f"augment.{v}.{k}={val}" for v in ("view1", "view2")
-                       for k, val in (("crop_min_scale", 1.0), ("flip_prob", 0.0), ("jitter_prob", 0.0),
-                                      ("gray_prob", 0.0), ("blur_prob", 0.0), ("solarize_prob", 0.0))] \
-    + ["train.max_steps=4"]
+DETERMINISTIC_VIEWS = [
+    f"augment.{v}.{k}={val}"
+    for v in ("view1", "view2")
+    for k, val in (
+        ("crop_min_scale", 1.0),
+        ("flip_prob", 0.0),
+        ("jitter_prob", 0.0),
+        ("gray_prob", 0.0),
+        ("blur_prob", 0.0),
+        ("solarize_prob", 0.0),
+    )
+] + ["train.max_steps=4"]
 
 
 METHOD_CASES = ("vicreg_tico", "barlow_twins")
@@ -174,8 +190,16 @@ def method_overrides(method: str, out_dir: str) -> List[str]:
     from test_train_e2e import TINY
 
     # One run directory per method: a second run never starts in another's directory.
-    return [f"method.name={method}", "method.projector=[32,32]", f"name=grad_{method}", "train.epochs=1", *TINY,
-            "train.threads=1", "eval.final=false", f"train.out_dir={out_dir}"]
+    return [
+        f"method.name={method}",
+        "method.projector=[32,32]",
+        f"name=grad_{method}",
+        "train.epochs=1",
+        *TINY,
+        "train.threads=1",
+        "eval.final=false",
+        f"train.out_dir={out_dir}",
+    ]
 
 
 def run_method_case(method: str, rank: int, world: int, out_dir: str) -> Dict[str, Any]:
@@ -197,8 +221,11 @@ def run_method_case(method: str, rank: int, world: int, out_dir: str) -> Dict[st
     grads: Dict[str, List[torch.Tensor]] = {}
     for name, p in tr.method.named_parameters():
         grads.setdefault(name.rsplit(".", 1)[0], []).append(p.grad.flatten().clone())
-    return {"loss": loss.detach().clone(), "grads": {k: torch.cat(v) for k, v in grads.items()},
-            "norm_types": sorted({type(m).__name__ for m in tr.method.modules() if "Norm" in type(m).__name__})}
+    return {
+        "loss": loss.detach().clone(),
+        "grads": {k: torch.cat(v) for k, v in grads.items()},
+        "norm_types": sorted({type(m).__name__ for m in tr.method.modules() if "Norm" in type(m).__name__}),
+    }
 
 
 # ---------------------------------------------------------------------- workers
@@ -223,8 +250,10 @@ def process_group(rank: int, world: int, init_file: str) -> Iterator[None]:
 
 def loss_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     with process_group(rank, world, init_file):
-        res = {"loss": {case_id(c): run_loss_case(c, rank, world) for c in LOSS_CASES},
-               "bn": {k: run_bn_case(k, rank, world) for k in BN_SHAPES}}
+        res = {
+            "loss": {case_id(c): run_loss_case(c, rank, world) for c in LOSS_CASES},
+            "bn": {k: run_bn_case(k, rank, world) for k in BN_SHAPES},
+        }
         res["method"] = {m: run_method_case(m, rank, world, out_dir) for m in METHOD_CASES}
         # gather_distributed=False keeps per-rank statistics: the loss of the local rows only
         x_a, x_b, model = case_inputs(LOSS_CASES[0])
@@ -242,6 +271,7 @@ def train_worker(rank: int, world: int, init_file: str, out_dir: str, overrides:
     out = Path(out_dir)
     res: Dict[str, Any] = {}
     with process_group(rank, world, init_file):
+
         def cfg(run_dir: Path, *extra: str):
             return load_config(None, [*overrides, f"train.out_dir={run_dir}", *extra])
 
@@ -307,8 +337,11 @@ def signal_worker(rank: int, world: int, init_file: str, out_dir: str, overrides
         os.environ.pop("SSLEXT_TEST_FAULT", None)
         dist.barrier()
         resumed = Trainer(cfg, resume=True)
-        res = {"summary": summary, "resumed_summary": resumed.fit(),
-               "method": {k: v.clone() for k, v in resumed.method.state_dict().items()}}
+        res = {
+            "summary": summary,
+            "resumed_summary": resumed.fit(),
+            "method": {k: v.clone() for k, v in resumed.method.state_dict().items()},
+        }
         torch.save(res, out / f"sig_rank{rank}.pt")
 
 

@@ -81,10 +81,14 @@ def extract_blocks(path: Path) -> List[Block]:
         i += 1
         while i < len(lines):
             close = FENCE.match(lines[i])
-            if close and close.group("fence")[0] == fence[0] and len(close.group("fence")) >= len(fence) \
-                    and not close.group("info").strip():
+            if (
+                close
+                and close.group("fence")[0] == fence[0]
+                and len(close.group("fence")) >= len(fence)
+                and not close.group("info").strip()
+            ):
                 break
-            body.append(lines[i][len(m.group("indent")):] if lines[i].startswith(m.group("indent")) else lines[i])
+            body.append(lines[i][len(m.group("indent")) :] if lines[i].startswith(m.group("indent")) else lines[i])
             i += 1
         else:
             raise ValueError(f"{path}:{start + 1}: code fence opened here is never closed")
@@ -126,11 +130,11 @@ def make_scratch(root: Path) -> Path:
             (root / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
     bin_dir = root / ".docs-bin"
     bin_dir.mkdir()
-    for name, func in (("sslext-train", "train_main"), ("sslext-eval", "eval_main"),
-                       ("sslext-export", "export_main")):
+    for name, func in (("sslext-train", "train_main"), ("sslext-eval", "eval_main"), ("sslext-export", "export_main")):
         script = bin_dir / name
-        script.write_text(f"#!{sys.executable}\nimport sys\nfrom sslext.cli import {func}\n"
-                          f"sys.exit({func}(sys.argv[1:]))\n")
+        script.write_text(
+            f"#!{sys.executable}\nimport sys\nfrom sslext.cli import {func}\nsys.exit({func}(sys.argv[1:]))\n"
+        )
         script.chmod(0o755)
     # A wrapper, not a link: a link would lose the virtual environment's site-packages.
     python = bin_dir / "python"
@@ -181,8 +185,15 @@ def _timeout_output(e: subprocess.TimeoutExpired) -> str:
 def run_bash(block: Block, cwd: Path, bin_dir: Path) -> Tuple[bool, str, str]:
     """(ok, status, output) of one bash block."""
     try:
-        res = subprocess.run(["bash", "-euo", "pipefail", "-s"], input=block.code, cwd=cwd, env=_env(bin_dir),
-                             text=True, capture_output=True, timeout=TIMEOUT_S)
+        res = subprocess.run(
+            ["bash", "-euo", "pipefail", "-s"],
+            input=block.code,
+            cwd=cwd,
+            env=_env(bin_dir),
+            text=True,
+            capture_output=True,
+            timeout=TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired as e:
         return False, f"timed out after {TIMEOUT_S} s", _timeout_output(e)
     return res.returncode == 0, f"exit {res.returncode}", res.stdout + res.stderr
@@ -192,14 +203,19 @@ def run_python(blocks: List[Block], cwd: Path, bin_dir: Path) -> List[Tuple[bool
     """(ok, status, output) of each of consecutive python blocks, run in one interpreter."""
     spec = cwd / ".docs-bin" / "blocks.json"
     result = cwd / ".docs-bin" / "results.json"
-    spec.write_text(json.dumps([{"file": b.where.rsplit(":", 1)[0], "line": b.line, "code": b.code}
-                                for b in blocks]))
+    spec.write_text(json.dumps([{"file": b.where.rsplit(":", 1)[0], "line": b.line, "code": b.code} for b in blocks]))
     if result.exists():
         result.unlink()
     timeout = TIMEOUT_S * len(blocks)
     try:
-        res = subprocess.run([sys.executable, "-c", _PY_DRIVER, str(spec), str(result)], cwd=cwd,
-                             env=_env(bin_dir), text=True, capture_output=True, timeout=timeout)
+        res = subprocess.run(
+            [sys.executable, "-c", _PY_DRIVER, str(spec), str(result)],
+            cwd=cwd,
+            env=_env(bin_dir),
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as e:
         return [(False, f"timed out after {timeout} s", _timeout_output(e))] * len(blocks)
     if res.returncode != 0 or not result.exists():  # the interpreter itself died
@@ -236,8 +252,11 @@ def check(files: Sequence[Path], verbose: bool = True) -> List[str]:
                 dt = time.perf_counter() - t0
                 for block, (ok, status, out) in zip(group, outcomes):
                     if verbose:
-                        print(f"{'ok  ' if ok else 'FAIL'} {block.where} ({block.language}, "
-                              f"{dt:.1f} s for {len(group)} block(s))", flush=True)
+                        print(
+                            f"{'ok  ' if ok else 'FAIL'} {block.where} ({block.language}, "
+                            f"{dt:.1f} s for {len(group)} block(s))",
+                            flush=True,
+                        )
                     if not ok:
                         tail = "\n".join(out.splitlines()[-25:])
                         failures.append(f"{block.where}: {block.language} block failed ({status}):\n{tail}")
@@ -248,8 +267,10 @@ def config_page_problems(page: Path = REPO / "docs" / "config.md") -> List[str]:
     """docs/config.md is generated from the config schema: stale or missing meanings fail."""
     from sslext.config import config_markdown, missing_meanings
 
-    out = [f"config key without a meaning (sslext/config.py MEANINGS or the method's HELP): {k}"
-           for k in missing_meanings()]
+    out = [
+        f"config key without a meaning (sslext/config.py MEANINGS or the method's HELP): {k}"
+        for k in missing_meanings()
+    ]
     if not page.is_file() or page.read_text() != config_markdown():
         out.append(f"{page.name} is stale: regenerate it with `python -m sslext.config --markdown > docs/config.md`")
     return out

@@ -38,33 +38,100 @@ ARGS = {
     "cross_correlation": [("z_a", "tensor"), ("z_b", "tensor"), ("eps", "float")],
     "off_diagonal_penalty": [("c", "tensor"), ("off_weight", "float"), ("diag_target", "optfloat")],
     "tico_ema_update_": [("c", "tensor"), ("z", "tensor"), ("beta", "float")],
-    "vicreg_loss": [("z_a", "tensor"), ("z_b", "tensor"), ("inv_coeff", "float"), ("var_coeff", "float"),
-                    ("cov_coeff", "float"), ("eps", "float"), ("strategy", "strategy")],
-    "_vicreg_loss_backward": [("grad_terms", "tensor"), ("z_a", "tensor"), ("z_b", "tensor"),
-                              ("mean_a", "tensor"), ("mean_b", "tensor"), ("var_a", "tensor"),
-                              ("var_b", "tensor"), ("mat_a", "tensor"), ("mat_b", "tensor"),
-                              ("inv_coeff", "float"), ("var_coeff", "float"), ("cov_coeff", "float"),
-                              ("eps", "float"), ("strategy", "strategy"), ("output_mask", "mask")],
-    "vicreg_tico_loss": [("z_a", "tensor"), ("z_b", "tensor"), ("c", "tensor"), ("inv_coeff", "float"),
-                         ("var_coeff", "float"), ("cov_coeff", "float"), ("beta", "float"),
-                         ("eps", "float"), ("strategy", "strategy"), ("proposal", "bool"),
-                         ("batch_cov_in_graph", "bool")],
-    "_vicreg_tico_loss_backward": [("grad_terms", "tensor"), ("z_a", "tensor"), ("z_b", "tensor"),
-                                   ("mean_a", "tensor"), ("mean_b", "tensor"), ("var_a", "tensor"),
-                                   ("var_b", "tensor"), ("proj", "tensor"), ("inv_coeff", "float"),
-                                   ("var_coeff", "float"), ("cov_coeff", "float"), ("eps", "float"),
-                                   ("proposal", "bool"), ("output_mask", "mask")],
-    "barlow_twins_loss": [("z_a", "tensor"), ("z_b", "tensor"), ("lambd", "float"), ("eps", "float"),
-                          ("strategy", "strategy")],
-    "_barlow_twins_loss_backward": [("grad_terms", "tensor"), ("norm_a", "tensor"), ("norm_b", "tensor"),
-                                    ("inv_std_a", "tensor"), ("inv_std_b", "tensor"), ("mat", "tensor"),
-                                    ("lambd", "float"), ("strategy", "strategy"), ("out_dtype", "dtype"),
-                                    ("output_mask", "mask")],
-    "tico_loss": [("z_a", "tensor"), ("z_b", "tensor"), ("c", "tensor"), ("beta", "float"), ("rho", "float"),
-                  ("strategy", "strategy"), ("batch_cov_in_graph", "bool")],
-    "_tico_loss_backward": [("grad_terms", "tensor"), ("zhat_a", "tensor"), ("zhat_b", "tensor"),
-                            ("norm_a", "tensor"), ("norm_b", "tensor"), ("proj", "tensor"), ("rho", "float"),
-                            ("out_dtype", "dtype"), ("output_mask", "mask")],
+    "vicreg_loss": [
+        ("z_a", "tensor"),
+        ("z_b", "tensor"),
+        ("inv_coeff", "float"),
+        ("var_coeff", "float"),
+        ("cov_coeff", "float"),
+        ("eps", "float"),
+        ("strategy", "strategy"),
+    ],
+    "_vicreg_loss_backward": [
+        ("grad_terms", "tensor"),
+        ("z_a", "tensor"),
+        ("z_b", "tensor"),
+        ("mean_a", "tensor"),
+        ("mean_b", "tensor"),
+        ("var_a", "tensor"),
+        ("var_b", "tensor"),
+        ("mat_a", "tensor"),
+        ("mat_b", "tensor"),
+        ("inv_coeff", "float"),
+        ("var_coeff", "float"),
+        ("cov_coeff", "float"),
+        ("eps", "float"),
+        ("strategy", "strategy"),
+        ("output_mask", "mask"),
+    ],
+    "vicreg_tico_loss": [
+        ("z_a", "tensor"),
+        ("z_b", "tensor"),
+        ("c", "tensor"),
+        ("inv_coeff", "float"),
+        ("var_coeff", "float"),
+        ("cov_coeff", "float"),
+        ("beta", "float"),
+        ("eps", "float"),
+        ("strategy", "strategy"),
+        ("proposal", "bool"),
+        ("batch_cov_in_graph", "bool"),
+    ],
+    "_vicreg_tico_loss_backward": [
+        ("grad_terms", "tensor"),
+        ("z_a", "tensor"),
+        ("z_b", "tensor"),
+        ("mean_a", "tensor"),
+        ("mean_b", "tensor"),
+        ("var_a", "tensor"),
+        ("var_b", "tensor"),
+        ("proj", "tensor"),
+        ("inv_coeff", "float"),
+        ("var_coeff", "float"),
+        ("cov_coeff", "float"),
+        ("eps", "float"),
+        ("proposal", "bool"),
+        ("output_mask", "mask"),
+    ],
+    "barlow_twins_loss": [
+        ("z_a", "tensor"),
+        ("z_b", "tensor"),
+        ("lambd", "float"),
+        ("eps", "float"),
+        ("strategy", "strategy"),
+    ],
+    "_barlow_twins_loss_backward": [
+        ("grad_terms", "tensor"),
+        ("norm_a", "tensor"),
+        ("norm_b", "tensor"),
+        ("inv_std_a", "tensor"),
+        ("inv_std_b", "tensor"),
+        ("mat", "tensor"),
+        ("lambd", "float"),
+        ("strategy", "strategy"),
+        ("out_dtype", "dtype"),
+        ("output_mask", "mask"),
+    ],
+    "tico_loss": [
+        ("z_a", "tensor"),
+        ("z_b", "tensor"),
+        ("c", "tensor"),
+        ("beta", "float"),
+        ("rho", "float"),
+        ("strategy", "strategy"),
+        ("batch_cov_in_graph", "bool"),
+    ],
+    "_tico_loss_backward": [
+        ("grad_terms", "tensor"),
+        ("zhat_a", "tensor"),
+        ("zhat_b", "tensor"),
+        ("norm_a", "tensor"),
+        ("norm_b", "tensor"),
+        ("proj", "tensor"),
+        ("rho", "float"),
+        ("out_dtype", "dtype"),
+        ("output_mask", "mask"),
+    ],
 }
 
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
@@ -73,8 +140,21 @@ OTHER_DTYPES = DTYPES + ["int64", "bool", "complex64"]
 # valid (noncontig, expanded, transposed square matrices) are in the mix: they
 # must then succeed.
 CHANGES = {
-    "tensor": ["rows-1", "empty", "cols-1", "transpose", "extra_dim", "drop_dim", "noncontig", "expanded",
-               "nan", "inf", "scalar", "not_tensor"] + [f"dtype:{d}" for d in OTHER_DTYPES],
+    "tensor": [
+        "rows-1",
+        "empty",
+        "cols-1",
+        "transpose",
+        "extra_dim",
+        "drop_dim",
+        "noncontig",
+        "expanded",
+        "nan",
+        "inf",
+        "scalar",
+        "not_tensor",
+    ]
+    + [f"dtype:{d}" for d in OTHER_DTYPES],
     "float": ["nan", "inf", "-inf", "-1", "0", "2", "1e6", "not_number"],
     "optfloat": ["nan", "inf", "-1", "none", "not_number"],
     "strategy": ["-1", "2", "7", "2**40", "flip", "0.5"],
@@ -115,6 +195,7 @@ def judge(case: dict, result: dict) -> str | None:
 
 
 # ----------------------------------------------------------------- the worker side
+
 
 def build_valid(case: dict):
     import torch
@@ -206,11 +287,27 @@ def _change_tensor(t, change: str, pos: int):
     raise KeyError(change)
 
 
-_FLOATS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "-1": -1.0, "0": 0.0,
-           "2": 2.0, "1e6": 1e6, "not_number": "x", "none": None}
+_FLOATS = {
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "-inf": float("-inf"),
+    "-1": -1.0,
+    "0": 0.0,
+    "2": 2.0,
+    "1e6": 1e6,
+    "not_number": "x",
+    "none": None,
+}
 _INTS = {"-1": -1, "2": 2, "7": 7, "2**40": 2**40, "0.5": 0.5}
-_MASKS = {"[]": [], "[T]": [True], "[T,T,T]": [True] * 3, "[F,F]": [False, False],
-          "[T,F]": [True, False], "[F,T]": [False, True], "not_list": "x"}
+_MASKS = {
+    "[]": [],
+    "[T]": [True],
+    "[T,T,T]": [True] * 3,
+    "[F,F]": [False, False],
+    "[T,F]": [True, False],
+    "[F,T]": [False, True],
+    "not_list": "x",
+}
 
 
 def _change_value(kind: str, value, change: str):
@@ -249,8 +346,12 @@ def run_case(case: dict) -> dict:
         out = args[0]  # updated in place
     outs = [t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]
     bad = [i for i, t in enumerate(outs) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    return {"status": "ok", "finite": not bad, "nonfinite_dtypes": [str(outs[i].dtype) for i in bad],
-            "summary": f"non-finite outputs {bad} of {len(outs)} ({[str(outs[i].dtype) for i in bad]})"}
+    return {
+        "status": "ok",
+        "finite": not bad,
+        "nonfinite_dtypes": [str(outs[i].dtype) for i in bad],
+        "summary": f"non-finite outputs {bad} of {len(outs)} ({[str(outs[i].dtype) for i in bad]})",
+    }
 
 
 def _worker_main() -> None:
@@ -266,6 +367,7 @@ def _worker_main() -> None:
 
 
 # ----------------------------------------------------------------- the parent side
+
 
 class Worker:
     """One persistent child that runs cases; restarted when a case kills it."""
@@ -284,8 +386,15 @@ class Worker:
             self.stderr.close()
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker"], cwd=ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1)
+            [sys.executable, str(Path(__file__).resolve()), "--worker"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+        )
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not isinstance(self._read(300.0), dict):
@@ -322,10 +431,15 @@ class Worker:
             hung = result == "timeout"
             self._stop(grace_s=0.0 if hung else 30.0)
             self.restarts += 1
-            what = (f"did not answer within {self.timeout_s:.0f} s" if hung
-                    else f"died (exit status {self.last_rc}; negative: killed by that signal)")
-            result = {"status": "hang" if hung else "crash",
-                      "detail": f"{what} on this case; its stderr ends with:\n{self._stderr_tail()}"}
+            what = (
+                f"did not answer within {self.timeout_s:.0f} s"
+                if hung
+                else f"died (exit status {self.last_rc}; negative: killed by that signal)"
+            )
+            result = {
+                "status": "hang" if hung else "crash",
+                "detail": f"{what} on this case; its stderr ends with:\n{self._stderr_tail()}",
+            }
         key = (case["op"], "refused" if result["status"] == "raised" else result["status"])
         self.counts[key] = self.counts.get(key, 0) + 1
         return result
@@ -351,8 +465,7 @@ class Worker:
     def summary(self) -> str:
         ops = sorted({op for op, _ in self.counts})
         total = sum(self.counts.values())
-        lines = [f"op fuzz: {total} cases in {time.monotonic() - self.started:.1f} s, "
-                 f"{self.restarts} worker restarts"]
+        lines = [f"op fuzz: {total} cases in {time.monotonic() - self.started:.1f} s, {self.restarts} worker restarts"]
         for op in ops:
             per = {s: self.counts.get((op, s), 0) for s in ("ok", "refused", "crash", "hang")}
             lines.append(f"  {op:30s} " + "  ".join(f"{k} {v}" for k, v in per.items()))

@@ -5,6 +5,7 @@ directory on sys.path), so ``import sslext`` can only find the installed
 package; the first check proves it. Not collected by pytest (no ``test_``
 prefix): it tests an installation, not the source tree.
 """
+
 import json
 import os
 import subprocess
@@ -42,15 +43,25 @@ def main() -> int:
     torch.testing.assert_close(zb.grad, rb.grad)
 
     # Every subpackage made it into the wheel, and the commands start.
-    import sslext.data, sslext.methods, sslext.models, sslext.training  # noqa: E401,F401
+    import sslext.data  # noqa: E401,F401
+    import sslext.methods
+    import sslext.models
+    import sslext.training
     from sslext.train import Trainer  # noqa: F401
+
     bindir = Path(sys.executable).parent
-    for cmd in ([str(bindir / "sslext-train"), "--help"], [str(bindir / "sslext-eval"), "--help"],
-                [str(bindir / "sslext-export"), "--help"], [sys.executable, "-I", "-m", "sslext.train", "--help"]):
+    for cmd in (
+        [str(bindir / "sslext-train"), "--help"],
+        [str(bindir / "sslext-eval"), "--help"],
+        [str(bindir / "sslext-export"), "--help"],
+        [sys.executable, "-I", "-m", "sslext.train", "--help"],
+    ):
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
         assert r.returncode == 0 and "usage" in r.stdout, (cmd, r.returncode, r.stderr[-2000:])
-    print("install smoke: loss forward/backward matches the reference; sslext-train, sslext-eval, sslext-export and "
-          "python -m sslext.train start")
+    print(
+        "install smoke: loss forward/backward matches the reference; sslext-train, sslext-eval, sslext-export and "
+        "python -m sslext.train start"
+    )
 
     # The shipped configs travel inside the package: a recipe by name and the demo's
     # own config, from a folder that is not the source tree.
@@ -58,15 +69,53 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONSAFEPATH": "1"}
-        r = subprocess.run([str(bindir / "sslext-train"), "--config", "smoke_synthetic", "--set", "train.out_dir=runs",
-                            "--set", "eval.offline_epochs=1"], cwd=tmp, capture_output=True, text=True, env=env)
-        assert r.returncode == 0 and (Path(tmp) / "runs" / "smoke_synthetic" / "last.pt").is_file(), \
-            (r.returncode, r.stderr[-2000:])
+        r = subprocess.run(
+            [
+                str(bindir / "sslext-train"),
+                "--config",
+                "smoke_synthetic",
+                "--set",
+                "train.out_dir=runs",
+                "--set",
+                "eval.offline_epochs=1",
+            ],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert r.returncode == 0 and (Path(tmp) / "runs" / "smoke_synthetic" / "last.pt").is_file(), (
+            r.returncode,
+            r.stderr[-2000:],
+        )
         _write_fashion_mnist(Path(tmp) / "fmnist")
-        r = subprocess.run([sys.executable, "-I", "-m", "sslext.demo", "--no-download", "--set", "data.root=fmnist",
-                            "--set", "train.epochs=1", "--set", "optim.warmup_epochs=0", "--set", "data.train_limit=256",
-                            "--set", "eval.offline_epochs=1", "--set", "eval.knn_k=5", "--set", "train.out_dir=runs"],
-                           cwd=tmp, capture_output=True, text=True, env=env)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-I",
+                "-m",
+                "sslext.demo",
+                "--no-download",
+                "--set",
+                "data.root=fmnist",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "optim.warmup_epochs=0",
+                "--set",
+                "data.train_limit=256",
+                "--set",
+                "eval.offline_epochs=1",
+                "--set",
+                "eval.knn_k=5",
+                "--set",
+                "train.out_dir=runs",
+            ],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
     print("install smoke: `sslext-train --config smoke_synthetic` and `python -m sslext.demo` run outside the tree")
     return 0

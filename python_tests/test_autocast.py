@@ -9,12 +9,11 @@ dtype mismatch here (their float32 running covariance met autocast GEMMs).
 
 import pytest
 import torch
-
-import sslext
-
 from cases import CASE_IDS, CASES
 from conftest import HAS_CUDA
 from test_losses import make_views
+
+import sslext
 
 AUTOCAST_DTYPES = {"cpu": [torch.bfloat16], "cuda": [torch.bfloat16, torch.float16]}
 DEVICE_DTYPES = [(dev, dt) for dev in (["cpu", "cuda"] if HAS_CUDA else ["cpu"]) for dt in AUTOCAST_DTYPES[dev]]

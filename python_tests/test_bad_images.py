@@ -1,4 +1,5 @@
 """data.on_bad_image (error | skip), and every common image mode loads as RGB."""
+
 import json
 import warnings
 
@@ -103,12 +104,29 @@ def test_run_summary_reports_skipped_images(tmp_path):
         _good(root / split / "a", n, (24, 24))
         _good(root / split / "b", n, (24, 24))
     (root / "train" / "a" / "broken.jpg").write_bytes(b"garbage")
-    cfg = load_config(None, ["data.dataset=image_folder", f"data.root={root}", "data.image_size=16",
-                             "data.on_bad_image=skip", "model.backbone=resnet10", "model.width=8",
-                             "method.projector=[16,16]", "optim.batch_size=8", "optim.warmup_epochs=0",
-                             "train.epochs=1", "train.progress=false", f"train.out_dir={tmp_path / 'runs'}",
-                             "eval.offline_epochs=2", "eval.knn_k=4", "augment.view1.crop_size=16",
-                             "augment.view2.crop_size=16", "name=r", "train.device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=image_folder",
+            f"data.root={root}",
+            "data.image_size=16",
+            "data.on_bad_image=skip",
+            "model.backbone=resnet10",
+            "model.width=8",
+            "method.projector=[16,16]",
+            "optim.batch_size=8",
+            "optim.warmup_epochs=0",
+            "train.epochs=1",
+            "train.progress=false",
+            f"train.out_dir={tmp_path / 'runs'}",
+            "eval.offline_epochs=2",
+            "eval.knn_k=4",
+            "augment.view1.crop_size=16",
+            "augment.view2.crop_size=16",
+            "name=r",
+            "train.device=cpu",
+        ],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s = train(cfg)

@@ -5,18 +5,17 @@ loss modules' documented behaviour (lightly.loss.vicreg_loss,
 barlow_twins_loss, tico_loss), in float64. benchmarks/bench_lightly_compat.py
 compares against the installed package itself.
 """
+
 import inspect
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as TF
-
-from sslext.compat.lightly import BarlowTwinsLoss, TiCoLoss, VICRegLoss
-
 from conftest import assert_forward_close, assert_grad_close
 from test_losses import make_views
+
+from sslext.compat.lightly import BarlowTwinsLoss, TiCoLoss, VICRegLoss
 
 SHAPES = [(16, 64), (64, 16), (37, 53)]
 
@@ -42,8 +41,11 @@ def ref_vicreg(z_a, z_b, lambda_param=25.0, mu_param=25.0, nu_param=1.0, eps=1e-
         off = ~torch.eye(d, dtype=torch.bool)
         return (c[..., off].pow(2).sum(-1) / d).mean()
 
-    return (lambda_param * TF.mse_loss(z_a, z_b) + mu_param * 0.5 * (var(stats_a) + var(stats_b))
-            + nu_param * (cov(stats_a) + cov(stats_b)))
+    return (
+        lambda_param * TF.mse_loss(z_a, z_b)
+        + mu_param * 0.5 * (var(stats_a) + var(stats_b))
+        + nu_param * (cov(stats_a) + cov(stats_b))
+    )
 
 
 def _bn(z):
@@ -95,8 +97,13 @@ def _assert_parity(ours, ref, dtype=torch.float32):
 
 
 LIGHTLY_SIGNATURES = {
-    VICRegLoss: [("lambda_param", 25.0), ("mu_param", 25.0), ("nu_param", 1.0),
-                 ("gather_distributed", False), ("eps", 1e-4)],
+    VICRegLoss: [
+        ("lambda_param", 25.0),
+        ("mu_param", 25.0),
+        ("nu_param", 1.0),
+        ("gather_distributed", False),
+        ("eps", 1e-4),
+    ],
     BarlowTwinsLoss: [("lambda_param", 5e-3), ("gather_distributed", False)],
     TiCoLoss: [("beta", 0.9), ("rho", 8.0), ("gather_distributed", False)],
 }
@@ -115,15 +122,19 @@ def test_constructor_signature_and_attributes_are_lightlys(cls):
 def test_tico_forward_keyword_is_lightlys():
     params = list(inspect.signature(TiCoLoss.forward).parameters.values())
     assert [(p.name, p.default) for p in params[1:]] == [
-        ("z_a", inspect.Parameter.empty), ("z_b", inspect.Parameter.empty), ("update_covariance_matrix", True)]
+        ("z_a", inspect.Parameter.empty),
+        ("z_b", inspect.Parameter.empty),
+        ("update_covariance_matrix", True),
+    ]
 
 
 # ---------------------------------------------------------------- parity
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{d}" for n, d in SHAPES])
-@pytest.mark.parametrize("kwargs", [{}, {"lambda_param": 10.0, "mu_param": 3.0, "nu_param": 0.5, "eps": 1e-3}],
-                         ids=["defaults", "custom"])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"lambda_param": 10.0, "mu_param": 3.0, "nu_param": 0.5, "eps": 1e-3}], ids=["defaults", "custom"]
+)
 def test_vicreg_value_and_grads(shape, kwargs):
     z_a, z_b = make_views(*shape)
     ours = _value_and_grads(VICRegLoss(**kwargs), z_a, z_b)
@@ -152,8 +163,7 @@ def test_vicreg_accepts_lightlys_batch_middle_dims():
 def test_barlow_value_and_grads(shape, lambda_param):
     z_a, z_b = make_views(*shape)
     ours = _value_and_grads(BarlowTwinsLoss(lambda_param), z_a, z_b)
-    ref = _value_and_grads(lambda a, b: ref_barlow_from_c(ref_barlow_c(a, b), lambda_param),
-                           z_a.double(), z_b.double())
+    ref = _value_and_grads(lambda a, b: ref_barlow_from_c(ref_barlow_c(a, b), lambda_param), z_a.double(), z_b.double())
     _assert_parity(ours, ref)
 
 
@@ -220,18 +230,22 @@ def test_gather_without_process_group_is_local_as_in_lightly():
 # ---------------------------------------------------------------- bad arguments
 
 
-@pytest.mark.parametrize("make, error, match", [
-    (lambda: VICRegLoss(lambda_param="25"), TypeError, "lambda_param"),
-    (lambda: VICRegLoss(mu_param=float("nan")), ValueError, "mu_param"),
-    (lambda: VICRegLoss(nu_param=None), TypeError, "nu_param"),
-    (lambda: VICRegLoss(eps=-1e-4), ValueError, "eps"),
-    (lambda: VICRegLoss(gather_distributed=1), TypeError, "gather_distributed"),
-    (lambda: BarlowTwinsLoss(lambda_param=float("inf")), ValueError, "lambda_param"),
-    (lambda: BarlowTwinsLoss(gather_distributed="yes"), TypeError, "gather_distributed"),
-    (lambda: TiCoLoss(beta=1.5), ValueError, "beta"),
-    (lambda: TiCoLoss(beta=-0.1), ValueError, "beta"),
-    (lambda: TiCoLoss(rho=True), TypeError, "rho"),
-], ids=lambda x: getattr(x, "__name__", str(x)))
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: VICRegLoss(lambda_param="25"), TypeError, "lambda_param"),
+        (lambda: VICRegLoss(mu_param=float("nan")), ValueError, "mu_param"),
+        (lambda: VICRegLoss(nu_param=None), TypeError, "nu_param"),
+        (lambda: VICRegLoss(eps=-1e-4), ValueError, "eps"),
+        (lambda: VICRegLoss(gather_distributed=1), TypeError, "gather_distributed"),
+        (lambda: BarlowTwinsLoss(lambda_param=float("inf")), ValueError, "lambda_param"),
+        (lambda: BarlowTwinsLoss(gather_distributed="yes"), TypeError, "gather_distributed"),
+        (lambda: TiCoLoss(beta=1.5), ValueError, "beta"),
+        (lambda: TiCoLoss(beta=-0.1), ValueError, "beta"),
+        (lambda: TiCoLoss(rho=True), TypeError, "rho"),
+    ],
+    ids=lambda x: getattr(x, "__name__", str(x)),
+)
 def test_bad_constructor_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make()
@@ -276,16 +290,19 @@ LIGHTLY_ERRORS = [
     ("barlow-batch-1", lambda: BarlowTwinsLoss()(_Z[:1], _Z[:1]), (ValueError,), "batch size > 1"),
     ("barlow-3d", lambda: BarlowTwinsLoss()(_Z[:, None], _Z[:, None]), (RuntimeError, ValueError), "z_a must have"),
     ("barlow-batches", lambda: BarlowTwinsLoss()(_Z, _Z[:6]), (RuntimeError, ValueError), "same shape"),
-    ("barlow-dims", lambda: BarlowTwinsLoss()(_Z, _Z[:, :8]), (AssertionError, RuntimeError, ValueError),
-     "same shape"),
+    ("barlow-dims", lambda: BarlowTwinsLoss()(_Z, _Z[:, :8]), (AssertionError, RuntimeError, ValueError), "same shape"),
     ("tico-not-a-tensor", lambda: TiCoLoss()(None, _Z), (AttributeError, TypeError), "z_a must be"),
     ("tico-0d", lambda: TiCoLoss()(_Z[0, 0], _Z[0, 0]), (IndexError, ValueError), "z_a must have shape"),
     ("tico-batch-1", lambda: TiCoLoss()(_Z[:1], _Z[:1]), (AssertionError, ValueError), "batch size > 1"),
     ("tico-shapes", lambda: TiCoLoss()(_Z, _Z[:4]), (AssertionError, ValueError), "same shape"),
     ("tico-1d", lambda: TiCoLoss()(_Z[0], _Z[0]), (IndexError, ValueError), "z_a must have shape"),
     ("tico-3d", lambda: TiCoLoss()(_Z[:, None], _Z[:, None]), (RuntimeError, ValueError), "z_a must have shape"),
-    ("tico-dim-change", lambda: _tico_after_a_call_at_dim(12)(*make_views(8, 16)), (RuntimeError, ValueError),
-     "running covariance C"),
+    (
+        "tico-dim-change",
+        lambda: _tico_after_a_call_at_dim(12)(*make_views(8, 16)),
+        (RuntimeError, ValueError),
+        "running covariance C",
+    ),
 ]
 
 
@@ -325,9 +342,11 @@ def _compat_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         z_a, z_b = make_views(N, D)
         rows = slice(rank * N // world, (rank + 1) * N // world)
         res = {}
-        for name, loss_fn in (("vicreg", VICRegLoss(gather_distributed=True)),
-                              ("barlow", BarlowTwinsLoss(gather_distributed=True)),
-                              ("tico", TiCoLoss(gather_distributed=True))):
+        for name, loss_fn in (
+            ("vicreg", VICRegLoss(gather_distributed=True)),
+            ("barlow", BarlowTwinsLoss(gather_distributed=True)),
+            ("tico", TiCoLoss(gather_distributed=True)),
+        ):
             steps = []
             for _ in range(2 if name == "tico" else 1):
                 steps.append(_value_and_grads(loss_fn, z_a[rows], z_b[rows]))
@@ -368,8 +387,10 @@ def test_distributed_matches_lightlys_gather_semantics(compat_dist):
 
         # Barlow Twins: the mean of the ranks' cross-correlations, each from its own normalisation
         def barlow(a_r, b_r):
-            cs = [ref_barlow_c(a_r, b_r) if s == r else ref_barlow_c(z_a[_rank_rows(s)], z_b[_rank_rows(s)])
-                  for s in range(WORLD)]
+            cs = [
+                ref_barlow_c(a_r, b_r) if s == r else ref_barlow_c(z_a[_rank_rows(s)], z_b[_rank_rows(s)])
+                for s in range(WORLD)
+            ]
             loss = ref_barlow_from_c(sum(cs) / WORLD)
             return loss + (WORLD - 1) * (loss - loss.detach())
 
@@ -378,6 +399,7 @@ def test_distributed_matches_lightlys_gather_semantics(compat_dist):
         # TiCo: everything on the gathered batch, C identical on every rank
         ref = RefTiCo()
         for step in range(2):
+
             def tico(a_r, b_r):
                 a_all = torch.cat([a_r if s == r else z_a[_rank_rows(s)] for s in range(WORLD)])
                 b_all = torch.cat([b_r if s == r else z_b[_rank_rows(s)] for s in range(WORLD)])

@@ -3,11 +3,10 @@
 import pytest
 import torch
 import torch._inductor.config
+from test_losses import make_views
 
 import sslext
 import sslext.functional as F
-
-from test_losses import make_views
 
 # Compile for real on every run: a cached artifact from an older build of the
 # extension would test that build, not this one.
@@ -22,10 +21,10 @@ MODULES = {
     "vicreg_tico_proposal": lambda: sslext.VICRegTiCoLoss(dim=48, variant="proposal"),
     # B in the graph and the bias-corrected C: the step count t is a tensor,
     # so the second step must reuse the first step's graph with t = 1.
-    "tico_graph_bias_corrected": lambda: sslext.TiCoLoss(dim=48, batch_cov_in_graph=True,
-                                                         bias_correction=True),
+    "tico_graph_bias_corrected": lambda: sslext.TiCoLoss(dim=48, batch_cov_in_graph=True, bias_correction=True),
     "vicreg_tico_proposal_graph_bias_corrected": lambda: sslext.VICRegTiCoLoss(
-        dim=48, variant="proposal", batch_cov_in_graph=True, bias_correction=True),
+        dim=48, variant="proposal", batch_cov_in_graph=True, bias_correction=True
+    ),
 }
 
 

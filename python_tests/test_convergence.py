@@ -19,6 +19,7 @@ reference by float32 rounding in every step amplified by 20 steps of momentum
 SGD, to 4e-7 (losses, C) and 1.1e-6 (parameters), bound rtol 1e-5. The atol
 terms cover entries near zero (C's off-diagonal, small weights).
 """
+
 import copy
 
 import pytest
@@ -83,11 +84,11 @@ LOSSES = {  # name: (sslext module for a strategy, reference module for a dtype)
     "vicreg": (lambda s: sslext.VICRegLoss(strategy=s), lambda dt: RefVICReg()),
     "barlow_twins": (lambda s: sslext.BarlowTwinsLoss(strategy=s), lambda dt: RefBarlowTwins()),
     "tico": (lambda s: sslext.TiCoLoss(dim=D, strategy=s), lambda dt: RefTiCo(D, dt)),
-    "vicreg_tico_symmetric": (lambda s: sslext.VICRegTiCoLoss(dim=D, strategy=s),
-                              lambda dt: RefVICRegTiCo(D, dt)),
-    "vicreg_tico_proposal": (lambda s: sslext.VICRegTiCoLoss(cov_coeff=1.0 / D, dim=D, strategy=s,
-                                                             variant="proposal"),
-                             lambda dt: RefVICRegTiCoProposal(D, dt)),
+    "vicreg_tico_symmetric": (lambda s: sslext.VICRegTiCoLoss(dim=D, strategy=s), lambda dt: RefVICRegTiCo(D, dt)),
+    "vicreg_tico_proposal": (
+        lambda s: sslext.VICRegTiCoLoss(cov_coeff=1.0 / D, dim=D, strategy=s, variant="proposal"),
+        lambda dt: RefVICRegTiCoProposal(D, dt),
+    ),
 }
 
 
@@ -99,7 +100,7 @@ def _data(dtype):
     view_a = x + 0.3 * torch.randn(64, D_IN, generator=g)
     view_b = x + 0.3 * torch.randn(64, D_IN, generator=g)
     order = torch.randperm(64, generator=g)
-    batches = [order[(i * N) % 64:(i * N) % 64 + N] for i in range(STEPS)]
+    batches = [order[(i * N) % 64 : (i * N) % 64 + N] for i in range(STEPS)]
     return view_a.to(dtype), view_b.to(dtype), batches
 
 

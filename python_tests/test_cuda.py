@@ -6,12 +6,11 @@ compiled in); benchmarks/gpu_check.sh runs them under compute-sanitizer.
 
 import pytest
 import torch
+from cases import CASE_IDS, CASES
+from test_losses import make_views
 
 import sslext
 from sslext import ops
-
-from cases import CASE_IDS, CASES
-from test_losses import make_views
 
 pytestmark = pytest.mark.cuda
 
@@ -60,13 +59,19 @@ def test_cuda_deterministic(case):
 
 
 DET_SHAPES = [(300, 700), (1030, 37)]
-DET_PARAMS = [(case, strategy, shape) for case in CASES for strategy in ("gram", "covariance") for shape in DET_SHAPES
-              # the Gram path is for N < D (2N < D for VICReg-TiCo); forcing it beyond only warns
-              if strategy == "covariance" or (2 * shape[0] if case.kind == "vicreg_tico" else shape[0]) < shape[1]]
+DET_PARAMS = [
+    (case, strategy, shape)
+    for case in CASES
+    for strategy in ("gram", "covariance")
+    for shape in DET_SHAPES
+    # the Gram path is for N < D (2N < D for VICReg-TiCo); forcing it beyond only warns
+    if strategy == "covariance" or (2 * shape[0] if case.kind == "vicreg_tico" else shape[0]) < shape[1]
+]
 
 
-@pytest.mark.parametrize("case,strategy,shape", DET_PARAMS,
-                         ids=[f"{c.name}-{s}-{n}x{d}" for c, s, (n, d) in DET_PARAMS])
+@pytest.mark.parametrize(
+    "case,strategy,shape", DET_PARAMS, ids=[f"{c.name}-{s}-{n}x{d}" for c, s, (n, d) in DET_PARAMS]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_deterministic_every_path(case, strategy, shape, dtype):
     """Bitwise-identical loss, gradients and updated running covariance on every repeat."""

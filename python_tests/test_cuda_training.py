@@ -5,6 +5,7 @@ one process with NCCL. Skipped without a GPU (conftest.py: marked cuda).
 Sized for the few minutes of a lent GPU: ResNet-10 at width 8, 16 px crops,
 batch 32, 3 steps per run. Each comparison states its tolerance and why.
 """
+
 import json
 import os
 import tempfile
@@ -17,10 +18,21 @@ from sslext.train import Trainer, load_checkpoint_file
 
 pytestmark = pytest.mark.cuda
 
-TINY_CUDA = ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=8", "optim.batch_size=32",
-             "optim.warmup_epochs=1", "train.progress=false", "train.log_every=1", "eval.offline_epochs=3",
-             "eval.knn_k=20", "eval.diag_samples=64", "augment.view1.crop_size=16", "augment.view2.crop_size=16",
-             "name=run"]
+TINY_CUDA = [
+    "data.dataset=synthetic",
+    "model.backbone=resnet10",
+    "model.width=8",
+    "optim.batch_size=32",
+    "optim.warmup_epochs=1",
+    "train.progress=false",
+    "train.log_every=1",
+    "eval.offline_epochs=3",
+    "eval.knn_k=20",
+    "eval.diag_samples=64",
+    "augment.view1.crop_size=16",
+    "augment.view2.crop_size=16",
+    "name=run",
+]
 
 # One method per family, with the tiny heads of test_train_e2e.
 FAMILIES = {
@@ -34,13 +46,21 @@ FAMILIES = {
 @pytest.fixture(autouse=True)
 def _float32_convolutions():
     """TF32 off and deterministic cuDNN: float32 on the GPU is then float32 as on the CPU."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    saved = (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     yield
-    (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved
+    (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    ) = saved
 
 
 def _bf16_setting() -> str:
@@ -53,8 +73,18 @@ def _bf16_setting() -> str:
 
 
 def _cfg(out_dir, method, head, device, amp, *extra):
-    return load_config(None, [f"method.name={method}", *head, *TINY_CUDA, f"train.device={device}",
-                              f"train.amp={amp}", f"train.out_dir={out_dir}", *extra])
+    return load_config(
+        None,
+        [
+            f"method.name={method}",
+            *head,
+            *TINY_CUDA,
+            f"train.device={device}",
+            f"train.amp={amp}",
+            f"train.out_dir={out_dir}",
+            *extra,
+        ],
+    )
 
 
 def _step_losses(run_dir):
@@ -67,14 +97,26 @@ def test_cuda_float32_steps_match_the_cpu(tmp_path, family):
     method, head = FAMILIES[family]
     runs = {}
     for device in ("cpu", "cuda"):
-        tr = Trainer(_cfg(tmp_path / device, method, head, device, "false", "train.max_steps=3", "eval.final=false",
-                          "train.channels_last=false"))
+        tr = Trainer(
+            _cfg(
+                tmp_path / device,
+                method,
+                head,
+                device,
+                "false",
+                "train.max_steps=3",
+                "eval.final=false",
+                "train.channels_last=false",
+            )
+        )
         assert tr.device.type == device
         summary = tr.fit()
         assert summary["global_step"] == 3
-        runs[device] = (_step_losses(tmp_path / device / "run"),
-                        {k: v.detach().cpu() for k, v in tr.method.state_dict().items()})
-    (l_cpu, w_cpu), (l_cuda, w_cuda) = runs["cpu"], runs["cuda"]
+        runs[device] = (
+            _step_losses(tmp_path / device / "run"),
+            {k: v.detach().cpu() for k, v in tr.method.state_dict().items()},
+        )
+    (l_cpu, _), (l_cuda, w_cuda) = runs["cpu"], runs["cuda"]
     # Step 1 sees the same weights and the same views (the augmentation
     # draws on a CPU generator): both sides compute in float32 (TF32 off) and
     # differ only in the order of their sums, ~1e-6 relative per layer over a
@@ -94,8 +136,9 @@ def test_cuda_bf16_autocast_steps(tmp_path, family):
     method, head = FAMILIES[family]
     ref = Trainer(_cfg(tmp_path / "f32", method, head, "cuda", "false", "train.max_steps=1", "eval.final=false"))
     ref.fit()
-    tr = Trainer(_cfg(tmp_path / "bf16", method, head, "cuda", _bf16_setting(), "train.max_steps=3",
-                      "eval.final=false"))
+    tr = Trainer(
+        _cfg(tmp_path / "bf16", method, head, "cuda", _bf16_setting(), "train.max_steps=3", "eval.final=false")
+    )
     before = {k: v.detach().clone() for k, v in tr.method.state_dict().items()}
     tr.fit()
     losses = _step_losses(tmp_path / "bf16" / "run")
@@ -119,14 +162,14 @@ def test_cuda_checkpoint_resume_continues_exactly(tmp_path, monkeypatch):
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         method, head = FAMILIES["covariance"]
-        full = Trainer(_cfg(tmp_path / "full", method, head, "cuda", "false", "train.max_steps=4",
-                            "eval.final=false"))
+        full = Trainer(_cfg(tmp_path / "full", method, head, "cuda", "false", "train.max_steps=4", "eval.final=false"))
         full.fit()
         Trainer(_cfg(tmp_path / "cut", method, head, "cuda", "false", "train.max_steps=2", "eval.final=false")).fit()
         ck = load_checkpoint_file(tmp_path / "cut" / "run" / "last.pt")
         assert ck["global_step"] == 2 and ck["cuda_rng"]
-        resumed = Trainer(_cfg(tmp_path / "cut", method, head, "cuda", "false", "train.max_steps=4",
-                               "eval.final=false"), resume=True)
+        resumed = Trainer(
+            _cfg(tmp_path / "cut", method, head, "cuda", "false", "train.max_steps=4", "eval.final=false"), resume=True
+        )
         assert next(resumed.method.parameters()).device.type == "cuda"
         resumed.fit()
     finally:
@@ -136,8 +179,7 @@ def test_cuda_checkpoint_resume_continues_exactly(tmp_path, monkeypatch):
     # this test's CUBLAS_WORKSPACE_CONFIG (then a GEMM may split its sums differently).
     for k, v in full.method.state_dict().items():
         torch.testing.assert_close(resumed.method.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
-    assert _step_losses(tmp_path / "cut" / "run") == pytest.approx(_step_losses(tmp_path / "full" / "run"),
-                                                                  rel=1e-5)
+    assert _step_losses(tmp_path / "cut" / "run") == pytest.approx(_step_losses(tmp_path / "full" / "run"), rel=1e-5)
 
 
 def test_cuda_features_probe_and_knn_match_the_cpu():
@@ -175,8 +217,11 @@ def test_cuda_trainer_epoch_eval_and_final_eval(tmp_path):
     fe = summary["final_eval"]
     for k in ("linear_acc", "knn_acc"):
         assert 0 <= fe[k] <= 100
-    epoch = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"kind": "epoch"' in line][-1]
+    epoch = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "epoch"' in line
+    ][-1]
     assert 0 <= epoch["knn_acc"] <= 100 and 0 <= epoch["online_probe_acc"] <= 100
 
 
@@ -191,9 +236,15 @@ def test_cuda_ddp_one_process_nccl_matches_plain(tmp_path):
         pytest.skip("this torch build has no NCCL")
     init = tempfile.NamedTemporaryFile(dir=tmp_path, delete=False).name
     os.unlink(init)
-    dist.init_process_group("nccl", init_method=f"file://{init}", rank=0, world_size=1,
-                            device_id=torch.device("cuda", torch.cuda.current_device()))
+    dist.init_process_group(
+        "nccl",
+        init_method=f"file://{init}",
+        rank=0,
+        world_size=1,
+        device_id=torch.device("cuda", torch.cuda.current_device()),
+    )
     try:
+
         def grads(ddp):
             torch.manual_seed(0)
             m = build_method("vicreg", build_backbone("resnet10", True, 8), projector=[32, 32]).cuda()
@@ -215,8 +266,9 @@ def test_cuda_ddp_one_process_nccl_matches_plain(tmp_path):
             torch.testing.assert_close(g_ddp[n], gp, rtol=1e-5, atol=1e-7, msg=n)
         # The trainer under an outer NCCL group of one process trains as it does alone.
         method, head = FAMILIES["covariance"]
-        summary = Trainer(_cfg(tmp_path / "run", method, head, "cuda", "false", "train.max_steps=2",
-                               "eval.final=false")).fit()
+        summary = Trainer(
+            _cfg(tmp_path / "run", method, head, "cuda", "false", "train.max_steps=2", "eval.final=false")
+        ).fit()
         assert summary["global_step"] == 2
     finally:
         dist.destroy_process_group()

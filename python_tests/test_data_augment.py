@@ -54,8 +54,15 @@ def test_seeded_reproducibility_and_state_restore():
 
 
 def test_identity_settings_reproduce_input():
-    v = ViewAugment(crop_size=32, crop_min_scale=1.0, crop_max_scale=1.0, flip_prob=0.0, jitter_prob=0.0,
-                    gray_prob=0.0, solarize_prob=0.0)
+    v = ViewAugment(
+        crop_size=32,
+        crop_min_scale=1.0,
+        crop_max_scale=1.0,
+        flip_prob=0.0,
+        jitter_prob=0.0,
+        gray_prob=0.0,
+        solarize_prob=0.0,
+    )
     a = TwoViewAugment([v, v], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     x = _imgs()
     # area 1 with aspect != 1 is rejected 10 times in a row only rarely; those
@@ -65,8 +72,7 @@ def test_identity_settings_reproduce_input():
 
 
 def test_flip_only_is_exact_mirror():
-    v = ViewAugment(crop_size=8, crop_min_scale=1.0, crop_max_scale=1.0, flip_prob=1.0, jitter_prob=0.0,
-                    gray_prob=0.0)
+    v = ViewAugment(crop_size=8, crop_min_scale=1.0, crop_max_scale=1.0, flip_prob=1.0, jitter_prob=0.0, gray_prob=0.0)
     a = TwoViewAugment([v], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     # Every uniform draw returns its lower bound: area 1 with aspect 3/4 never
     # fits, so the sampler falls back to the full image, centred.
@@ -83,8 +89,17 @@ def test_grayscale_and_solarize_effects():
     assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
 
 
-@pytest.mark.parametrize("bad", [dict(flip_prob=1.5), dict(crop_min_scale=0.0), dict(crop_size=2),
-                                 dict(hue=0.9), dict(brightness=-1), dict(crop_min_scale=0.9, crop_max_scale=0.5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(flip_prob=1.5),
+        dict(crop_min_scale=0.0),
+        dict(crop_size=2),
+        dict(hue=0.9),
+        dict(brightness=-1),
+        dict(crop_min_scale=0.9, crop_max_scale=0.5),
+    ],
+)
 def test_bad_view_settings(bad):
     key = next(iter(bad))
     with pytest.raises(ValueError, match=key.split("_")[0]):

@@ -147,14 +147,19 @@ def test_build_dataset_limit_and_unknown(tmp_path):
 
 def test_build_dataset_image_folder_splits(tmp_path):
     _folder(tmp_path / "flat")
-    assert len(build_dataset("image_folder", "train", root=str(tmp_path / "flat"), image_size=8,
-                             cache_dir=str(tmp_path / "c"))) == 6
+    assert (
+        len(
+            build_dataset(
+                "image_folder", "train", root=str(tmp_path / "flat"), image_size=8, cache_dir=str(tmp_path / "c")
+            )
+        )
+        == 6
+    )
     with pytest.raises(DatasetError, match="'val' or 'test'"):
         build_dataset("image_folder", "test", root=str(tmp_path / "flat"), image_size=8)
     _folder(tmp_path / "inet" / "train")
     _folder(tmp_path / "inet" / "val", n=2)
-    te = build_dataset("image_folder", "test", root=str(tmp_path / "inet"), image_size=8,
-                       cache_dir=str(tmp_path / "c"))
+    te = build_dataset("image_folder", "test", root=str(tmp_path / "inet"), image_size=8, cache_dir=str(tmp_path / "c"))
     assert len(te) == 4 and te.classes == ["cat", "dog"]
     with pytest.raises(ValueError, match="data.root"):
         build_dataset("image_folder", "train")

@@ -1,4 +1,5 @@
 """Dataset files cannot run code: CIFAR pickles go through a restricted unpickler."""
+
 import os
 import pickle
 import re
@@ -28,9 +29,12 @@ class _Payload:
 
 def _batch(n, rng, labels_as="list"):
     labels = rng.integers(0, 10, n)
-    return {"batch_label": "b", "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            "labels": labels.tolist() if labels_as == "list" else list(labels),
-            "filenames": [f"{i}.png" for i in range(n)]}
+    return {
+        "batch_label": "b",
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        "labels": labels.tolist() if labels_as == "list" else list(labels),
+        "filenames": [f"{i}.png" for i in range(n)],
+    }
 
 
 def _write_cifar10(root, n=8, protocol=4, labels_as="list"):
@@ -39,8 +43,9 @@ def _write_cifar10(root, n=8, protocol=4, labels_as="list"):
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (d / name).write_bytes(pickle.dumps(_batch(n, rng, labels_as), protocol=protocol))
-    (d / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)],
-                                                   "num_cases_per_batch": n}, protocol=protocol))
+    (d / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": n}, protocol=protocol)
+    )
     return d
 
 
@@ -66,17 +71,45 @@ def test_crafted_batch_through_the_cli(tmp_path):
     d = _write_cifar10(tmp_path / "data")
     marker = tmp_path / "pwned"
     (d / "data_batch_1").write_bytes(_crafted(marker))
-    p = subprocess.run([sys.executable, "-m", "sslext.train", "--set", "data.dataset=cifar10",
-                        "--set", f"data.root={tmp_path / 'data'}", "--set", f"train.out_dir={tmp_path / 'runs'}",
-                        "--set", "train.epochs=1", "--set", "optim.warmup_epochs=0", "--set", "train.device=cpu"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sslext.train",
+            "--set",
+            "data.dataset=cifar10",
+            "--set",
+            f"data.root={tmp_path / 'data'}",
+            "--set",
+            f"train.out_dir={tmp_path / 'runs'}",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "optim.warmup_epochs=0",
+            "--set",
+            "train.device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert p.returncode == 1, p.stderr[-2000:]
     assert "data_batch_1" in p.stderr and "system" in p.stderr and "refused" in p.stderr
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("global_", ["builtins eval", "subprocess Popen", "numpy load", "numpy.core.multiarray empty",
-                                     "torch load", "sslext.data.safe_pickle load_restricted"])
+@pytest.mark.parametrize(
+    "global_",
+    [
+        "builtins eval",
+        "subprocess Popen",
+        "numpy load",
+        "numpy.core.multiarray empty",
+        "torch load",
+        "sslext.data.safe_pickle load_restricted",
+    ],
+)
 def test_every_other_global_is_refused(tmp_path, global_):
     module, name = global_.split()
     # Protocol-0 GLOBAL opcode then STOP: only find_class ever sees it.
@@ -124,8 +157,11 @@ def test_no_unrestricted_pickle_load_in_the_package():
             continue
         for i, line in enumerate(p.read_text().splitlines(), 1):
             code = line.split("#", 1)[0]
-            if re.search(r"\bpickle\.(load|loads|Unpickler)\b|\bnp\.load\(|\bnumpy\.load\(|\byaml\.(load|unsafe_load|"
-                         r"full_load)\(|\bmarshal\.|\bshelve\.|\bdill\.", code):
+            if re.search(
+                r"\bpickle\.(load|loads|Unpickler)\b|\bnp\.load\(|\bnumpy\.load\(|\byaml\.(load|unsafe_load|"
+                r"full_load)\(|\bmarshal\.|\bshelve\.|\bdill\.",
+                code,
+            ):
                 bad.append(f"{p.relative_to(REPO)}:{i}: {line.strip()}")
             if "torch.load(" in code and "weights_only=True" not in code:
                 bad.append(f"{p.relative_to(REPO)}:{i}: {line.strip()}")

@@ -1,4 +1,5 @@
 """The test suite names its devices: train.device=auto is refused in tests (conftest.py)."""
+
 import os
 import subprocess
 import sys
@@ -22,11 +23,26 @@ def test_a_trainer_left_at_auto_fails_in_tests(tmp_path):
 
 def test_processes_started_by_tests_refuse_auto_too(tmp_path):
     """CLI runs, spawned ranks and sweep cells inherit the guard."""
-    p = subprocess.run([sys.executable, "-m", "sslext.train", "--set", "data.dataset=synthetic",
-                        "--set", f"train.out_dir={tmp_path}", "--set", "train.epochs=1",
-                        "--set", "optim.warmup_epochs=0"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sslext.train",
+            "--set",
+            "data.dataset=synthetic",
+            "--set",
+            f"train.out_dir={tmp_path}",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "optim.warmup_epochs=0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert p.returncode != 0 and "train.device: 'auto' in a test" in p.stderr, p.stderr[-2000:]
 
 

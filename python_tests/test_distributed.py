@@ -6,17 +6,30 @@ so that DDP's average over the W ranks leaves dL/dtheta. The tests check the
 parameter gradients AFTER DDP's averaging against the single process directly
 (no factor applied), and the per-rank embedding gradients divided by W.
 """
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_forward_close, assert_grad_close
+from dist_helpers import (
+    BN_SHAPES,
+    DETERMINISTIC_VIEWS,
+    LOSS_CASES,
+    METHOD_CASES,
+    RUNNING_COV,
+    case_id,
+    loss_worker,
+    run_bn_case,
+    run_loss_case,
+    run_method_case,
+    run_ranks,
+    train_worker,
+)
+from test_train_e2e import TINY
 
 import sslext
-from conftest import assert_forward_close, assert_grad_close
-from dist_helpers import (BN_SHAPES, DETERMINISTIC_VIEWS, LOSS_CASES, METHOD_CASES, RUNNING_COV, case_id,
-                          loss_worker, run_bn_case, run_loss_case, run_method_case, run_ranks, train_worker)
-from test_train_e2e import TINY
 
 WORLD = 2
 
@@ -79,8 +92,10 @@ def test_sync_batchnorm_matches_single_process(dist_results, kind):
             # one tensor: the bias before BN has a zero gradient in exact arithmetic
             assert set(got["grads"][step]) == set(ref["grads"][step])
             keys = sorted(ref["grads"][step])
-            assert_grad_close(torch.cat([got["grads"][step][k].flatten() for k in keys]),
-                              torch.cat([ref["grads"][step][k].flatten() for k in keys]))
+            assert_grad_close(
+                torch.cat([got["grads"][step][k].flatten() for k in keys]),
+                torch.cat([ref["grads"][step][k].flatten() for k in keys]),
+            )
         for k, v in ref["buffers"].items():
             if v.is_floating_point():
                 assert_grad_close(got["buffers"][k], v)
@@ -110,7 +125,7 @@ def test_gather_distributed_false_keeps_local_statistics(dist_results):
     x_a, x_b, model = case_inputs(LOSS_CASES[0])
     for r, res in enumerate(dist_results):
         with torch.no_grad():
-            za, zb = model(x_a[r * 8:(r + 1) * 8], x_b[r * 8:(r + 1) * 8])
+            za, zb = model(x_a[r * 8 : (r + 1) * 8], x_b[r * 8 : (r + 1) * 8])
         assert_forward_close(res["local_loss"], make_loss("vicreg", "gram", 32)(za, zb))
 
 
@@ -132,8 +147,17 @@ def _train_overrides():
     # kernels for 16 and 32 images) each move its step-3 loss by 2.5e-4
     # relative even within one process (measured), which is rounding, not DDP.
     head = ["method.projector=[32,32]"]
-    return ["method.name=vicreg_tico", *head, "name=run", "train.epochs=1", *TINY, "train.threads=1",
-            "eval.final=false", "train.amp=false", "train.channels_last=false"]
+    return [
+        "method.name=vicreg_tico",
+        *head,
+        "name=run",
+        "train.epochs=1",
+        *TINY,
+        "train.threads=1",
+        "eval.final=false",
+        "train.amp=false",
+        "train.channels_last=false",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +174,9 @@ def train_results(tmp_path_factory):
 
 
 def _step_losses(run_dir):
-    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if r["kind"] == "step"]
+    return [
+        r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"
+    ]
 
 
 def test_two_process_training_identical_weights_rank0_writes(train_results):
@@ -182,8 +207,10 @@ def test_two_process_batch_size_errors(train_results):
     _, (r0, r1) = train_results
     for r in (r0, r1):
         assert len(r["errors"]) == 2
-        assert "optim.batch_size: 33 is the global batch and must be divisible by the number of processes (2)" \
+        assert (
+            "optim.batch_size: 33 is the global batch and must be divisible by the number of processes (2)"
             in r["errors"][0]
+        )
         assert "at least 2 per process" in r["errors"][1]
 
 
@@ -249,10 +276,17 @@ def test_torchrun_cli(tmp_path):
     import subprocess
     import sys
 
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-            "sslext.train"]
-    for o in ["method.projector=[32,32]", f"train.out_dir={tmp_path}", "name=cli", "train.epochs=1",
-              "eval.final=false", *TINY, "train.threads=1", "train.device=cpu"]:
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sslext.train"]
+    for o in [
+        "method.projector=[32,32]",
+        f"train.out_dir={tmp_path}",
+        "name=cli",
+        "train.epochs=1",
+        "eval.final=false",
+        *TINY,
+        "train.threads=1",
+        "train.device=cpu",
+    ]:
         args += ["--set", o]
     # the children must import this worktree's sslext, as the test process does
     root = str(Path(sslext.__file__).resolve().parents[1])
@@ -271,8 +305,19 @@ def test_eval_loads_two_process_checkpoint(train_results, tmp_path):
 
     src, _ = train_results
     out = tmp_path / "ev.json"
-    assert eval_main(["--checkpoint", str(src / "ref0" / "run" / "last.pt"), "--output", str(out),
-                      "--set", "eval.offline_epochs=2"]) == 0
+    assert (
+        eval_main(
+            [
+                "--checkpoint",
+                str(src / "ref0" / "run" / "last.pt"),
+                "--output",
+                str(out),
+                "--set",
+                "eval.offline_epochs=2",
+            ]
+        )
+        == 0
+    )
     assert {"linear_acc", "knn_acc"} <= set(json.loads(out.read_text()))
 
 

@@ -1,12 +1,13 @@
 """Several processes, one download (2 gloo ranks, the downloader faked: no network here), and a
 resume where fewer GPUs are visible than the checkpoint has CUDA RNG states for (faked on the CPU)."""
+
 from pathlib import Path
 
 import pytest
 import torch
-
 from dist_data_helpers import N_PER_BATCH, download_worker, precision_worker
 from dist_helpers import run_ranks
+
 from sslext.training import checkpoint as C
 
 WORLD = 2
@@ -43,8 +44,12 @@ class _Aug:
 
 def _ckpt(n_cuda_states):
     g = torch.Generator().manual_seed(5)
-    return {"world_size": 1, "augment": {"generator": g.get_state()}, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": [torch.full((16,), i, dtype=torch.uint8) for i in range(n_cuda_states)]}
+    return {
+        "world_size": 1,
+        "augment": {"generator": g.get_state()},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": [torch.full((16,), i, dtype=torch.uint8) for i in range(n_cuda_states)],
+    }
 
 
 @pytest.fixture
@@ -57,17 +62,21 @@ def fake_gpus(monkeypatch):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
         monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((int(state[0]), device)))
         return calls
+
     return make
 
 
-@pytest.mark.parametrize("saved,visible,restored,says", [
-    (8, 2, [(0, 0), (1, 1)], "restored the states of GPUs 0-1 and dropped those of GPUs 2-7"),
-    (3, 1, [(0, 0)], "3 GPUs, 1 visible"),
-    (2, 4, [(0, 0), (1, 1)], "GPUs 2-3 keep their own"),
-    (2, 0, [], "no GPU is visible: none restored"),
-    (2, 2, [(0, 0), (1, 1)], None),
-    (0, 2, [], None),
-])
+@pytest.mark.parametrize(
+    "saved,visible,restored,says",
+    [
+        (8, 2, [(0, 0), (1, 1)], "restored the states of GPUs 0-1 and dropped those of GPUs 2-7"),
+        (3, 1, [(0, 0)], "3 GPUs, 1 visible"),
+        (2, 4, [(0, 0), (1, 1)], "GPUs 2-3 keep their own"),
+        (2, 0, [], "no GPU is visible: none restored"),
+        (2, 2, [(0, 0), (1, 1)], None),
+        (0, 2, [], None),
+    ],
+)
 def test_resume_with_other_gpu_count_restores_what_fits(fake_gpus, capsys, saved, visible, restored, says):
     calls = fake_gpus(visible)
     aug = _Aug()
@@ -89,10 +98,21 @@ def test_trainer_resume_logs_the_dropped_states(tmp_path, fake_gpus):
     from sslext.config import load_config
     from sslext.training import Trainer
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml",
-                      ["model.width=4", "method.projector=[16,16]", "data.train_limit=32", "optim.batch_size=16",
-                       "augment.view1.crop_size=8", "augment.view2.crop_size=8", "train.max_steps=1",
-                       "eval.final=false", "train.amp=false", f"train.out_dir={tmp_path}"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml",
+        [
+            "model.width=4",
+            "method.projector=[16,16]",
+            "data.train_limit=32",
+            "optim.batch_size=16",
+            "augment.view1.crop_size=8",
+            "augment.view2.crop_size=8",
+            "train.max_steps=1",
+            "eval.final=false",
+            "train.amp=false",
+            f"train.out_dir={tmp_path}",
+        ],
+    )
     Trainer(cfg).fit()
     ckpt_path = tmp_path / cfg["name"] / "last.pt"
     ck = torch.load(ckpt_path, weights_only=False)

@@ -1,9 +1,8 @@
 """The docs' runnable blocks run (make docs-check), and the checker itself finds what it must."""
+
 from pathlib import Path
 
 import pytest
-
-import docs_check
 from docs_check import REPO, broken_links, check, default_files, extract_blocks
 
 
@@ -14,24 +13,32 @@ def _page(tmp_path: Path, text: str) -> Path:
 
 
 def test_extracts_only_runnable_blocks_with_their_line(tmp_path):
-    page = _page(tmp_path, "\n".join([
-        "# title",                    # 1
-        "```bash",                    # 2  illustrative
-        "rm -rf /",                   # 3
-        "```",                        # 4
-        "```python runnable",         # 5
-        "print('a')",                 # 6
-        "```",                        # 7
-        "````bash runnable",          # 8  a longer fence may contain ``` lines
-        "echo '```'",                 # 9
-        "````",                       # 10
-        "   ```text runnable",        # 11 not a language we run
-        "x",                          # 12
-        "   ```",                     # 13
-    ]) + "\n")
+    page = _page(
+        tmp_path,
+        "\n".join(
+            [
+                "# title",  # 1
+                "```bash",  # 2  illustrative
+                "rm -rf /",  # 3
+                "```",  # 4
+                "```python runnable",  # 5
+                "print('a')",  # 6
+                "```",  # 7
+                "````bash runnable",  # 8  a longer fence may contain ``` lines
+                "echo '```'",  # 9
+                "````",  # 10
+                "   ```text runnable",  # 11 not a language we run
+                "x",  # 12
+                "   ```",  # 13
+            ]
+        )
+        + "\n",
+    )
     blocks = extract_blocks(page)
     assert [(b.line, b.language, b.code) for b in blocks] == [
-        (5, "python", "print('a')\n"), (8, "bash", "echo '```'\n")]
+        (5, "python", "print('a')\n"),
+        (8, "bash", "echo '```'\n"),
+    ]
 
 
 def test_unclosed_fence_is_an_error(tmp_path):
@@ -41,20 +48,26 @@ def test_unclosed_fence_is_an_error(tmp_path):
 
 
 def test_failure_names_file_and_line_and_blocks_share_a_scratch_copy(tmp_path):
-    page = _page(tmp_path, "\n".join([
-        "```bash runnable",
-        "test -d configs && mkdir -p runs && echo hi > runs/x",  # the repository's files are visible
-        "```",
-        "```python runnable",
-        "import pathlib",
-        "assert pathlib.Path('runs/x').read_text() == 'hi\\n'",   # an earlier block's output
-        "```",
-        "",
-        "```python runnable",
-        "x = 1",
-        "raise ValueError('broken example')",
-        "```",
-    ]) + "\n")
+    page = _page(
+        tmp_path,
+        "\n".join(
+            [
+                "```bash runnable",
+                "test -d configs && mkdir -p runs && echo hi > runs/x",  # the repository's files are visible
+                "```",
+                "```python runnable",
+                "import pathlib",
+                "assert pathlib.Path('runs/x').read_text() == 'hi\\n'",  # an earlier block's output
+                "```",
+                "",
+                "```python runnable",
+                "x = 1",
+                "raise ValueError('broken example')",
+                "```",
+            ]
+        )
+        + "\n",
+    )
     failures = check([page], verbose=False)
     assert len(failures) == 1
     assert failures[0].startswith(f"{page}:9: python block failed")
@@ -73,8 +86,11 @@ def test_every_runnable_block_of_the_docs_runs():
 
 def test_link_check_finds_missing_files(tmp_path):
     (tmp_path / "there.md").write_text("x\n")
-    page = _page(tmp_path, "[ok](there.md#a) [url](https://example.org) [anchor](#b)\n"
-                           "```bash\n[not a link](missing.md)\n```\n[bad](missing.md)\n")
+    page = _page(
+        tmp_path,
+        "[ok](there.md#a) [url](https://example.org) [anchor](#b)\n"
+        "```bash\n[not a link](missing.md)\n```\n[bad](missing.md)\n",
+    )
     assert broken_links(page) == [f"{page}:5: broken link missing.md"]
 
 
@@ -93,9 +109,12 @@ def test_config_page_is_generated_from_the_schema_and_current(tmp_path):
 
 
 def test_every_config_key_has_a_meaning(monkeypatch):
-    import sslext.config as C
     from docs_check import config_page_problems
 
+    import sslext.config as C
+
     monkeypatch.setitem(C.MEANINGS, "optim.lr", "")
-    assert "config key without a meaning (sslext/config.py MEANINGS or the method's HELP): optim.lr" in \
-        config_page_problems()
+    assert (
+        "config key without a meaning (sslext/config.py MEANINGS or the method's HELP): optim.lr"
+        in config_page_problems()
+    )

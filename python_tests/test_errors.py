@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from fuzz_ops import ARGS as FUZZ_ARGS
+from fuzz_ops import build_valid
 
 import sslext
 import sslext.functional as F
 from sslext import ops
-
-from fuzz_ops import ARGS as FUZZ_ARGS, build_valid
 
 
 def _cov_for(z):
@@ -32,10 +32,34 @@ BAD_PAIRS = [
     ("one_row", torch.randn(1, 8), torch.randn(1, 8), ValueError, r"at least 2 rows"),
     ("shape_mismatch", torch.randn(4, 8), torch.randn(4, 9), ValueError, r"z_b must have the shape of z_a"),
     ("batch_mismatch", torch.randn(4, 8), torch.randn(5, 8), ValueError, r"z_b must have the shape of z_a"),
-    ("integer", torch.ones(4, 8, dtype=torch.int64), torch.ones(4, 8, dtype=torch.int64), TypeError, r"z_a must be float16, bfloat16, float32 or float64"),
-    ("complex", torch.randn(4, 8, dtype=torch.complex64), torch.randn(4, 8, dtype=torch.complex64), TypeError, r"z_a must be float16"),
-    ("dtype_mismatch", torch.randn(4, 8), torch.randn(4, 8, dtype=torch.float64), TypeError, r"z_b must have the dtype of z_a"),
-    ("devices_differ", torch.randn(4, 8), torch.randn(4, 8, device="meta"), ValueError, r"z_b must be on the device of z_a"),
+    (
+        "integer",
+        torch.ones(4, 8, dtype=torch.int64),
+        torch.ones(4, 8, dtype=torch.int64),
+        TypeError,
+        r"z_a must be float16, bfloat16, float32 or float64",
+    ),
+    (
+        "complex",
+        torch.randn(4, 8, dtype=torch.complex64),
+        torch.randn(4, 8, dtype=torch.complex64),
+        TypeError,
+        r"z_a must be float16",
+    ),
+    (
+        "dtype_mismatch",
+        torch.randn(4, 8),
+        torch.randn(4, 8, dtype=torch.float64),
+        TypeError,
+        r"z_b must have the dtype of z_a",
+    ),
+    (
+        "devices_differ",
+        torch.randn(4, 8),
+        torch.randn(4, 8, device="meta"),
+        ValueError,
+        r"z_b must be on the device of z_a",
+    ),
     ("not_tensor", [[1.0, 2.0]], [[1.0, 2.0]], TypeError, r"z_a must be a torch.Tensor"),
 ]
 
@@ -72,8 +96,11 @@ def test_bad_running_covariance(c, msg, fn):
 def test_module_with_wrong_sized_buffer():
     loss_fn = sslext.TiCoLoss(dim=16)
     # The module's error names its buffer and the way out, not the functional's ``c``.
-    with pytest.raises(ValueError, match=r"embedding dim 8 but the running covariance C is \(16, 16\).*"
-                                         r"reset_covariance\(dim=8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"embedding dim 8 but the running covariance C is \(16, 16\).*"
+        r"reset_covariance\(dim=8\)",
+    ):
         loss_fn(torch.randn(4, 8), torch.randn(4, 8))
 
 
@@ -126,12 +153,27 @@ def test_forced_gram_beyond_its_regime_warns():
 
 # ---------------------------------------------------------------- the backward ops
 
+
 def _vicreg_backward_args(grad_terms, **change):
     z_a, z_b = torch.randn(4, 8), torch.randn(4, 8)
     out = torch.ops.sslext.vicreg_loss(z_a, z_b, 25.0, 25.0, 1.0, 1e-4, 0)
-    args = dict(grad_terms=grad_terms, z_a=z_a, z_b=z_b, mean_a=out[1], mean_b=out[2], var_a=out[3],
-                var_b=out[4], mat_a=out[5], mat_b=out[6], inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0,
-                eps=1e-4, strategy=0, output_mask=[True, True])
+    args = dict(
+        grad_terms=grad_terms,
+        z_a=z_a,
+        z_b=z_b,
+        mean_a=out[1],
+        mean_b=out[2],
+        var_a=out[3],
+        var_b=out[4],
+        mat_a=out[5],
+        mat_b=out[6],
+        inv_coeff=25.0,
+        var_coeff=25.0,
+        cov_coeff=1.0,
+        eps=1e-4,
+        strategy=0,
+        output_mask=[True, True],
+    )
     args.update(change)
     return list(args.values())
 
@@ -162,8 +204,7 @@ def test_backward_ops_check_their_saved_tensors():
     z_a, z_b, c = torch.randn(4, 8), torch.randn(4, 8), torch.eye(8)
     out = ops_.barlow_twins_loss(z_a, z_b, 0.0051, 1e-5, 1)
     with pytest.raises(RuntimeError, match=r"mat must have shape \[2, 4, 4\]"):
-        ops_._barlow_twins_loss_backward(torch.ones(3), *out[1:5], out[5][0], 0.0051, 1, torch.float32,
-                                         [True, True])
+        ops_._barlow_twins_loss_backward(torch.ones(3), *out[1:5], out[5][0], 0.0051, 1, torch.float32, [True, True])
     with pytest.raises(RuntimeError, match=r"out_dtype Double does not match norm_a"):
         ops_._barlow_twins_loss_backward(torch.ones(3), *out[1:], 0.0051, 1, torch.float64, [True, True])
     out = ops_.tico_loss(z_a, z_b, c, 0.9, 8.0, 0)
@@ -171,8 +212,7 @@ def test_backward_ops_check_their_saved_tensors():
         ops_._tico_loss_backward(torch.ones(3), *out[1:5], out[5][:3], 8.0, torch.float32, [True, True])
     out = ops_.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 0, False)
     with pytest.raises(RuntimeError, match=r"proj must have shape \[4, 8\].*proposal=True"):
-        ops_._vicreg_tico_loss_backward(torch.ones(4), z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, True,
-                                        [True, True])
+        ops_._vicreg_tico_loss_backward(torch.ones(4), z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, True, [True, True])
 
 
 def test_raw_ops_refuse_non_finite_scalars():
@@ -204,6 +244,9 @@ def test_cpu_only_build_says_how_to_rebuild_for_cuda(op):
     args = build_valid(case)
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sslext::{op}", "CUDA")
     cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
-    with pytest.raises(NotImplementedError, match=rf"sslext::{op} was given CUDA tensors, but .*"
-                       r"Rebuild sslext with CUDA: .*SSLEXT_FORCE_CUDA=1 pip install --no-build-isolation \."):
+    with pytest.raises(
+        NotImplementedError,
+        match=rf"sslext::{op} was given CUDA tensors, but .*"
+        r"Rebuild sslext with CUDA: .*SSLEXT_FORCE_CUDA=1 pip install --no-build-isolation \.",
+    ):
         getattr(torch.ops.sslext, op).default.redispatch(cuda, *args)

@@ -5,6 +5,7 @@ as the docs say (CIFAR stem, fc = nn.Identity()) loads the file with
 strict=True and computes the backbone's features, for ResNet-18 and ResNet-50,
 at initialisation and after two training steps.
 """
+
 import copy
 import re
 
@@ -15,12 +16,24 @@ import torchvision
 
 from sslext.config import load_config
 from sslext.export import export_backbone, main
-from sslext.models import BACKBONE_FORMAT, build_backbone, load_backbone
+from sslext.models import BACKBONE_FORMAT, load_backbone
 from sslext.train import Trainer, load_checkpoint_file
 
-TINY = ["data.dataset=synthetic", "data.train_limit=64", "optim.batch_size=16", "optim.warmup_epochs=1",
-        "train.epochs=1", "train.device=cpu", "train.threads=2", "train.progress=false", "eval.final=false",
-        "method.projector=[32,32]", "augment.view1.crop_size=16", "augment.view2.crop_size=16", "name=run"]
+TINY = [
+    "data.dataset=synthetic",
+    "data.train_limit=64",
+    "optim.batch_size=16",
+    "optim.warmup_epochs=1",
+    "train.epochs=1",
+    "train.device=cpu",
+    "train.threads=2",
+    "train.progress=false",
+    "eval.final=false",
+    "method.projector=[32,32]",
+    "augment.view1.crop_size=16",
+    "augment.view2.crop_size=16",
+    "name=run",
+]
 
 
 def close_up_to_layout(got, want):
@@ -46,8 +59,9 @@ def make_run(tmp_path, backbone, steps, *extra):
     return tmp_path / "run", trainer
 
 
-@pytest.mark.parametrize("name, ctor", [("resnet18", torchvision.models.resnet18),
-                                        ("resnet50", torchvision.models.resnet50)])
+@pytest.mark.parametrize(
+    "name, ctor", [("resnet18", torchvision.models.resnet18), ("resnet50", torchvision.models.resnet50)]
+)
 @pytest.mark.parametrize("steps", [0, 2])
 def test_torchvision_format_loads_strict_and_gives_the_same_features(tmp_path, name, ctor, steps):
     torch.manual_seed(0)
@@ -62,7 +76,8 @@ def test_torchvision_format_loads_strict_and_gives_the_same_features(tmp_path, n
     assert all(isinstance(v, torch.Tensor) for v in sd.values()) and not any(k.startswith("fc.") for k in sd)
     # The docs' one line: the CIFAR stem, and the classifier replaced by an identity.
     m = ctor()
-    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = nn.Identity()
+    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
     m.fc = nn.Identity()
     m.load_state_dict(sd, strict=True)
 

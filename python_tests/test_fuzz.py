@@ -10,12 +10,11 @@ import os
 
 import pytest
 import torch
+from fuzz_ops import ARGS, CHANGES, DTYPES, Worker, judge, names_argument
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sslext  # noqa: F401  (registers the ops this test enumerates)
-
-from fuzz_ops import ARGS, CHANGES, DTYPES, Worker, judge, names_argument
 
 CASES = int(os.environ.get("SSLEXT_FUZZ_CASES", "300"))
 
@@ -53,16 +52,16 @@ def cases(draw):
 
 
 def test_every_op_is_fuzzed():
-    registered = {name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
-                  if name.startswith("sslext::")}
+    registered = {
+        name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("sslext::")
+    }
     assert registered == set(ARGS), "fuzz_ops.ARGS must list every op of torch.ops.sslext"
     for op, args in ARGS.items():
         schema = getattr(torch.ops.sslext, op).default._schema
         assert [a.name for a in schema.arguments] == [name for name, _ in args], op
 
 
-@settings(max_examples=CASES, derandomize=True, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=CASES, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(case=cases())
 def test_fuzz_ops(case):
     problem = judge(case, _worker.run(case))
@@ -73,8 +72,18 @@ def test_worker_reports_a_crash():
     """A case that kills the worker (as a segfault in an op would) is reported as a
     crash naming the signal, and the next case runs in a fresh worker."""
     w = Worker(timeout_s=120)
-    valid = {"op": "batch_covariance", "n": 3, "d": 2, "dtype": "float32", "strategy": 0,
-             "proposal": False, "seed": 0, "arg": None, "change": None, "pos": 0}
+    valid = {
+        "op": "batch_covariance",
+        "n": 3,
+        "d": 2,
+        "dtype": "float32",
+        "strategy": 0,
+        "proposal": False,
+        "seed": 0,
+        "arg": None,
+        "change": None,
+        "pos": 0,
+    }
     try:
         result = w.run({**valid, "op": "_segfault"})
         assert result["status"] == "crash" and "exit status -11" in result["detail"], result
@@ -92,7 +101,6 @@ def test_judge():
     assert judge(case, {"status": "ok", "finite": False, "summary": ""}) is None
     assert "non-finite" in judge({**case, "change": "-1"}, {"status": "ok", "finite": False, "summary": ""})
     assert "died" in judge(case, {"status": "crash", "detail": "died (exit status -11)"})
-    assert "valid call" in judge({**case, "arg": None}, {"status": "raised", "type": "RuntimeError",
-                                                         "message": "x"})
+    assert "valid call" in judge({**case, "arg": None}, {"status": "raised", "type": "RuntimeError", "message": "x"})
     assert names_argument("out_dtype Float does not match", "out_dtype")
     assert not names_argument("mat_a must have shape", "mat")

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh: its arguments, its plan inside the deadline (dry-run mode, any machine),
 its preflight's checks, and bench_losses.py leaving its rows when a time limit interrupts it."""
+
 import json
 import os
 import re
@@ -17,10 +18,27 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_preflight  # noqa: E402
 
-STEPS = ["preflight", "build", "build_info", "op_tests", "bench_losses", "memcheck", "racecheck", "trainer_tests",
-         "train_vicreg"]
-OUT_FILES = {"build.log", "tests.log", "losses.json", "losses.md", "memcheck.log", "racecheck.log", "train.log",
-             "summary.txt"}
+STEPS = [
+    "preflight",
+    "build",
+    "build_info",
+    "op_tests",
+    "bench_losses",
+    "memcheck",
+    "racecheck",
+    "trainer_tests",
+    "train_vicreg",
+]
+OUT_FILES = {
+    "build.log",
+    "tests.log",
+    "losses.json",
+    "losses.md",
+    "memcheck.log",
+    "racecheck.log",
+    "train.log",
+    "summary.txt",
+}
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
@@ -64,8 +82,9 @@ def test_no_outdir_prints_usage():
 
 def _plan(stdout):
     """{step: (start, limit, cap, end)} from the dry run's plan lines."""
-    found = re.findall(r"^plan: (\w+) starts by (-?\d+)s, limit (-?\d+)s \(cap (\d+)s\), ends by (-?\d+)s",
-                       stdout, re.M)
+    found = re.findall(
+        r"^plan: (\w+) starts by (-?\d+)s, limit (-?\d+)s \(cap (\d+)s\), ends by (-?\d+)s", stdout, re.M
+    )
     return {name: tuple(map(int, rest)) for name, *rest in found}
 
 
@@ -97,15 +116,20 @@ def test_the_script_holds_the_issue_17_rules():
     """What the dry run cannot show: the order of value, the sanitizer filter and allocator, the build stop."""
     text = SCRIPT.read_text()
     assert "PYTORCH_NO_CUDA_MEMORY_CACHING=1" in text and text.count("--kernel-name kns=sslext") == 2
-    assert re.search(r'build failed.*exit 1', text) and re.search(r"preflight failed.*exit 2", text)
+    assert re.search(r"build failed.*exit 1", text) and re.search(r"preflight failed.*exit 2", text)
     assert "--no-compile" in text and "test_cuda_training.py -k cuda" in text
 
 
 def _facts(**over):
-    facts = {"torch_version": "2.11.0+cu130", "torch_cuda": "13.0", "device": "NVIDIA H200 (compute capability 9.0)",
-             "nvcc": "/usr/local/cuda/bin/nvcc", "nvcc_version": "13.0",
-             "sanitizer": "/usr/local/cuda/bin/compute-sanitizer",
-             "modules": {m: "1.0" for m in gpu_preflight.PY_MODULES}}
+    facts = {
+        "torch_version": "2.11.0+cu130",
+        "torch_cuda": "13.0",
+        "device": "NVIDIA H200 (compute capability 9.0)",
+        "nvcc": "/usr/local/cuda/bin/nvcc",
+        "nvcc_version": "13.0",
+        "sanitizer": "/usr/local/cuda/bin/compute-sanitizer",
+        "modules": {m: "1.0" for m in gpu_preflight.PY_MODULES},
+    }
     facts.update(over)
     return facts
 
@@ -115,15 +139,18 @@ def test_preflight_passes_the_gpu_machine():
     assert missing == [] and len(ok) == 3 + len(gpu_preflight.PY_MODULES)
 
 
-@pytest.mark.parametrize("over,says", [
-    ({"torch_version": None}, "torch: not importable"),
-    ({"torch_cuda": None}, "CPU-only build"),
-    ({"device": None}, "sees no CUDA device"),
-    ({"nvcc": None, "nvcc_version": None}, "nvcc: not in CUDA_HOME/bin or on PATH"),
-    ({"nvcc_version": "12.8"}, "nvcc is CUDA 12.8 but torch was built with CUDA 13.0"),
-    ({"sanitizer": None}, "compute-sanitizer: not on PATH"),
-    ({"modules": {**{m: "1.0" for m in gpu_preflight.PY_MODULES}, "hypothesis": None}}, "hypothesis"),
-])
+@pytest.mark.parametrize(
+    "over,says",
+    [
+        ({"torch_version": None}, "torch: not importable"),
+        ({"torch_cuda": None}, "CPU-only build"),
+        ({"device": None}, "sees no CUDA device"),
+        ({"nvcc": None, "nvcc_version": None}, "nvcc: not in CUDA_HOME/bin or on PATH"),
+        ({"nvcc_version": "12.8"}, "nvcc is CUDA 12.8 but torch was built with CUDA 13.0"),
+        ({"sanitizer": None}, "compute-sanitizer: not on PATH"),
+        ({"modules": {**{m: "1.0" for m in gpu_preflight.PY_MODULES}, "hypothesis": None}}, "hypothesis"),
+    ],
+)
 def test_preflight_names_what_is_missing(over, says):
     _, missing = gpu_preflight.check(_facts(**over))
     assert len(missing) == 1 and says in missing[0], missing
@@ -142,9 +169,27 @@ def test_preflight_finds_the_sanitizer_under_cuda_home(tmp_path, monkeypatch):
 def test_bench_losses_leaves_its_rows_when_interrupted(tmp_path):
     """SIGINT (what timeout sends at a step's limit) after the first rows: the files hold them."""
     out = tmp_path / "bench"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_losses.py"), "--device", "cpu", "--out", str(out),
-           "--losses", "vicreg,barlow_twins,tico,vicreg_tico", "--shapes", ",".join(["8x16", "16x8"] * 20),
-           "--modes", "forward", "--repeats", "20", "--warmup", "1", "--no-memory", "--no-compile", "--no-plot"]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "bench_losses.py"),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--losses",
+        "vicreg,barlow_twins,tico,vicreg_tico",
+        "--shapes",
+        ",".join(["8x16", "16x8"] * 20),
+        "--modes",
+        "forward",
+        "--repeats",
+        "20",
+        "--warmup",
+        "1",
+        "--no-memory",
+        "--no-compile",
+        "--no-plot",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:

@@ -1,4 +1,5 @@
 """Imagenette / Imagewoof on a small synthetic folder of the real layout, and the article's recipe."""
+
 import copy
 import json
 from pathlib import Path
@@ -192,9 +193,19 @@ def test_recipe_head_is_the_article_mlp():
 
 def _small(cfg, root, out, **extra):
     cfg = copy.deepcopy(cfg)
-    over = {"data.root": str(root), "optim.batch_size": 8, "train.epochs": 1, "train.out_dir": str(out),
-            "train.device": "cpu", "train.amp": False, "train.progress": False, "eval.offline_epochs": 3, "eval.knn_k": 5,
-            "eval.every": 1, "train.log_every": 1}
+    over = {
+        "data.root": str(root),
+        "optim.batch_size": 8,
+        "train.epochs": 1,
+        "train.out_dir": str(out),
+        "train.device": "cpu",
+        "train.amp": False,
+        "train.progress": False,
+        "eval.offline_epochs": 3,
+        "eval.knn_k": 5,
+        "eval.every": 1,
+        "train.log_every": 1,
+    }
     over.update(extra)
     from sslext.config import apply_override, validate
 

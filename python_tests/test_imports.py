@@ -3,6 +3,7 @@
 Imports are read from the source (AST), function-level ones included, so a
 lazy import that closes a cycle is caught as well as a top-level one.
 """
+
 import ast
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def _imports(name, path, modules):
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 base = ".".join(base + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
@@ -71,7 +72,7 @@ def _find_cycle(graph):
         stack.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == "open":
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state:
                 cyc = visit(m)
                 if cyc:
@@ -90,11 +91,11 @@ def _find_cycle(graph):
 
 def test_graph_reads_relative_and_absolute_imports():
     g = _graph()
-    assert "sslext.training.trainer" in g["sslext.training"]        # from .trainer import ... (package)
+    assert "sslext.training.trainer" in g["sslext.training"]  # from .trainer import ... (package)
     assert "sslext.training.checkpoint" in g["sslext.training.trainer"]  # from .checkpoint import ...
-    assert "sslext.evaluate" in g["sslext.training.trainer"]        # from ..evaluate import ...
+    assert "sslext.evaluate" in g["sslext.training.trainer"]  # from ..evaluate import ...
     assert "sslext.training" in g["sslext.train"]
-    assert "sslext" not in g["sslext.ops"]                           # from . import _C: the extension
+    assert "sslext" not in g["sslext.ops"]  # from . import _C: the extension
 
 
 def test_cycle_finder_finds_a_cycle():

@@ -1,17 +1,17 @@
 """The loss modules used as a new user would, in a plain PyTorch loop: nothing a
 user does by mistake poisons the running covariance, casts it, changes it
 behind their back, or fails without saying what to do."""
+
 import math
 import warnings
 
 import pytest
 import torch
+from docs_check import REPO, extract_blocks
+from test_losses import make_views
 
 import sslext
-from docs_check import REPO, extract_blocks
 from sslext.compat import lightly as compat
-
-from test_losses import make_views
 
 RUNNING_COV = [sslext.TiCoLoss, sslext.VICRegTiCoLoss]
 # (N, D, strategy): the Gram path (C_new never formed, updated by a separate
@@ -178,17 +178,21 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs,exc,match", BAD_ARGUMENTS,
-                         ids=[f"{c.__name__}-{next(iter(k))}={next(iter(k.values()))!r}"
-                              for c, k, _, _ in BAD_ARGUMENTS])
+@pytest.mark.parametrize(
+    "cls,kwargs,exc,match",
+    BAD_ARGUMENTS,
+    ids=[f"{c.__name__}-{next(iter(k))}={next(iter(k.values()))!r}" for c, k, _, _ in BAD_ARGUMENTS],
+)
 def test_bad_constructor_argument_named(cls, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         cls(**kwargs)
 
 
 def test_native_and_compat_messages_agree():
-    for native, lightly_style in ((lambda: sslext.TiCoLoss(rho=math.nan), lambda: compat.TiCoLoss(rho=math.nan)),
-                                  (lambda: sslext.TiCoLoss(rho=None), lambda: compat.TiCoLoss(rho=None))):
+    for native, lightly_style in (
+        (lambda: sslext.TiCoLoss(rho=math.nan), lambda: compat.TiCoLoss(rho=math.nan)),
+        (lambda: sslext.TiCoLoss(rho=None), lambda: compat.TiCoLoss(rho=None)),
+    ):
         with pytest.raises((TypeError, ValueError)) as a:
             native()
         with pytest.raises((TypeError, ValueError)) as b:
@@ -215,7 +219,8 @@ def test_unequal_batch_sizes_across_ranks_raise_naming_the_sizes(tmp_path):
     assert errors.pop("after") == "(4, 3)"  # the group survives the refused call
     assert errors.pop("all_reduce_with_grad") == (
         "all_reduce_with_grad: every rank must pass the same shape (equal batch sizes: drop the last "
-        "incomplete batch, e.g. DataLoader(drop_last=True)); got rank 0: (16, 16), rank 1: (17, 17)")
+        "incomplete batch, e.g. DataLoader(drop_last=True)); got rank 0: (16, 16), rank 1: (17, 17)"
+    )
     for name, message in errors.items():
         assert "rank 0: (8, 16), rank 1: (6, 16)" in message, (name, message)
     assert errors["TiCoLoss"].startswith("TiCoLoss: z_a and z_b: every rank must pass the same shape")
@@ -227,8 +232,11 @@ def test_changed_embedding_size_says_how_to_reset(cls):
     loss_fn = cls()
     loss_fn(*make_views(8, 16))
     z_a, z_b = make_views(8, 12)
-    with pytest.raises(ValueError, match=r"embedding dim 12 .* C is \(16, 16\).*"
-                                         r"loss_fn\.reset_covariance\(dim=12\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"embedding dim 12 .* C is \(16, 16\).*"
+        r"loss_fn\.reset_covariance\(dim=12\)",
+    ):
         loss_fn(z_a, z_b)
     loss_fn.reset_covariance(dim=12)
     assert loss_fn.C.shape == (12, 12) and not loss_fn.C.any()
@@ -271,8 +279,11 @@ def test_checkpoint_with_half_c_loads_as_float32():
 # --------------------------------------------------------- documentation
 def test_readme_loss_examples_raise_no_warning():
     """README's "Use a loss" blocks run clean: a user copying them sees no torch warning."""
-    blocks = [b for b in extract_blocks(REPO / "README.md")
-              if b.language == "python" and "sslext" in b.code and "Loss" in b.code]
+    blocks = [
+        b
+        for b in extract_blocks(REPO / "README.md")
+        if b.language == "python" and "sslext" in b.code and "Loss" in b.code
+    ]
     assert blocks
     for block in blocks:
         with warnings.catch_warnings():

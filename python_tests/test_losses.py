@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from cases import CASE_IDS, CASES
+from conftest import assert_forward_close, assert_grad_close
 
 import sslext
 from sslext import reference as R
 from sslext._checks import resolve_strategy
-
-from cases import CASE_IDS, CASES
-from conftest import assert_forward_close, assert_grad_close
 
 # N < D, N > D, N = 2, N = D, and odd sizes that no kernel tile divides.
 SHAPES = [(16, 64), (64, 16), (2, 8), (32, 32), (37, 53)]
@@ -47,7 +46,13 @@ def run_both(case, z_a, z_b, strategy, device):
     b64 = z_b.double().requires_grad_()
     ref = case.ref(a64, b64, c.double()) if c is not None else case.ref(a64, b64)
     ref[0].backward()
-    return (loss, terms, a.grad, b.grad, c_ours), (ref[0], ref[1], a64.grad, b64.grad, ref[2] if c is not None else None)
+    return (loss, terms, a.grad, b.grad, c_ours), (
+        ref[0],
+        ref[1],
+        a64.grad,
+        b64.grad,
+        ref[2] if c is not None else None,
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -60,9 +65,7 @@ def test_float32_matches_float64_reference(case, strategy, shape, device):
     assert_forward_close(ours[0], ref[0])
     for name, value in ours[1].items():
         # Each term to float32 precision relative to the loss it is part of.
-        torch.testing.assert_close(
-            value.double(), ref[1][name].double(), rtol=1e-5, atol=1e-6 * abs(ref[0].item())
-        )
+        torch.testing.assert_close(value.double(), ref[1][name].double(), rtol=1e-5, atol=1e-6 * abs(ref[0].item()))
     assert ours[2].dtype == z_a.dtype and ours[3].dtype == z_b.dtype
     if case.kind == "barlow_twins" and shape[0] == 2:
         # Two standardised rows are +-sqrt(var / (var + eps)) whatever z is, so
@@ -91,8 +94,6 @@ def test_float64_is_exact(case, strategy):
     assert_grad_close(ours[3], ref[3], torch.float64)
 
 
-
-
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("strategy", ["gram", "covariance"])
@@ -108,16 +109,13 @@ def test_low_precision_within_twice_pytorch_error(case, dtype, strategy, device)
         loss.backward()
         return loss.detach(), a.grad, b.grad
 
-    ours = grads_of(
-        lambda a, b: case.run_ours(a, b, strategy, c.clone() if c is not None else None)[0], z_a, z_b
-    )
+    ours = grads_of(lambda a, b: case.run_ours(a, b, strategy, c.clone() if c is not None else None)[0], z_a, z_b)
     exact = grads_of(
         lambda a, b: case.run_ref(a, b, c.double() if c is not None else None)[0],
-        z_a.double(), z_b.double(),
+        z_a.double(),
+        z_b.double(),
     )
-    torch_low = grads_of(
-        lambda a, b: case.run_ref(a, b, c.to(dtype) if c is not None else None)[0], z_a, z_b
-    )
+    torch_low = grads_of(lambda a, b: case.run_ref(a, b, c.to(dtype) if c is not None else None)[0], z_a, z_b)
     assert ours[0].dtype == torch.float32 and ours[1].dtype == dtype
     for i, what in enumerate(["loss", "grad z_a", "grad z_b"]):
         ours_err = _rel_err(ours[i], exact[i])
@@ -224,14 +222,20 @@ def test_tico_module_matches_lightly_semantics_over_steps():
 
 
 BIAS_MODULES = {
-    "tico": (lambda **kw: sslext.TiCoLoss(beta=0.8, rho=8.0, **kw),
-             lambda a, b, c, k, graph: R.tico_reference(a, b, c, 0.8, 8.0 * k, batch_cov_in_graph=graph)),
-    "vicreg_tico": (lambda **kw: sslext.VICRegTiCoLoss(beta=0.8, **kw),
-                    lambda a, b, c, k, graph: R.vicreg_tico_reference(
-                        a, b, c, cov_coeff=k, beta=0.8, batch_cov_in_graph=graph)),
-    "vicreg_tico_proposal": (lambda **kw: sslext.VICRegTiCoLoss(beta=0.8, variant="proposal", **kw),
-                             lambda a, b, c, k, graph: R.vicreg_tico_proposal_reference(
-                                 a, b, c, cov_coeff=k, beta=0.8, batch_cov_in_graph=graph)),
+    "tico": (
+        lambda **kw: sslext.TiCoLoss(beta=0.8, rho=8.0, **kw),
+        lambda a, b, c, k, graph: R.tico_reference(a, b, c, 0.8, 8.0 * k, batch_cov_in_graph=graph),
+    ),
+    "vicreg_tico": (
+        lambda **kw: sslext.VICRegTiCoLoss(beta=0.8, **kw),
+        lambda a, b, c, k, graph: R.vicreg_tico_reference(a, b, c, cov_coeff=k, beta=0.8, batch_cov_in_graph=graph),
+    ),
+    "vicreg_tico_proposal": (
+        lambda **kw: sslext.VICRegTiCoLoss(beta=0.8, variant="proposal", **kw),
+        lambda a, b, c, k, graph: R.vicreg_tico_proposal_reference(
+            a, b, c, cov_coeff=k, beta=0.8, batch_cov_in_graph=graph
+        ),
+    ),
 }
 
 
@@ -259,8 +263,9 @@ def test_bias_corrected_modules_match_reference_over_steps(name, graph):
         assert_grad_close(a.grad, a64.grad)
         assert_grad_close(b.grad, b64.grad)
         term = "contrast" if name == "tico" else "covariance"
-        torch.testing.assert_close(loss_fn.last_terms[term].double(), k * ref_terms[term].detach(),
-                                   rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(
+            loss_fn.last_terms[term].double(), k * ref_terms[term].detach(), rtol=1e-5, atol=1e-7
+        )
         if update:
             c_ref, t = c_new, t + 1
         assert int(loss_fn.updates) == t

@@ -1,6 +1,7 @@
 """SimCLR, MoCo v2, BYOL, SimSiam: losses against hand-written references,
 stop-gradient, the key queue, momentum updates, split BN, error messages,
 training smoke tests and exact resume of the stateful methods."""
+
 import json
 import math
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_train_e2e import _losses, tiny_cfg
 
 from sslext import BYOLLoss, InfoNCELoss, KeyQueue, NTXentLoss, SimSiamLoss
 from sslext.methods import build_method
@@ -16,7 +18,6 @@ from sslext.models.momentum import check_momentum, cosine_momentum, ema_update_,
 from sslext.models.split_bn import SplitBatchNorm2d, convert_split_bn
 from sslext.optim import build_optimizer
 from sslext.train import Trainer, load_checkpoint_file
-from test_train_e2e import _losses, tiny_cfg
 
 torch.set_num_threads(2)
 
@@ -31,6 +32,7 @@ def _grads(loss, *xs):
 
 
 # ----------------------------------------------------------------- references (loops, float64)
+
 
 def ntxent_loop(z_a, z_b, t):
     z = torch.cat([z_a, z_b])
@@ -165,6 +167,7 @@ def test_bad_shapes_raise_clear_errors():
 
 # ----------------------------------------------------------------- key queue
 
+
 def test_queue_fifo_and_pointer_wraparound():
     q = KeyQueue(5, 2)
     assert q.keys.shape == (5, 2) and int(q.ptr) == 0
@@ -200,6 +203,7 @@ def test_queue_state_dict_roundtrip_and_errors():
 
 
 # ----------------------------------------------------------------- momentum
+
 
 def test_cosine_momentum_endpoints_and_shape():
     assert cosine_momentum(0.99, 1.0, 0, 100) == pytest.approx(0.99)
@@ -240,6 +244,7 @@ def test_check_momentum_errors():
 
 
 # ----------------------------------------------------------------- split BN
+
 
 def test_split_bn_matches_per_subbatch_batchnorm():
     torch.manual_seed(0)
@@ -283,21 +288,24 @@ def test_split_bn_gradients_match():
     b = sbn.bias.detach().clone()
     parts = [F.batch_norm(x2[j::2], None, None, w, b, True, 0.0, sbn.eps) for j in range(2)]
     out = torch.stack([parts[i % 2][i // 2] for i in range(4)])
-    (out ** 2 * torch.arange(4.0).view(4, 1, 1, 1)).sum().backward()
+    (out**2 * torch.arange(4.0).view(4, 1, 1, 1)).sum().backward()
     assert torch.allclose(gw, w.grad, atol=1e-5) and torch.allclose(gx, x2.grad, atol=1e-5)
 
 
 # ----------------------------------------------------------------- methods
+
 
 def _tiny(name, **kw):
     torch.manual_seed(0)
     return build_method(name, build_backbone("resnet10", True, 8), **kw)
 
 
-HEADS = {"simclr": dict(projector=[32, 16]),
-         "mocov2": dict(projector=[32, 16], queue_size=40),
-         "byol": dict(projector=[32, 16], predictor_hidden=16),
-         "simsiam": dict(projector=[32, 32, 16], predictor_hidden=8)}
+HEADS = {
+    "simclr": dict(projector=[32, 16]),
+    "mocov2": dict(projector=[32, 16], queue_size=40),
+    "byol": dict(projector=[32, 16], predictor_hidden=16),
+    "simsiam": dict(projector=[32, 32, 16], predictor_hidden=8),
+}
 
 
 def _views(n=8, seed=0):
@@ -319,8 +327,10 @@ def test_method_step_exposes_what_the_trainer_needs(name):
         m.training_step(_views()[:1])
 
 
-@pytest.mark.parametrize("name,prefixes", [("mocov2", ("key_backbone.", "key_projector.")),
-                                           ("byol", ("target_backbone.", "target_projector."))])
+@pytest.mark.parametrize(
+    "name,prefixes",
+    [("mocov2", ("key_backbone.", "key_projector.")), ("byol", ("target_backbone.", "target_projector."))],
+)
 def test_momentum_networks_get_no_gradient_and_are_not_optimised(name, prefixes):
     m = _tiny(name, **HEADS[name])
     opt = build_optimizer("lars", m, 0.1, 1e-4)
@@ -369,8 +379,8 @@ def test_moco_loss_uses_queue_before_enqueue(symmetric):
     assert torch.allclose(loss, ref, rtol=1e-5)
     new = torch.cat([k1, k2]) if symmetric else k2
     assert int(m.queue.ptr) == new.shape[0]
-    assert torch.allclose(m.queue.keys[:new.shape[0]], new, atol=1e-6)
-    assert torch.equal(m.queue.keys[new.shape[0]:], queue_before[new.shape[0]:])
+    assert torch.allclose(m.queue.keys[: new.shape[0]], new, atol=1e-6)
+    assert torch.equal(m.queue.keys[new.shape[0] :], queue_before[new.shape[0] :])
 
 
 def test_moco_split_bn_shuffle_is_undone():
@@ -402,17 +412,20 @@ def test_moco_queue_too_small_is_a_clear_error():
     assert [type(x) for x in m.projector] == [nn.Linear, nn.ReLU, nn.Linear] and m.projector[0].bias is not None
 
 
-@pytest.mark.parametrize("name,kw,match", [
-    ("simclr", dict(temperature=0.0), "method.temperature must be a finite number > 0"),
-    ("mocov2", dict(temperature=-1.0), "method.temperature must be a finite number > 0"),
-    ("mocov2", dict(queue_size=0), "method.queue_size: expected a positive integer"),
-    ("mocov2", dict(bn_splits=0), "method.bn_splits: expected a positive integer"),
-    ("mocov2", dict(symmetric="yes"), "method.symmetric: expected true/false"),
-    ("mocov2", dict(momentum=0.999, final_momentum=0.99), "method.final_momentum"),
-    ("byol", dict(momentum=1.2), "method.momentum"),
-    ("byol", dict(predictor_hidden=0), "method.predictor_hidden"),
-    ("simsiam", dict(predictor_hidden=-3), "method.predictor_hidden"),
-])
+@pytest.mark.parametrize(
+    "name,kw,match",
+    [
+        ("simclr", dict(temperature=0.0), "method.temperature must be a finite number > 0"),
+        ("mocov2", dict(temperature=-1.0), "method.temperature must be a finite number > 0"),
+        ("mocov2", dict(queue_size=0), "method.queue_size: expected a positive integer"),
+        ("mocov2", dict(bn_splits=0), "method.bn_splits: expected a positive integer"),
+        ("mocov2", dict(symmetric="yes"), "method.symmetric: expected true/false"),
+        ("mocov2", dict(momentum=0.999, final_momentum=0.99), "method.final_momentum"),
+        ("byol", dict(momentum=1.2), "method.momentum"),
+        ("byol", dict(predictor_hidden=0), "method.predictor_hidden"),
+        ("simsiam", dict(predictor_hidden=-3), "method.predictor_hidden"),
+    ],
+)
 def test_bad_method_options(name, kw, match):
     with pytest.raises(ValueError, match=match):
         _tiny(name, **{**HEADS[name], **kw})
@@ -424,6 +437,7 @@ def test_bad_config_key_through_trainer(tmp_path):
 
 
 # ----------------------------------------------------------------- training (CPU, tiny)
+
 
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_training_smoke(tmp_path, name):
@@ -464,6 +478,7 @@ def test_resume_is_exact_for_momentum_methods(tmp_path, name):
 
 # ----------------------------------------------------------------- demo
 
+
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_demo_method_overrides_give_valid_configs(name):
     from sslext import demo
@@ -473,8 +488,9 @@ def test_demo_method_overrides_give_valid_configs(name):
     assert cfg["method"]["name"] == name and cfg["name"] == f"demo_fashion_mnist_{name}"
     assert cfg["data"]["dataset"] == "fashion_mnist" and cfg["model"]["backbone"] == "resnet10"
     torch.manual_seed(0)
-    m = build_method(name, build_backbone("resnet10", True, 16),
-                     **{k: v for k, v in cfg["method"].items() if k != "name"})
+    m = build_method(
+        name, build_backbone("resnet10", True, 16), **{k: v for k, v in cfg["method"].items() if k != "name"}
+    )
     assert m.projector is not None
 
 

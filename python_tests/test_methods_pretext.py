@@ -1,19 +1,28 @@
 """Pretext-task methods (RotNet, Jigsaw, CPC): building blocks against
 explicit references, argument errors, training smoke tests and resume."""
+
 import json
 import math
 
 import pytest
 import torch
 import torch.nn as nn
+from test_train_e2e import tiny_cfg
 
 from sslext.methods import build_method
 from sslext.models import build_backbone
-from sslext.pretext import (ContextNetwork, bn_stats_frozen, cpc_infonce, hamming_permutations, jigsaw_tiles,
-                            min_hamming_distance, normalize_tiles, patch_grid, rotation_batch)
+from sslext.pretext import (
+    ContextNetwork,
+    bn_stats_frozen,
+    cpc_infonce,
+    hamming_permutations,
+    jigsaw_tiles,
+    min_hamming_distance,
+    normalize_tiles,
+    patch_grid,
+    rotation_batch,
+)
 from sslext.train import Trainer, load_checkpoint_file
-
-from test_train_e2e import tiny_cfg
 
 
 def _tiny_backbone():
@@ -110,7 +119,7 @@ def test_jigsaw_tiles_jitter_offsets_and_labels():
             src = int(perms[labels[n], i])
             y0 = 0 + (src // 3) * 9 + int(off[n, src, 0])
             x0 = 0 + (src % 3) * 9 + int(off[n, src, 1])
-            assert torch.equal(tiles[n, i], x[n, :, y0:y0 + 7, x0:x0 + 7]), (n, i)
+            assert torch.equal(tiles[n, i], x[n, :, y0 : y0 + 7, x0 : x0 + 7]), (n, i)
     # random draws stay inside the cells (offsets in [0, 2]) and use the set's indices
     t2, l2 = jigsaw_tiles(x, perms, 3, 0.75, generator=torch.Generator().manual_seed(5))
     assert t2.shape == tiles.shape and int(l2.min()) >= 0 and int(l2.max()) < 5
@@ -146,7 +155,7 @@ def test_patch_grid_positions():
     assert p.shape == (2, 3, 3, 3, 8, 8)
     for r in range(3):
         for c in range(3):
-            assert torch.equal(p[:, r, c], x[:, :, 4 * r:4 * r + 8, 4 * c:4 * c + 8])
+            assert torch.equal(p[:, r, c], x[:, :, 4 * r : 4 * r + 8, 4 * c : 4 * c + 8])
     assert patch_grid(torch.zeros(1, 3, 32, 32), 8, 4).shape[1:3] == (7, 7)
     with pytest.raises(ValueError, match="patch_size: 20 is larger"):
         patch_grid(x, 20, 4)
@@ -203,10 +212,10 @@ def test_context_network_is_row_causal():
     assert c.shape == (2, 6, 7, 7)
     for r in range(6):
         z2 = z.clone()
-        z2[:, :, r + 1:] += torch.randn_like(z2[:, :, r + 1:])
+        z2[:, :, r + 1 :] += torch.randn_like(z2[:, :, r + 1 :])
         c2 = net(z2)
-        assert torch.equal(c2[:, :, :r + 1], c[:, :, :r + 1]), r  # rows <= r blind to rows > r
-        assert not torch.equal(c2[:, :, r + 1:], c[:, :, r + 1:])
+        assert torch.equal(c2[:, :, : r + 1], c[:, :, : r + 1]), r  # rows <= r blind to rows > r
+        assert not torch.equal(c2[:, :, r + 1 :], c[:, :, r + 1 :])
     # and it does look up: row 6 depends on row 0 through the stacked kernels
     z3 = z.clone()
     z3[:, :, 0] += 1.0
@@ -229,16 +238,19 @@ def test_bn_stats_frozen_keeps_running_stats():
 
 
 # ------------------------------------------------------------------ methods
-@pytest.mark.parametrize("bad,match", [
-    (("rotnet", {"head": [0]}), "method.head"),
-    (("jigsaw", {"num_permutations": 1000, "grid": 2}), "method.num_permutations"),
-    (("jigsaw", {"grid": 5}), "method.grid"),
-    (("jigsaw", {"tile_ratio": 0.0}), "method.tile_ratio"),
-    (("jigsaw", {"normalize_tiles": "yes"}), "method.normalize_tiles"),
-    (("cpc", {"steps": 0}), "method.steps"),
-    (("cpc", {"context_kernel": 4}), "method.context_kernel"),
-    (("cpc", {"context_dim": -1}), "method.context_dim"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (("rotnet", {"head": [0]}), "method.head"),
+        (("jigsaw", {"num_permutations": 1000, "grid": 2}), "method.num_permutations"),
+        (("jigsaw", {"grid": 5}), "method.grid"),
+        (("jigsaw", {"tile_ratio": 0.0}), "method.tile_ratio"),
+        (("jigsaw", {"normalize_tiles": "yes"}), "method.normalize_tiles"),
+        (("cpc", {"steps": 0}), "method.steps"),
+        (("cpc", {"context_kernel": 4}), "method.context_kernel"),
+        (("cpc", {"context_dim": -1}), "method.context_dim"),
+    ],
+)
 def test_method_bad_arguments(bad, match):
     name, kw = bad
     with pytest.raises(ValueError, match=match):
@@ -272,11 +284,14 @@ def test_jigsaw_permutations_are_a_checkpointed_buffer():
     assert torch.equal(other.permutations, sd["permutations"])
 
 
-@pytest.mark.parametrize("name,kw,size", [
-    ("rotnet", {"head": [32]}, 16),
-    ("jigsaw", {"num_permutations": 8, "tile_dim": 16, "hidden": [32]}, 32),
-    ("cpc", {"steps": 2, "context_dim": 16, "context_layers": 1}, 16),
-])
+@pytest.mark.parametrize(
+    "name,kw,size",
+    [
+        ("rotnet", {"head": [32]}, 16),
+        ("jigsaw", {"num_permutations": 8, "tile_dim": 16, "hidden": [32]}, 32),
+        ("cpc", {"steps": 2, "context_dim": 16, "context_layers": 1}, 16),
+    ],
+)
 def test_methods_learn_on_a_fixed_batch(name, kw, size):
     """Smoke test: a few optimiser steps on one batch lower the pretext loss,
     and the online-probe features are whole-image backbone features."""
@@ -322,9 +337,11 @@ def test_resume_is_exact_jigsaw(tmp_path):
 
     def recs(d):
         # step and epoch records; the resumed log also holds a "resume" event
-        return [(r["kind"], r["step"], r["loss"], r.get("pretext_acc"), r.get("knn_acc"))
-                for r in map(json.loads, (d / "run" / "metrics.jsonl").read_text().splitlines())
-                if r["kind"] in ("step", "epoch")]
+        return [
+            (r["kind"], r["step"], r["loss"], r.get("pretext_acc"), r.get("knn_acc"))
+            for r in map(json.loads, (d / "run" / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] in ("step", "epoch")
+        ]
 
     assert recs(ref_dir) == recs(cut_dir)
     a = load_checkpoint_file(ref_dir / "run" / "last.pt")
@@ -362,6 +379,7 @@ def test_demo_method_overrides_give_valid_configs(name):
 
     cfg = load_config(demo.DEMO_CONFIG, demo.method_overrides(name))
     assert cfg["method"]["name"] == name and cfg["optim"]["batch_size"] == 128
-    m = build_method(name, build_backbone("resnet10", True, 16), **{k: v for k, v in cfg["method"].items()
-                                                                     if k != "name"})
+    m = build_method(
+        name, build_backbone("resnet10", True, 16), **{k: v for k, v in cfg["method"].items() if k != "name"}
+    )
     assert m.num_views == 1

@@ -4,6 +4,7 @@ Paths come in as arguments and config keys; a path that exists only on the
 machine where a file was written sends every other user to a dead end.
 benchmarks/results/ is exempt: measured results record where they were made.
 """
+
 import re
 import subprocess
 from pathlib import Path
@@ -33,10 +34,20 @@ def _tracked_files():
 
 
 def test_the_patterns_catch_machine_paths():
-    hits = ["/" + "work/shared/data", "../" + "shared/docs", "/" + "tmp/sslext-data", "/" + "home/alice/x",
-            "/" + "root/.cache"]
-    misses = ["tmp_path / 'x'", "$OUT/.scratch", "/usr/share/datasets/fashion-mnist", "data/cifar-10-batches-py",
-              "https://example.org/tmp/x"]
+    hits = [
+        "/" + "work/shared/data",
+        "../" + "shared/docs",
+        "/" + "tmp/sslext-data",
+        "/" + "home/alice/x",
+        "/" + "root/.cache",
+    ]
+    misses = [
+        "tmp_path / 'x'",
+        "$OUT/.scratch",
+        "/usr/share/datasets/fashion-mnist",
+        "data/cifar-10-batches-py",
+        "https://example.org/tmp/x",
+    ]
     for s in hits:
         assert any(rx.search(s) for _, rx in _RX), s
     for s in misses:

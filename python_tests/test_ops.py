@@ -74,6 +74,7 @@ def test_tico_ema_update_on_registered_buffer():
 
 # ------------------------------------------------------------------ opcheck
 
+
 def _opcheck_samples(device="cpu", dtype=torch.float32):
     z_a = randn(6, 9, dtype=dtype, device=device).requires_grad_()
     z_b = randn(6, 9, dtype=dtype, seed=1, device=device).requires_grad_()
@@ -138,15 +139,25 @@ def _fused_samples(dtype, grad_mode, layout, strategy):
         (_ops.vicreg_tico_loss, (z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, strategy, True, True)),
         (_ops.batch_covariance, (z_a,)),
         (_ops.cross_correlation, (z_a, z_b, 1e-5)),
-        (_ops.off_diagonal_penalty, (_view(7, 7, dtype, 2, layout).requires_grad_(grad_mode != "none"),
-                                     0.5, 1.0)),
+        (_ops.off_diagonal_penalty, (_view(7, 7, dtype, 2, layout).requires_grad_(grad_mode != "none"), 0.5, 1.0)),
         (_ops.tico_ema_update_, (c.clone(), z_a.detach(), 0.9)),
     ]
 
 
-FUSED_NAMES = ["vicreg", "barlow_twins", "tico", "vicreg_tico", "vicreg_tico_proposal", "tico_graph",
-               "vicreg_tico_graph", "vicreg_tico_proposal_graph", "batch_covariance",
-               "cross_correlation", "off_diagonal_penalty", "tico_ema_update_"]
+FUSED_NAMES = [
+    "vicreg",
+    "barlow_twins",
+    "tico",
+    "vicreg_tico",
+    "vicreg_tico_proposal",
+    "tico_graph",
+    "vicreg_tico_graph",
+    "vicreg_tico_proposal_graph",
+    "batch_covariance",
+    "cross_correlation",
+    "off_diagonal_penalty",
+    "tico_ema_update_",
+]
 N_FUSED = FUSED_NAMES.index("batch_covariance")  # the fused losses lead _fused_samples
 # test_opcheck above runs opcheck's schema test on every op; the matrices below
 # (hundreds of calls) run what their variations can change: the fake kernels
@@ -186,8 +197,7 @@ def _backward_samples(dtype, mask, layout="contiguous"):
     samples = []
     for strategy in (0, 1):
         out = _ops.vicreg_loss(z_a, z_b, 25.0, 25.0, 1.0, 1e-4, strategy)
-        samples.append((_ops._vicreg_loss_backward,
-                        (g4, z_a, z_b, *out[1:], 25.0, 25.0, 1.0, 1e-4, strategy, mask)))
+        samples.append((_ops._vicreg_loss_backward, (g4, z_a, z_b, *out[1:], 25.0, 25.0, 1.0, 1e-4, strategy, mask)))
         out = _ops.barlow_twins_loss(z_a, z_b, 0.0051, 1e-5, strategy)
         samples.append((_ops._barlow_twins_loss_backward, (g3, *out[1:], 0.0051, strategy, dtype, mask)))
         for graph in (False, True):
@@ -196,16 +206,18 @@ def _backward_samples(dtype, mask, layout="contiguous"):
     for proposal in (False, True):
         for graph in (False, True):
             out = _ops.vicreg_tico_loss(z_a, z_b, c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1, proposal, graph)
-            samples.append((_ops._vicreg_tico_loss_backward,
-                            (g4, z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, proposal, mask)))
+            samples.append(
+                (_ops._vicreg_tico_loss_backward, (g4, z_a, z_b, *out[2:7], 25.0, 25.0, 1.0, 1e-4, proposal, mask))
+            )
     return samples
 
 
 MASKS = [[True, True], [True, False], [False, True], [False, False]]
 
 
-@pytest.mark.parametrize("dtype, mask", [(dtype, [True, True]) for dtype in DTYPES] +
-                         [(torch.float32, mask) for mask in MASKS[1:]], ids=str)
+@pytest.mark.parametrize(
+    "dtype, mask", [(dtype, [True, True]) for dtype in DTYPES] + [(torch.float32, mask) for mask in MASKS[1:]], ids=str
+)
 def test_opcheck_backward_ops(dtype, mask):
     for op, args in _backward_samples(dtype, mask):
         opcheck(op, args)
@@ -220,8 +232,9 @@ def test_opcheck_backward_ops_transposed():
 def test_backward_output_mask(mask):
     """A gradient output_mask does not ask for is not computed (an empty tensor);
     the one it asks for is the same as with both."""
-    for (op, args), (_, full_args) in zip(_backward_samples(torch.float32, mask),
-                                          _backward_samples(torch.float32, [True, True])):
+    for (op, args), (_, full_args) in zip(
+        _backward_samples(torch.float32, mask), _backward_samples(torch.float32, [True, True])
+    ):
         got, want = op(*args), op(*full_args)
         for wanted, g, w in zip(mask, got, want):
             if wanted:
@@ -246,8 +259,12 @@ def test_backward_honours_needs_input_grad(name):
 
     z_a, z_b = randn(6, 9).requires_grad_(), randn(6, 9, seed=1)
     c = torch.eye(9) / 9
-    extra = {"vicreg_loss": (25.0, 25.0, 1.0, 1e-4, 1), "barlow_twins_loss": (0.0051, 1e-5, 1),
-             "tico_loss": (c, 0.9, 8.0, 1), "vicreg_tico_loss": (c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1)}[name]
+    extra = {
+        "vicreg_loss": (25.0, 25.0, 1.0, 1e-4, 1),
+        "barlow_twins_loss": (0.0051, 1e-5, 1),
+        "tico_loss": (c, 0.9, 8.0, 1),
+        "vicreg_tico_loss": (c, 25.0, 25.0, 1.0, 0.9, 1e-4, 1),
+    }[name]
     with Record():
         getattr(_ops, name)(z_a, z_b, *extra)[0].sum().backward()
     assert Record.masks == [[True, False]]
@@ -260,6 +277,7 @@ def test_backward_honours_needs_input_grad(name):
 
 
 # ---------------------------------------------------------------- gradcheck
+
 
 @pytest.mark.parametrize("beta", [0.0, 0.9])
 @pytest.mark.parametrize("strategy", [0, 1])
@@ -286,8 +304,9 @@ def test_gradcheck_batch_cov_in_graph(name, strategy, beta):
 
 
 @pytest.mark.parametrize("strategy", [0, 1])
-@pytest.mark.parametrize("name", ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss",
-                                  "vicreg_tico_proposal"])
+@pytest.mark.parametrize(
+    "name", ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss", "vicreg_tico_proposal"]
+)
 def test_gradcheck_fused_losses(name, strategy):
     z_a = randn(5, 7, dtype=torch.float64).requires_grad_()
     z_b = randn(5, 7, dtype=torch.float64, seed=1).requires_grad_()

@@ -3,12 +3,12 @@ CUDA toolkit of another major version than torch's stops the build with both ver
 
 (The wheel itself is checked by ``make wheel`` and ``make test-install``: they need a build.)
 """
+
 import re
 import runpy
 from pathlib import Path
 
 import pytest
-
 from check_wheel_archs import default_archs, parse_arch_list
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +25,9 @@ def test_parse_arch_list():
 def test_default_archs_agree_and_embed_ptx_for_the_newest():
     found = {
         "setup.py": re.search(r'^DEFAULT_ARCHS = "([^"]+)"', (ROOT / "setup.py").read_text(), re.M),
-        "CMakeLists.txt": re.search(r'set\(ENV\{TORCH_CUDA_ARCH_LIST\} "([^"]+)"\)',
-                                    (ROOT / "CMakeLists.txt").read_text()),
+        "CMakeLists.txt": re.search(
+            r'set\(ENV\{TORCH_CUDA_ARCH_LIST\} "([^"]+)"\)', (ROOT / "CMakeLists.txt").read_text()
+        ),
     }
     archs = {k: m.group(1) if m else None for k, m in found.items()}
     assert len(set(archs.values())) == 1 and None not in archs.values(), archs
@@ -67,8 +68,7 @@ def test_cuda_major_mismatch_names_both_versions_and_the_ways_on(nvcc, torch_cud
     assert f"CUDA {want}.x toolkit" in msg and "SSLEXT_FORCE_CPU=1" in msg
 
 
-@pytest.mark.parametrize("nvcc,torch_cuda", [("13.0.88", "13.0"), ("12.4.131", "12.8"), ("", "13.0"),
-                                             ("13.0", None)])
+@pytest.mark.parametrize("nvcc,torch_cuda", [("13.0.88", "13.0"), ("12.4.131", "12.8"), ("", "13.0"), ("13.0", None)])
 def test_cuda_same_major_or_unknown_passes(nvcc, torch_cuda):
     assert SETUP["cuda_version_mismatch"](nvcc, torch_cuda) is None
 

@@ -1,4 +1,5 @@
 """train.amp -> Precision: the GPU rule on faked compute capabilities, the CPU's measured choice and its cache."""
+
 import json
 from pathlib import Path
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 
 from sslext.config import ConfigError, apply_override, load_config
-from sslext.training import precision as P
 from sslext.training import Precision, Trainer, resolve_precision
+from sslext.training import precision as P
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml"
 CUDA = torch.device("cuda")
@@ -17,9 +18,11 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """A CUDA device of the given compute capability, on a machine without one."""
+
     def make(major, minor):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
+
     return make
 
 
@@ -29,9 +32,16 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-@pytest.mark.parametrize("cc,dtype,scaler", [((7, 5), torch.float16, True), ((7, 0), torch.float16, True),
-                                             ((8, 0), torch.bfloat16, False), ((8, 6), torch.bfloat16, False),
-                                             ((9, 0), torch.bfloat16, False)])
+@pytest.mark.parametrize(
+    "cc,dtype,scaler",
+    [
+        ((7, 5), torch.float16, True),
+        ((7, 0), torch.float16, True),
+        ((8, 0), torch.bfloat16, False),
+        ((8, 6), torch.bfloat16, False),
+        ((9, 0), torch.bfloat16, False),
+    ],
+)
 def test_cuda_auto_follows_compute_capability(fake_gpu, cc, dtype, scaler):
     fake_gpu(*cc)
     p = resolve_precision("auto", CUDA)
@@ -76,8 +86,9 @@ class FakeRates:
         return self.rates[dtype]
 
 
-@pytest.mark.parametrize("fp32,bf16,expect", [(400.0, 900.0, torch.bfloat16), (700.0, 650.0, None),
-                                              (500.0, 510.0, None)])  # within the margin: float32
+@pytest.mark.parametrize(
+    "fp32,bf16,expect", [(400.0, 900.0, torch.bfloat16), (700.0, 650.0, None), (500.0, 510.0, None)]
+)  # within the margin: float32
 def test_cpu_auto_picks_the_faster_and_caches_it(cache_dir, fp32, bf16, expect):
     m = FakeRates(fp32, bf16)
     p = resolve_precision("auto", CPU, measure=m, workload="vicreg resnet10 w8")
@@ -140,9 +151,19 @@ def test_autocast_context_matches_the_choice():
 
 def _tiny_cfg(tmp_path, amp):
     cfg = load_config(SMOKE)
-    for o in ("model.width=4", "method.projector=[16,16]", "data.train_limit=32", "data.test_limit=32",
-              "augment.view1.crop_size=8", "augment.view2.crop_size=8", "optim.batch_size=16",
-              "train.max_steps=1", "eval.final=false", f"train.out_dir={tmp_path / 'runs'}", f"train.amp={amp}"):
+    for o in (
+        "model.width=4",
+        "method.projector=[16,16]",
+        "data.train_limit=32",
+        "data.test_limit=32",
+        "augment.view1.crop_size=8",
+        "augment.view2.crop_size=8",
+        "optim.batch_size=16",
+        "train.max_steps=1",
+        "eval.final=false",
+        f"train.out_dir={tmp_path / 'runs'}",
+        f"train.amp={amp}",
+    ):
         apply_override(cfg, o)
     return cfg
 
@@ -150,6 +171,7 @@ def _tiny_cfg(tmp_path, amp):
 def test_measurement_leaves_the_run_untouched(tmp_path):
     cfg = _tiny_cfg(tmp_path, "false")
     from sslext.training import build_everything
+
     method = build_everything(cfg, CPU)["method"]
     before = {k: v.clone() for k, v in method.state_dict().items()}
     rng = torch.get_rng_state()

@@ -15,16 +15,14 @@ carry bfloat16's rounding (2^-8 relative).
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-
-import sslext.functional as F
-from sslext import ops
-from sslext import reference as R
-
 from cases import CASE_IDS, CASES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sslext import ops
 
 RTOL = {torch.float32: 2e-4, torch.float64: 1e-9, torch.bfloat16: 2e-4}
-GRAD_ROUNDING = {torch.float32: 0.0, torch.float64: 0.0, torch.bfloat16: 2.0 ** -8}
+GRAD_ROUNDING = {torch.float32: 0.0, torch.float64: 0.0, torch.bfloat16: 2.0**-8}
 COEFFS = {  # the weight of each term in the loss, to measure errors on the loss's own scale
     "vicreg": {"invariance": 25.0, "variance": 25.0, "covariance": 1.0},
     "vicreg_tico": {"invariance": 25.0, "variance": 25.0, "covariance": 1.0},
@@ -62,7 +60,7 @@ def hostile_views(draw):
         if pathology == "constant_column":
             z[:, 0] = offset
         elif pathology == "duplicated_rows" and n >= 4:
-            z[n // 2:] = z[: n - n // 2].clone()
+            z[n // 2 :] = z[: n - n // 2].clone()
         views.append(z.to(dtype))
     if layout == "transposed":
         views = [v.T.contiguous().T for v in views]
@@ -70,7 +68,7 @@ def hostile_views(draw):
         views = [torch.repeat_interleave(v, 2, dim=1)[:, ::2] for v in views]
     elif layout == "offset":
         # A window of a larger buffer: non-zero storage offset, row stride > D.
-        views = [torch.nn.functional.pad(v, (2, 1, 1, 0))[1:, 2:2 + d] for v in views]
+        views = [torch.nn.functional.pad(v, (2, 1, 1, 0))[1:, 2 : 2 + d] for v in views]
         assert all(v.storage_offset() > 0 for v in views)
     elif layout == "expanded":
         # Stride 0 along the batch for the first view: every row identical.
@@ -112,7 +110,8 @@ def test_losses_on_hostile_inputs(case, views, gram):
     err = abs(loss.item() - ref[0].item())
     # N = 2, or duplicated rows that leave two distinct rows: the same degenerate case.
     two_row_barlow = case.kind == "barlow_twins" and (
-        n == 2 or all(len(torch.unique(z, dim=0)) == 2 for z in (z_a, z_b)))
+        n == 2 or all(len(torch.unique(z, dim=0)) == 2 for z in (z_a, z_b))
+    )
     if two_row_barlow:
         # Two distinct standardised rows make c_ii = +-(1 - O(eps/var)): the loss is a
         # difference of nearly equal O(1) numbers (see test_losses). Held to
@@ -122,7 +121,7 @@ def test_losses_on_hostile_inputs(case, views, gram):
         # delta = a few ulps of the compute dtype: 2 delta sqrt(D L) + D delta^2.
         torch_err = abs(case.ref(z_a, z_b)[0].item() - ref[0].item())
         delta = 4 * torch.finfo(torch.float64 if z_a.dtype == torch.float64 else torch.float32).eps
-        floor = 2 * delta * (d * abs(ref[0].item())) ** 0.5 + d * delta ** 2
+        floor = 2 * delta * (d * abs(ref[0].item())) ** 0.5 + d * delta**2
         assert err <= 2 * torch_err + rtol * scale + floor, (err, torch_err, floor)
     else:
         assert err <= rtol * scale, (loss.item(), ref[0].item(), scale)
@@ -155,8 +154,12 @@ def _close(got, want, rtol, what, floor=0.0):
 
 @pytest.mark.parametrize("op", OPS)
 @settings(max_examples=250, deadline=None, derandomize=True)
-@given(views=hostile_views(), weight=st.sampled_from([1.0, 0.0051]), target=st.sampled_from([None, 1.0, 0.0]),
-       beta=st.floats(0.0, 1.0))
+@given(
+    views=hostile_views(),
+    weight=st.sampled_from([1.0, 0.0051]),
+    target=st.sampled_from([None, 1.0, 0.0]),
+    beta=st.floats(0.0, 1.0),
+)
 def test_ops_on_hostile_inputs(op, views, weight, target, beta):
     z_a, z_b = views
     n, d = z_a.shape
@@ -177,8 +180,13 @@ def test_ops_on_hostile_inputs(op, views, weight, target, beta):
         (got * g.to(got.dtype)).sum().backward()
         a = a64.clone().requires_grad_()
         (torch.cov(a.T).reshape(d, d) * g).sum().backward()
-        _close(z.grad, a.grad, 10 * rtol + GRAD_ROUNDING[z_a.dtype], op + " grad",
-               floor=dz * 2 * g.abs().max().item() * d / (n - 1))
+        _close(
+            z.grad,
+            a.grad,
+            10 * rtol + GRAD_ROUNDING[z_a.dtype],
+            op + " grad",
+            floor=dz * 2 * g.abs().max().item() * d / (n - 1),
+        )
     elif op == "cross_correlation":
         got = ops.cross_correlation(z_a, z_b)
         bn = lambda x: torch.nn.functional.batch_norm(x, None, None, training=True, eps=1e-5)
@@ -209,9 +217,15 @@ def test_ops_on_hostile_inputs(op, views, weight, target, beta):
 # ------------------------------------------------------------------ NaN / Inf inputs
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(n=st.integers(2, 12), d=st.integers(1, 12), dtype=st.sampled_from(DTYPES),
-       bad=st.sampled_from([float("nan"), float("inf"), float("-inf")]), where=st.integers(0, 10**6),
-       whole_column=st.booleans(), gram=st.booleans())
+@given(
+    n=st.integers(2, 12),
+    d=st.integers(1, 12),
+    dtype=st.sampled_from(DTYPES),
+    bad=st.sampled_from([float("nan"), float("inf"), float("-inf")]),
+    where=st.integers(0, 10**6),
+    whole_column=st.booleans(),
+    gram=st.booleans(),
+)
 def test_nonfinite_inputs_propagate(case, n, d, dtype, bad, where, whole_column, gram):
     """Documented behaviour: NaN/Inf in the inputs give a non-finite loss and
     non-finite gradients for the poisoned input; no exception, no crash, and

@@ -8,6 +8,7 @@ uninterrupted run bit-for-bit: every tensor of last.pt and every step/epoch
 record of metrics.jsonl. The fault points come from the test hook
 ``SSLEXT_TEST_FAULT`` (see ``sslext.train._FaultInjector``).
 """
+
 import json
 import os
 import pickle
@@ -20,19 +21,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_e2e import TINY
 
 from sslext.config import load_config
-from sslext.train import (EXIT_INTERRUPTED, CheckpointMismatchError, NonFiniteLossError, Trainer,
-                          load_checkpoint_file, main)
-
-from test_train_e2e import TINY
+from sslext.train import (
+    EXIT_INTERRUPTED,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    Trainer,
+    load_checkpoint_file,
+    main,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # tico: the running covariance C is loss state updated in the forward pass.
 # 128 images, batch 32: 4 steps per epoch, 12 in all; only the last epoch is evaluated (CPU time). One
 # thread: on a machine shared with other jobs, OpenMP threads spin and multiply the CPU time (measured 20x).
-RUN = ["method.name=tico", "method.hidden_dim=32", "method.out_dim=16", "train.epochs=3", "eval.final=false",
-       "train.checkpoint_every_steps=3", *TINY, "data.train_limit=128", "eval.every=100", "train.threads=1"]
+RUN = [
+    "method.name=tico",
+    "method.hidden_dim=32",
+    "method.out_dim=16",
+    "train.epochs=3",
+    "eval.final=false",
+    "train.checkpoint_every_steps=3",
+    *TINY,
+    "data.train_limit=128",
+    "eval.every=100",
+    "train.threads=1",
+]
 TIMING = {"train_seconds", "images_per_second"}
 
 
@@ -63,10 +79,22 @@ def _assert_same(a, b, where="state"):
 def _assert_same_run(ref_dir, run_dir):
     assert _records(run_dir) == _records(ref_dir)
     a, b = load_checkpoint_file(ref_dir / "last.pt"), load_checkpoint_file(run_dir / "last.pt")
-    for k in ("method", "optimizer", "scheduler", "probe", "probe_opt", "augment", "torch_rng", "epoch",
-              "step_in_epoch", "global_step", "epoch_acc"):
+    for k in (
+        "method",
+        "optimizer",
+        "scheduler",
+        "probe",
+        "probe_opt",
+        "augment",
+        "torch_rng",
+        "epoch",
+        "step_in_epoch",
+        "global_step",
+        "epoch_acc",
+    ):
         _assert_same(a[k], b[k], k) if k != "epoch_acc" else _assert_same(
-            {x: y for x, y in a[k].items() if x != "seconds"}, {x: y for x, y in b[k].items() if x != "seconds"}, k)
+            {x: y for x, y in a[k].items() if x != "seconds"}, {x: y for x, y in b[k].items() if x != "seconds"}, k
+        )
     assert not list(run_dir.glob(".*.tmp")), "stale temp files left behind"
 
 
@@ -82,8 +110,14 @@ def _spawn(out_dir, resume, fault=None):
     env.pop("SSLEXT_TEST_FAULT", None)
     if fault:
         env["SSLEXT_TEST_FAULT"] = fault
-    return subprocess.Popen(_cli(out_dir) + (["--resume"] if resume else []), cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        _cli(out_dir) + (["--resume"] if resume else []),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _run(out_dir, resume, fault=None):
@@ -104,11 +138,13 @@ def reference(tmp_path_factory):
 def test_sigkill_at_many_points_resumes_exactly(tmp_path, reference):
     run = tmp_path / "run"
     # (fault, global step of last.pt afterwards): checkpoints at steps 3, 6, 9 and at each epoch end (4, 8, 12).
-    faults = [("kill:step:5", 4),    # mid-step: optimizer stepped, record not yet logged
-              ("kill:save:6", 4),    # inside atomic_save: temp file torn, os.replace never ran
-              ("kill:epoch:1", 6),   # epoch 1 logged, its checkpoint not written
-              ("kill:save:9", 8),
-              ("kill:step:11", 9)]
+    faults = [
+        ("kill:step:5", 4),  # mid-step: optimizer stepped, record not yet logged
+        ("kill:save:6", 4),  # inside atomic_save: temp file torn, os.replace never ran
+        ("kill:epoch:1", 6),  # epoch 1 logged, its checkpoint not written
+        ("kill:save:9", 8),
+        ("kill:step:11", 9),
+    ]
     for i, (fault, ckpt_step) in enumerate(faults):
         rc, _, err = _run(tmp_path, resume=i > 0, fault=fault)
         assert rc == -signal.SIGKILL, (fault, rc, err[-2000:])
@@ -211,12 +247,15 @@ def _nan_grad_at(method, calls):
 SKIP = ["train.on_nonfinite=skip", "train.epochs=2", "train.checkpoint_every_steps=null"]
 
 
-@pytest.mark.parametrize("method,inject,what", [("tico", _nan_at, "loss"), ("vicreg_tico", _nan_grad_at, "gradients"),
-                                                ("vicreg", _nan_grad_at, "gradients")])
+@pytest.mark.parametrize(
+    "method,inject,what",
+    [("tico", _nan_at, "loss"), ("vicreg_tico", _nan_grad_at, "gradients"), ("vicreg", _nan_grad_at, "gradients")],
+)
 def test_skip_leaves_no_trace(tmp_path, method, inject, what):
     head = ["method.hidden_dim=32", "method.out_dim=16"] if method == "tico" else ["method.projector=[32,32]"]
-    cfg = lambda d, *x: load_config(None, [*RUN, f"method.name={method}", *head, f"train.out_dir={d}", "name=run",
-                                           *SKIP, *x])
+    cfg = lambda d, *x: load_config(
+        None, [*RUN, f"method.name={method}", *head, f"train.out_dir={d}", "name=run", *SKIP, *x]
+    )
     Trainer(cfg(tmp_path / "a", "train.max_steps=2")).fit()
     tr = Trainer(cfg(tmp_path / "b", "train.max_steps=3"))
     inject(tr.method, {3})
@@ -328,17 +367,24 @@ def short_run(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("overrides,names", [
-    (["method.name=vicreg", "method.projector=[32,32]"], ["method.name: 'tico' in the checkpoint, 'vicreg'"]),
-    (["model.width=16"], ["model.width: 8 in the checkpoint, 16", "tensor shapes differ", "backbone.conv1.weight"]),
-    (["method.out_dim=8"], ["method.out_dim: 16 in the checkpoint, 8", "loss_fn.C: shape (16, 16)"]),
-    (["model.backbone=resnet18", "model.width=64"], ["model.backbone: 'resnet10' in the checkpoint, 'resnet18'",
-                                                     "backbone.conv1.weight: shape (8, 3, 3, 3) in the "
-                                                     "checkpoint, (64, 3, 3, 3) now",
-                                                     "more)"]),
-    (["optim.batch_size=16"], ["optim.batch_size: 32 in the checkpoint, 16"]),
-    (["seed=1"], ["seed: 0 in the checkpoint, 1"]),
-])
+@pytest.mark.parametrize(
+    "overrides,names",
+    [
+        (["method.name=vicreg", "method.projector=[32,32]"], ["method.name: 'tico' in the checkpoint, 'vicreg'"]),
+        (["model.width=16"], ["model.width: 8 in the checkpoint, 16", "tensor shapes differ", "backbone.conv1.weight"]),
+        (["method.out_dim=8"], ["method.out_dim: 16 in the checkpoint, 8", "loss_fn.C: shape (16, 16)"]),
+        (
+            ["model.backbone=resnet18", "model.width=64"],
+            [
+                "model.backbone: 'resnet10' in the checkpoint, 'resnet18'",
+                "backbone.conv1.weight: shape (8, 3, 3, 3) in the checkpoint, (64, 3, 3, 3) now",
+                "more)",
+            ],
+        ),
+        (["optim.batch_size=16"], ["optim.batch_size: 32 in the checkpoint, 16"]),
+        (["seed=1"], ["seed: 0 in the checkpoint, 1"]),
+    ],
+)
 def test_resume_mismatch_names_the_difference(short_run, overrides, names):
     run = short_run / "run"
     before = ((run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text())

@@ -12,8 +12,6 @@ import torch
 from sslext.config import load_config
 from sslext.training import Trainer, evaluate_checkpoint, load_checkpoint_file
 
-
-
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "barlow_twins_resnet50_cifar10.yaml"
 
 
@@ -22,17 +20,35 @@ def _write_cifar10(root, n=8):
     d.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        obj = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": [int(v) for v in rng.integers(0, 10, n)]}
+        obj = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": [int(v) for v in rng.integers(0, 10, n)],
+        }
         (d / name).write_bytes(pickle.dumps(obj))
     (d / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
 
 
 def _cfg(root, out, *extra):
-    return load_config(RECIPE, [
-        f"data.root={root}", f"train.out_dir={out}", "name=r50", "optim.batch_size=8", "train.epochs=1",
-        "optim.warmup_epochs=0", "train.threads=2", "train.progress=false", "eval.offline_epochs=2",
-        "eval.knn_k=5", "eval.diag_samples=16", "eval.batch_size=16", "train.device=cpu", "train.amp=false",
-        *extra])
+    return load_config(
+        RECIPE,
+        [
+            f"data.root={root}",
+            f"train.out_dir={out}",
+            "name=r50",
+            "optim.batch_size=8",
+            "train.epochs=1",
+            "optim.warmup_epochs=0",
+            "train.threads=2",
+            "train.progress=false",
+            "eval.offline_epochs=2",
+            "eval.knn_k=5",
+            "eval.diag_samples=16",
+            "eval.batch_size=16",
+            "train.device=cpu",
+            "train.amp=false",
+            *extra,
+        ],
+    )
 
 
 def test_resnet50_trains_checkpoints_resumes_and_probes(tmp_path):

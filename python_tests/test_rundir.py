@@ -1,4 +1,5 @@
 """A run never destroys another: starting where a run exists needs --resume or --overwrite."""
+
 import json
 import subprocess
 import sys
@@ -8,14 +9,28 @@ import pytest
 import torch
 
 from sslext.config import load_config
-from sslext.training.rundir import RunExistsError, describe_run, prepare_run_dir
 from sslext.train import main, train
+from sslext.training.rundir import RunExistsError, describe_run, prepare_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=8", "optim.batch_size=64",
-        "optim.warmup_epochs=0", "train.threads=2", "train.progress=false", "eval.final=false",
-        "eval.online_probe=false", "eval.every=100", "augment.view1.crop_size=16", "augment.view2.crop_size=16",
-        "method.projector=[16,16]", "name=run", "train.device=cpu", "train.amp=false"]
+TINY = [
+    "data.dataset=synthetic",
+    "model.backbone=resnet10",
+    "model.width=8",
+    "optim.batch_size=64",
+    "optim.warmup_epochs=0",
+    "train.threads=2",
+    "train.progress=false",
+    "eval.final=false",
+    "eval.online_probe=false",
+    "eval.every=100",
+    "augment.view1.crop_size=16",
+    "augment.view2.crop_size=16",
+    "method.projector=[16,16]",
+    "name=run",
+    "train.device=cpu",
+    "train.amp=false",
+]
 
 
 def _args(out, epochs):
@@ -77,8 +92,13 @@ def test_cli_subprocess_exit_code_and_message(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 4, "step": 50}) + "\n")
-    p = subprocess.run([sys.executable, "-m", "sslext.train", *_args(tmp_path, 1)], capture_output=True, text=True,
-                       cwd=REPO, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "sslext.train", *_args(tmp_path, 1)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert p.returncode == 1
     assert "already holds a run with 5 epochs done (step 50)" in p.stderr and "metrics.jsonl" in p.stderr
     assert (run / "metrics.jsonl").read_text().count("\n") == 1

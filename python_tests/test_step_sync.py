@@ -5,10 +5,12 @@ data-dependent shapes, copies to the host) drains a CUDA queue; these tests
 count them per ``Trainer.train_step`` so a regression fails here, without a
 GPU. See sslext/training/dispatch_count.py for what counts.
 """
+
 import json
 
 import pytest
 import torch
+from test_train_e2e import tiny_cfg
 
 from sslext.config import load_config
 from sslext.methods import METHODS
@@ -16,13 +18,21 @@ from sslext.optim import LARS, param_groups
 from sslext.train import Trainer
 from sslext.training.dispatch_count import DispatchCounter
 from sslext.training.step_stats import EpochStats
-from test_train_e2e import tiny_cfg
 
 # ResNet-18/50 on 8 px crops of 4 images: the real networks (and so their
 # number of parameter tensors and of ops per step), at a cost tests afford.
-SMALL = ["data.dataset=synthetic", "optim.batch_size=4", "train.device=cpu", "train.threads=2",
-         "train.progress=false", "augment.view1.crop_size=8", "augment.view2.crop_size=8",
-         "method.projector=[32,32]", "eval.final=false", "name=run"]
+SMALL = [
+    "data.dataset=synthetic",
+    "optim.batch_size=4",
+    "train.device=cpu",
+    "train.threads=2",
+    "train.progress=false",
+    "augment.view1.crop_size=8",
+    "augment.view2.crop_size=8",
+    "method.projector=[32,32]",
+    "eval.final=false",
+    "name=run",
+]
 
 
 def _trainer(tmp_path, backbone, *extra):
@@ -99,8 +109,12 @@ class ReferenceLARS(torch.optim.Optimizer):
     """sslext's LARS before the foreach rewrite, parameter by parameter (the reference)."""
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip_lr=False, eps=1e-8):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr,
-                                      eps=eps, lars_adapt=True))
+        super().__init__(
+            params,
+            dict(
+                lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr, eps=eps, lars_adapt=True
+            ),
+        )
 
     @torch.no_grad()
     def step(self):
@@ -133,8 +147,13 @@ class ReferenceLARS(torch.optim.Optimizer):
 
 def _lars_model():
     torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
-                            torch.nn.Linear(8 * 4 * 4, 5), torch.nn.Linear(5, 3, bias=False))
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 4 * 4, 5),
+        torch.nn.Linear(5, 3, bias=False),
+    )
     with torch.no_grad():
         m[4].weight.zero_()  # a zero weight norm: the trust ratio falls back to 1
     return m

@@ -1,7 +1,6 @@
 """sslext-sweep: run a grid of cells resumably, record failures, aggregate into tables and plots."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from sslext.sweep_report import paired_differences, t_quantile_975, write_report
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_BASE = {
-    "name": "tiny", "seed": 0,
+    "name": "tiny",
+    "seed": 0,
     "method": {"name": "vicreg", "projector": [32, 32]},
     "model": {"backbone": "resnet10", "width": 8},
     "data": {"dataset": "synthetic", "train_limit": 128},
@@ -28,20 +28,35 @@ TINY_BASE = {
 
 def write_sweep(tmp_path, rows, seeds=(0,), **extra):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
-    spec = {"name": "t", "base": "base.yaml", "budget": {"epochs": 2}, "seeds": list(seeds), "rows": rows,
-            "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"), **extra}
+    spec = {
+        "name": "t",
+        "base": "base.yaml",
+        "budget": {"epochs": 2},
+        "seeds": list(seeds),
+        "rows": rows,
+        "runs_dir": str(tmp_path / "runs"),
+        "results_dir": str(tmp_path / "results"),
+        **extra,
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
 def test_sweep_runs_every_cell_reports_and_skips_finished_cells(tmp_path):
-    path = write_sweep(tmp_path, [
-        {"name": "random_init", "train": False},
-        {"name": "vicreg"},
-        {"name": "proposal", "set": {"method.name": "vicreg_tico", "method.projector": [32, 32],
-                                     "method.variant": "proposal"}},
-    ], seeds=(0, 1), compare={"baseline": "vicreg"})
+    path = write_sweep(
+        tmp_path,
+        [
+            {"name": "random_init", "train": False},
+            {"name": "vicreg"},
+            {
+                "name": "proposal",
+                "set": {"method.name": "vicreg_tico", "method.projector": [32, 32], "method.variant": "proposal"},
+            },
+        ],
+        seeds=(0, 1),
+        compare={"baseline": "vicreg"},
+    )
     sweep = load_sweep(path)
     counts = run_sweep(sweep, jobs=2, progress=False)
     assert counts["done"] == 6 and counts["failed"] == 0, counts
@@ -92,6 +107,7 @@ def test_diverged_cell_is_a_finished_result(tmp_path):
 
     def no_nan(const):
         raise AssertionError(f"not strict JSON: {const}")
+
     # The std of a single seed and the NaN loss terms stay strict JSON (null, "nan").
     json.loads((tmp_path / "results" / "results.json").read_text(), parse_constant=no_nan)
     strict = json.loads(sweep.record_path(sweep.cell("diverges-s0")).read_text(), parse_constant=no_nan)
@@ -102,8 +118,10 @@ def test_diverged_cell_is_a_finished_result(tmp_path):
 
 def test_failed_cell_is_recorded_with_its_error_then_retried(tmp_path):
     missing = tmp_path / "no_data"
-    path = write_sweep(tmp_path, [{"name": "vicreg"},
-                                  {"name": "broken", "set": {"data.dataset": "cifar10", "data.root": str(missing)}}])
+    path = write_sweep(
+        tmp_path,
+        [{"name": "vicreg"}, {"name": "broken", "set": {"data.dataset": "cifar10", "data.root": str(missing)}}],
+    )
     assert main(["run", str(path), "--no-report"]) == 1  # a failed cell is an error exit
     sweep = load_sweep(path)
     rec = json.loads(sweep.record_path(sweep.cell("broken-s0")).read_text())
@@ -141,8 +159,9 @@ def test_killed_cell_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path, mo
     assert run_sweep(fresh_sweep, progress=False)["done"] == 1
     fresh = json.loads(fresh_sweep.record_path(fresh_sweep.cell("vicreg-s0")).read_text())
     timing = {"eval_seconds"}  # wall-clock, the one entry that may differ
-    assert {k: v for k, v in resumed["final_eval"].items() if k not in timing} == \
-        {k: v for k, v in fresh["final_eval"].items() if k not in timing}
+    assert {k: v for k, v in resumed["final_eval"].items() if k not in timing} == {
+        k: v for k, v in fresh["final_eval"].items() if k not in timing
+    }
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in fresh["epochs"]]
     assert str(tmp_path / "fresh" / "runs") in fresh["run_dir"]
 
@@ -157,22 +176,25 @@ def test_only_runs_one_row_or_cell(tmp_path):
     assert main(["run", str(path), "--only", "c"]) == 2  # names neither a cell nor a row
 
 
-@pytest.mark.parametrize("change,key", [
-    ({"bogus": 1}, "bogus"),
-    ({"rows": [{"name": "a", "colour": 1}]}, "rows[0].colour"),
-    ({"rows": [{"name": "a"}, {"name": "a"}]}, "rows[1].name"),
-    ({"seeds": [0, 0]}, "seeds"),
-    ({"compare": {"baseline": "zzz"}}, "compare.baseline"),
-    ({"rows": [{"name": "a", "baseline": "zzz"}]}, "rows[0].baseline"),
-    ({"compare": {"pairs": [["a", "zzz"]]}}, "compare.pairs[0]"),
-    ({"compare": {"pairs": [["a", "a"]]}}, "compare.pairs[0]"),
-    ({"compare": {"pairs": "a"}}, "compare.pairs"),
-    ({"compare": {"baseline": "a", "colour": 1}}, "compare"),
-    ({"budget": {"epochs": 0}}, "budget.epochs"),
-    ({"base": "missing.yaml"}, "base"),
-    ({"rows": [{"name": "a"}, {"name": "b", "set": {"optim.batch_size": 64}}]}, "budget"),
-    ({"rows": [{"name": "a", "set": {"optim.lrr": 0.1}}]}, "optim.lrr"),
-])
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"rows": [{"name": "a", "colour": 1}]}, "rows[0].colour"),
+        ({"rows": [{"name": "a"}, {"name": "a"}]}, "rows[1].name"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"compare": {"baseline": "zzz"}}, "compare.baseline"),
+        ({"rows": [{"name": "a", "baseline": "zzz"}]}, "rows[0].baseline"),
+        ({"compare": {"pairs": [["a", "zzz"]]}}, "compare.pairs[0]"),
+        ({"compare": {"pairs": [["a", "a"]]}}, "compare.pairs[0]"),
+        ({"compare": {"pairs": "a"}}, "compare.pairs"),
+        ({"compare": {"baseline": "a", "colour": 1}}, "compare"),
+        ({"budget": {"epochs": 0}}, "budget.epochs"),
+        ({"base": "missing.yaml"}, "base"),
+        ({"rows": [{"name": "a"}, {"name": "b", "set": {"optim.batch_size": 64}}]}, "budget"),
+        ({"rows": [{"name": "a", "set": {"optim.lrr": 0.1}}]}, "optim.lrr"),
+    ],
+)
 def test_sweep_file_errors_name_the_key(tmp_path, change, key):
     path = write_sweep(tmp_path, [{"name": "a"}])
     spec = yaml.safe_load(path.read_text())
@@ -183,17 +205,19 @@ def test_sweep_file_errors_name_the_key(tmp_path, change, key):
 
 
 def test_paired_interval_matches_the_t_distribution(tmp_path):
-    path = write_sweep(tmp_path, [{"name": "base", "train": False}, {"name": "other", "train": False}],
-                       seeds=(0, 1, 2))
+    path = write_sweep(tmp_path, [{"name": "base", "train": False}, {"name": "other", "train": False}], seeds=(0, 1, 2))
     sweep = load_sweep(path)
     values = {"base": [50.0, 52.0, 51.0], "other": [51.0, 54.0, 51.5]}
-    recs = {f"{r}-s{s}": {"status": "done", "seed": s, "run_dir": "x", "final_eval": {"linear_acc": v}}
-            for r, vs in values.items() for s, v in zip((0, 1, 2), vs)}
+    recs = {
+        f"{r}-s{s}": {"status": "done", "seed": s, "run_dir": "x", "final_eval": {"linear_acc": v}}
+        for r, vs in values.items()
+        for s, v in zip((0, 1, 2), vs)
+    }
     d = paired_differences(sweep, recs, "base", metrics=("linear_acc",))["other"]["linear_acc"]
     diffs = [1.0, 2.0, 0.5]
     mean = sum(diffs) / 3
     sd = (sum((x - mean) ** 2 for x in diffs) / 2) ** 0.5
-    half = 4.303 * sd / 3 ** 0.5
+    half = 4.303 * sd / 3**0.5
     assert d["mean"] == pytest.approx(mean) and d["ci95"] == pytest.approx([mean - half, mean + half])
     assert d["excludes_zero"] == (mean - half > 0)
     assert t_quantile_975(2) == 4.303 and t_quantile_975(100) == 1.96
@@ -202,8 +226,12 @@ def test_paired_interval_matches_the_t_distribution(tmp_path):
 def test_pairs_only_join_cells_of_one_cpu_model(tmp_path):
     # A seed whose two cells ran on different CPU models is left out of the
     # difference and named; cells without a recorded model pair only with each other.
-    path = write_sweep(tmp_path, [{"name": "base", "train": False}, {"name": "other", "train": False}],
-                       seeds=(0, 1, 2), compare={"baseline": "base"})
+    path = write_sweep(
+        tmp_path,
+        [{"name": "base", "train": False}, {"name": "other", "train": False}],
+        seeds=(0, 1, 2),
+        compare={"baseline": "base"},
+    )
     sweep = load_sweep(path)
     cpus = {"base": ["X", "X", None], "other": ["X", "Y", None]}
     recs = {}
@@ -227,8 +255,10 @@ def test_pairs_only_join_cells_of_one_cpu_model(tmp_path):
 
 
 def test_nested_set_means_dotted_keys(tmp_path):
-    path = write_sweep(tmp_path, [{"name": "a"}, {"name": "b", "set": {
-        "method": {"name": "simclr", "temperature": 0.3}, "optim": {"lr": 0.2}}}])
+    path = write_sweep(
+        tmp_path,
+        [{"name": "a"}, {"name": "b", "set": {"method": {"name": "simclr", "temperature": 0.3}, "optim": {"lr": 0.2}}}],
+    )
     sweep = load_sweep(path)
     cfg = sweep.config(sweep.cell("b-s0"))
     assert cfg["method"]["name"] == "simclr" and cfg["method"]["temperature"] == 0.3
@@ -240,18 +270,39 @@ def test_compare_pairs_are_reported_seed_by_seed(tmp_path):
     # compare.pairs adds comparisons between non-baseline rows (e.g. one beta
     # against another) to the tables and results.json.
     # Row c never finishes (every cell failed): its comparisons are named as impossible, not dropped.
-    path = write_sweep(tmp_path, [{"name": "base", "train": False}, {"name": "a", "train": False},
-                                  {"name": "b", "train": False}, {"name": "c", "train": False}], seeds=(0, 1, 2),
-                       compare={"baseline": "base", "pairs": [["b", "a"], ["c", "a"]]})
+    path = write_sweep(
+        tmp_path,
+        [
+            {"name": "base", "train": False},
+            {"name": "a", "train": False},
+            {"name": "b", "train": False},
+            {"name": "c", "train": False},
+        ],
+        seeds=(0, 1, 2),
+        compare={"baseline": "base", "pairs": [["b", "a"], ["c", "a"]]},
+    )
     sweep = load_sweep(path)
     values = {"base": [50.0, 52.0, 51.0], "a": [51.0, 54.0, 51.5], "b": [53.0, 53.0, 52.5], "c": [None] * 3}
     for r, vs in values.items():
         for s, v in zip((0, 1, 2), vs):
-            rec = {"status": "done", "cell": f"{r}-s{s}", "row": r, "seed": s, "run_dir": f"runs/{r}-s{s}",
-                   "final_eval": {"linear_acc": v, "linear_acc_10pct": v, "knn_acc": v}}
+            rec = {
+                "status": "done",
+                "cell": f"{r}-s{s}",
+                "row": r,
+                "seed": s,
+                "run_dir": f"runs/{r}-s{s}",
+                "final_eval": {"linear_acc": v, "linear_acc_10pct": v, "knn_acc": v},
+            }
             if v is None:
-                rec = {"status": "failed", "cell": f"{r}-s{s}", "row": r, "seed": s, "returncode": 1,
-                       "run_dir": f"runs/{r}-s{s}", "error": "DatasetError: no data"}
+                rec = {
+                    "status": "failed",
+                    "cell": f"{r}-s{s}",
+                    "row": r,
+                    "seed": s,
+                    "returncode": 1,
+                    "run_dir": f"runs/{r}-s{s}",
+                    "error": "DatasetError: no data",
+                }
             sweep.record_path(sweep.cell(f"{r}-s{s}")).parent.mkdir(parents=True, exist_ok=True)
             sweep.record_path(sweep.cell(f"{r}-s{s}")).write_text(json.dumps(rec))
     md = write_report(sweep).read_text()
@@ -267,16 +318,22 @@ def test_compare_pairs_are_reported_seed_by_seed(tmp_path):
     assert set(res["rows"]) == {"a", "b"}  # the baseline comparisons are unchanged
 
 
-@pytest.mark.parametrize("name", ["seed_question_cpu_methods", "seed_question_cpu_budget10",
-                                  "seed_question_cpu_budget30", "seed_question_cpu_tune_val"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "seed_question_cpu_methods",
+        "seed_question_cpu_budget10",
+        "seed_question_cpu_budget30",
+        "seed_question_cpu_tune_val",
+    ],
+)
 def test_shipped_study_extensions_validate(name):
     sweep = load_sweep(REPO / "configs" / "sweeps" / f"{name}.yaml")
     cfgs = [sweep.config(c) for c in sweep.cells]
     assert {c["model"]["backbone"] for c in cfgs} == {"resnet10"} and {c["model"]["width"] for c in cfgs} == {16}
     assert {c["optim"]["batch_size"] for c in cfgs} == {256}
     if name.endswith("methods"):
-        assert {c["method"]["name"] for c in cfgs} == {"simclr", "mocov2", "byol", "simsiam", "rotnet", "jigsaw",
-                                                       "cpc"}
+        assert {c["method"]["name"] for c in cfgs} == {"simclr", "mocov2", "byol", "simsiam", "rotnet", "jigsaw", "cpc"}
     if "budget" in name:
         # The warm-up keeps its third of training.
         assert [c["optim"]["warmup_epochs"] / c["train"]["epochs"] for c in cfgs] == pytest.approx([1 / 3] * len(cfgs))
@@ -291,8 +348,11 @@ def test_shipped_sweeps_validate(name):
     methods = {sweep.config(c)["method"]["name"] for c in sweep.cells if c.train}
     if name != "seed_question_cpu_tune":
         assert methods == {"vicreg", "vicreg_tico", "tico", "barlow_twins"}
-        variants = {(sweep.config(c)["method"].get("variant"), sweep.config(c)["method"].get("beta"))
-                    for c in sweep.cells if c.train and sweep.config(c)["method"]["name"] == "vicreg_tico"}
+        variants = {
+            (sweep.config(c)["method"].get("variant"), sweep.config(c)["method"].get("beta"))
+            for c in sweep.cells
+            if c.train and sweep.config(c)["method"]["name"] == "vicreg_tico"
+        }
         assert variants == {("symmetric", 0.0), ("symmetric", 0.9), ("symmetric", 0.99), ("proposal", 0.9)}
 
 
@@ -300,11 +360,25 @@ def test_gpu_sweep_dry_run_on_the_cpu(tmp_path):
     """Every row of the GPU study, seed 0, both backbones, a few steps on synthetic data."""
     # 8 px crops and float32: the smallest inputs a CIFAR-stem ResNet takes, and
     # no per-shape bf16 kernel set-up, which dominates a two-step run on a CPU.
-    tiny = ["data.dataset=synthetic", "data.train_limit=16", "data.test_limit=32", "optim.batch_size=8",
-            "train.epochs=1", "optim.warmup_epochs=0", "train.threads=2", "eval.offline_epochs=1",
-            "eval.knn_k=5", "eval.diag_samples=32", "eval.knn_train_limit=32", "eval.batch_size=32",
-            "augment.view1.crop_size=8", "augment.view2.crop_size=8", "train.amp=false",
-            "train.channels_last=false", "train.device=cpu"]
+    tiny = [
+        "data.dataset=synthetic",
+        "data.train_limit=16",
+        "data.test_limit=32",
+        "optim.batch_size=8",
+        "train.epochs=1",
+        "optim.warmup_epochs=0",
+        "train.threads=2",
+        "eval.offline_epochs=1",
+        "eval.knn_k=5",
+        "eval.diag_samples=32",
+        "eval.knn_train_limit=32",
+        "eval.batch_size=32",
+        "augment.view1.crop_size=8",
+        "augment.view2.crop_size=8",
+        "train.amp=false",
+        "train.channels_last=false",
+        "train.device=cpu",
+    ]
     sweep = load_sweep(REPO / "configs" / "sweeps" / "seed_question_gpu.yaml", out=tmp_path, extra=tiny)
     cells = [c for c in sweep.cells if c.seed == 0]
     assert len(cells) == 18

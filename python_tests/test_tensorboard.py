@@ -1,4 +1,5 @@
 """train.loggers: TensorBoard events written by a tiny run, read back with tensorboard's EventAccumulator."""
+
 import json
 import os
 import subprocess
@@ -68,8 +69,10 @@ def test_default_loggers_and_without_csv(tmp_path):
     train(cfg)
     run = tmp_path / "smoke_synthetic"
     assert (run / "metrics.csv").is_file() and not list(run.glob("events.out.tfevents.*"))
-    cfg = load_config(SMOKE, [f"train.out_dir={tmp_path}", "name=nocsv", "train.device=cpu", "eval.final=false",
-                              "train.loggers=[jsonl]"])
+    cfg = load_config(
+        SMOKE,
+        [f"train.out_dir={tmp_path}", "name=nocsv", "train.device=cpu", "eval.final=false", "train.loggers=[jsonl]"],
+    )
     train(cfg)
     assert (tmp_path / "nocsv" / "metrics.jsonl").is_file() and not (tmp_path / "nocsv" / "metrics.csv").exists()
 
@@ -97,11 +100,32 @@ def test_missing_tensorboard_is_a_clear_error(monkeypatch):
 def test_resume_after_a_kill_leaves_no_duplicate_points(tmp_path):
     # Checkpoint at step 2; steps 3-4 and epoch 0's record are logged (and flushed),
     # then SIGKILL before epoch 0's checkpoint. The resumed run redoes steps 3-8.
-    args = [sys.executable, "-m", "sslext.train", "--config", str(SMOKE), "--set", f"train.out_dir={tmp_path}",
-            "--set", "train.device=cpu", "--set", "train.log_every=1", "--set", "train.epochs=2",
-            "--set", "train.checkpoint_every_steps=2", "--set", "eval.final=false", "--set", TB]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "SSLEXT_TEST_FAULT": "kill:epoch:0"}
+    args = [
+        sys.executable,
+        "-m",
+        "sslext.train",
+        "--config",
+        str(SMOKE),
+        "--set",
+        f"train.out_dir={tmp_path}",
+        "--set",
+        "train.device=cpu",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.checkpoint_every_steps=2",
+        "--set",
+        "eval.final=false",
+        "--set",
+        TB,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "SSLEXT_TEST_FAULT": "kill:epoch:0",
+    }
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == -9, first.stderr[-2000:]
     run = tmp_path / "smoke_synthetic"

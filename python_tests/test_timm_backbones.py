@@ -1,4 +1,5 @@
 """model.backbone: timm/<name>: a small timm ResNet and a tiny ViT train on CPU-sized crops and export."""
+
 import copy
 import json
 import math
@@ -16,10 +17,24 @@ pytest.importorskip("timm")
 
 RESNET, VIT = "timm/resnet10t", "timm/vit_tiny_patch16_224"
 # 16 training images in batches of 8: two steps make an epoch, then its evaluation (kNN, probe, RankMe).
-TINY = ["data.dataset=synthetic", "data.train_limit=16", "optim.batch_size=8", "optim.warmup_epochs=1",
-        "train.epochs=1", "train.device=cpu", "train.threads=2", "train.progress=false", "train.log_every=1",
-        "eval.final=false", "eval.knn_k=5", "eval.diag_samples=16", "augment.view1.crop_size=16",
-        "augment.view2.crop_size=16", "name=run", "method.projector=[32,32]"]
+TINY = [
+    "data.dataset=synthetic",
+    "data.train_limit=16",
+    "optim.batch_size=8",
+    "optim.warmup_epochs=1",
+    "train.epochs=1",
+    "train.device=cpu",
+    "train.threads=2",
+    "train.progress=false",
+    "train.log_every=1",
+    "eval.final=false",
+    "eval.knn_k=5",
+    "eval.diag_samples=16",
+    "augment.view1.crop_size=16",
+    "augment.view2.crop_size=16",
+    "name=run",
+    "method.projector=[32,32]",
+]
 
 
 def test_feature_size_and_small_image_arguments():
@@ -43,8 +58,16 @@ def test_feature_size_and_small_image_arguments():
 @pytest.mark.parametrize("method", ["vicreg", "barlow_twins"])
 def test_trains_and_exports(tmp_path, backbone, method):
     torch.manual_seed(0)
-    cfg = load_config(None, [f"train.out_dir={tmp_path}", f"model.backbone={backbone}", f"method.name={method}",
-                             "method.projector=[32,32]", *TINY])
+    cfg = load_config(
+        None,
+        [
+            f"train.out_dir={tmp_path}",
+            f"model.backbone={backbone}",
+            f"method.name={method}",
+            "method.projector=[32,32]",
+            *TINY,
+        ],
+    )
     trainer = Trainer(cfg)
     before = copy.deepcopy(trainer.method.backbone.state_dict())
     summary = trainer.fit()

@@ -25,17 +25,30 @@ def test_config_matrix_complete():
     assert "demo_fashion_mnist" in names
 
 
-@pytest.mark.parametrize("override,key", [
-    ("optim.lrr=0.1", "optim.lrr"), ("optim.lr=fast", "optim.lr"), ("optim.lr=-1", "optim.lr"),
-    ("optim.name=rmsprop", "optim.name"), ("bogus=1", "bogus"), ("method.lambd=0.1", "method.lambd"),
-    ("augment.view1.solarize_prob=1.5", "augment.view1.solarize_prob"), ("train.amp=maybe", "train.amp"),
-    ("method.name=no_such_method", "method.name"), ("optim.batch_size=0", "optim.batch_size"),
-    ("data.dataset=mnist", "data.dataset"), ("method.projector=[0,4]", "method.projector"),
-    ("optim.warmup_epochs=5000", "optim.warmup_epochs"), ("optim.batch_size=2.5", "optim.batch_size"),
-    ("train.on_nonfinite=ignore", "train.on_nonfinite"), ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps"),
-    ("train.checkpoint_every_steps=1.5", "train.checkpoint_every_steps"),
-    ("train.max_consecutive_skips=0", "train.max_consecutive_skips"), ("train.checkpoint_every=0", "train.checkpoint_every"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optim.lrr=0.1", "optim.lrr"),
+        ("optim.lr=fast", "optim.lr"),
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.name=rmsprop", "optim.name"),
+        ("bogus=1", "bogus"),
+        ("method.lambd=0.1", "method.lambd"),
+        ("augment.view1.solarize_prob=1.5", "augment.view1.solarize_prob"),
+        ("train.amp=maybe", "train.amp"),
+        ("method.name=no_such_method", "method.name"),
+        ("optim.batch_size=0", "optim.batch_size"),
+        ("data.dataset=mnist", "data.dataset"),
+        ("method.projector=[0,4]", "method.projector"),
+        ("optim.warmup_epochs=5000", "optim.warmup_epochs"),
+        ("optim.batch_size=2.5", "optim.batch_size"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite"),
+        ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps"),
+        ("train.checkpoint_every_steps=1.5", "train.checkpoint_every_steps"),
+        ("train.max_consecutive_skips=0", "train.max_consecutive_skips"),
+        ("train.checkpoint_every=0", "train.checkpoint_every"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sslext import demo
 from sslext.config import load_config
@@ -46,10 +45,33 @@ def _fashion_mnist(root, n_train=64, n_test=32):
 
 def test_demo_compares_float32_with_bf16_channels_last(tmp_path, capsys):
     _fashion_mnist(tmp_path)
-    rc = demo.main(["--compare-precision", "--set", f"data.root={tmp_path}", "--set", f"train.out_dir={tmp_path}",
-                    "--set", "data.train_limit=null", "--set", "train.epochs=1", "--set", "optim.batch_size=32",
-                    "--set", "optim.warmup_epochs=0", "--set", "eval.offline_epochs=2", "--set", "eval.knn_k=5",
-                    "--set", "method.projector=[32,32]", "--set", "train.progress=false", "--set", "train.threads=2"])
+    rc = demo.main(
+        [
+            "--compare-precision",
+            "--set",
+            f"data.root={tmp_path}",
+            "--set",
+            f"train.out_dir={tmp_path}",
+            "--set",
+            "data.train_limit=null",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "optim.batch_size=32",
+            "--set",
+            "optim.warmup_epochs=0",
+            "--set",
+            "eval.offline_epochs=2",
+            "--set",
+            "eval.knn_k=5",
+            "--set",
+            "method.projector=[32,32]",
+            "--set",
+            "train.progress=false",
+            "--set",
+            "train.threads=2",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "float32" in out and "bf16 + channels_last" in out and "training images/s" in out
@@ -67,10 +89,29 @@ def test_demo_stops_on_signal(tmp_path, capsys, monkeypatch):
     # Ctrl-C during the float32 run must end the demo: no bf16 run, no table.
     _fashion_mnist(tmp_path)
     monkeypatch.setenv("SSLEXT_TEST_FAULT", "int:step:1")
-    rc = demo.main(["--compare-precision", "--set", f"data.root={tmp_path}", "--set", f"train.out_dir={tmp_path}",
-                    "--set", "data.train_limit=null", "--set", "train.epochs=2", "--set", "optim.batch_size=32",
-                    "--set", "optim.warmup_epochs=0", "--set", "method.projector=[32,32]",
-                    "--set", "train.progress=false", "--set", "train.threads=2"])
+    rc = demo.main(
+        [
+            "--compare-precision",
+            "--set",
+            f"data.root={tmp_path}",
+            "--set",
+            f"train.out_dir={tmp_path}",
+            "--set",
+            "data.train_limit=null",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "optim.batch_size=32",
+            "--set",
+            "optim.warmup_epochs=0",
+            "--set",
+            "method.projector=[32,32]",
+            "--set",
+            "train.progress=false",
+            "--set",
+            "train.threads=2",
+        ]
+    )
     assert rc == demo.EXIT_INTERRUPTED
     out, err = capsys.readouterr()
     assert "stopped by SIGINT" in err and "float32 run" in err and "linear probe" not in out

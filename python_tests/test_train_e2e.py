@@ -7,17 +7,32 @@ from sslext.config import load_config
 from sslext.methods import METHODS
 from sslext.train import NonFiniteLossError, Trainer, load_checkpoint_file, main, train
 
-TINY = ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=8", "optim.batch_size=32",
-        "optim.warmup_epochs=1", "train.threads=2", "train.progress=false", "eval.offline_epochs=3",
-        "eval.knn_k=20", "eval.diag_samples=64", "train.log_every=1", "augment.view1.crop_size=16",
-        "augment.view2.crop_size=16", "train.device=cpu", "train.amp=false"]
+TINY = [
+    "data.dataset=synthetic",
+    "model.backbone=resnet10",
+    "model.width=8",
+    "optim.batch_size=32",
+    "optim.warmup_epochs=1",
+    "train.threads=2",
+    "train.progress=false",
+    "eval.offline_epochs=3",
+    "eval.knn_k=20",
+    "eval.diag_samples=64",
+    "train.log_every=1",
+    "augment.view1.crop_size=16",
+    "augment.view2.crop_size=16",
+    "train.device=cpu",
+    "train.amp=false",
+]
 
 
 # Pretext-task methods (no projector) at crop 16: a 3x3 jigsaw of 4 px tiles
 # in 5 px cells, a 3x3 CPC grid of 8 px patches (so at most 2 steps ahead).
-PRETEXT_TINY = {"rotnet": ["method.head=[32]"],
-                "jigsaw": ["method.tile_dim=8", "method.hidden=[32]", "method.num_permutations=10"],
-                "cpc": ["method.steps=2", "method.context_dim=16", "method.context_layers=1"]}
+PRETEXT_TINY = {
+    "rotnet": ["method.head=[32]"],
+    "jigsaw": ["method.tile_dim=8", "method.hidden=[32]", "method.num_permutations=10"],
+    "cpc": ["method.steps=2", "method.context_dim=16", "method.context_layers=1"],
+}
 
 # Tiny heads per method; methods not listed take a 32-32 projector.
 TINY_HEADS = {
@@ -33,13 +48,15 @@ TINY_HEADS = {
 
 def tiny_cfg(tmp_path, method="vicreg", *extra):
     head = TINY_HEADS.get(method, ["method.projector=[32,32]"])
-    return load_config(None, [f"method.name={method}", *head, f"train.out_dir={tmp_path}", "name=run",
-                              "train.epochs=2", *TINY, *extra])
+    return load_config(
+        None, [f"method.name={method}", *head, f"train.out_dir={tmp_path}", "name=run", "train.epochs=2", *TINY, *extra]
+    )
 
 
 def _losses(run_dir):
-    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if r["kind"] == "step"]
+    return [
+        r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"
+    ]
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -50,8 +67,15 @@ def test_end_to_end_each_method(tmp_path, method):
     assert summary["finished"] and summary["global_step"] == 16
     losses = _losses(run)
     assert len(losses) == 16 and all(map(lambda v: v == v, losses))
-    for f in ("last.pt", "metrics.csv", "report.md", "plot_loss.png", "plot_accuracy.png", "final_eval.json",
-              "config.yaml"):
+    for f in (
+        "last.pt",
+        "metrics.csv",
+        "report.md",
+        "plot_loss.png",
+        "plot_accuracy.png",
+        "final_eval.json",
+        "config.yaml",
+    ):
         assert (run / f).exists(), f
     fe = summary["final_eval"]
     for k in ("linear_acc", "linear_acc_10pct", "knn_acc", "backbone_rankme"):
@@ -85,8 +109,11 @@ def test_resume_is_exact(tmp_path):
     assert _losses(ref_dir / "run") == _losses(cut_dir / "run")
 
     def epoch_losses(d):
-        return [(r["epoch"], r["loss"], r.get("knn_acc")) for r in
-                map(json.loads, (d / "run" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+        return [
+            (r["epoch"], r["loss"], r.get("knn_acc"))
+            for r in map(json.loads, (d / "run" / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "epoch"
+        ]
 
     assert epoch_losses(ref_dir) == epoch_losses(cut_dir) and len(epoch_losses(ref_dir)) == 3
     a = load_checkpoint_file(ref_dir / "run" / "last.pt")
@@ -145,8 +172,14 @@ def test_eval_checkpoint_cli(tmp_path, capsys):
 
 def test_python_m_sslext_train_main(tmp_path, capsys):
     args = []
-    for o in ["method.projector=[32,32]", f"train.out_dir={tmp_path}", "name=cli", "train.epochs=1",
-              "eval.final=false", *TINY]:
+    for o in [
+        "method.projector=[32,32]",
+        f"train.out_dir={tmp_path}",
+        "name=cli",
+        "train.epochs=1",
+        "eval.final=false",
+        *TINY,
+    ]:
         args += ["--set", o]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)

@@ -1,6 +1,7 @@
 """The step's optional paths, on the CPU: train.compile against eager, the
 GradScaler path (fp16 on GPUs without native bf16), the pinned batch staging
 and the augmentation's one non-blocking parameter copy."""
+
 import copy
 import types
 
@@ -13,10 +14,22 @@ from sslext.train import Trainer
 from sslext.training.dispatch_count import DispatchCounter
 from sslext.training.step import BatchStager, autocast_settings, make_scaler
 
-SMALL = ["data.dataset=synthetic", "model.backbone=resnet10", "model.width=8", "optim.batch_size=16",
-         "train.device=cpu", "train.amp=false", "train.threads=2", "train.progress=false", "train.log_every=1",
-         "augment.view1.crop_size=16", "augment.view2.crop_size=16", "method.projector=[32,32]",
-         "eval.final=false", "name=run"]
+SMALL = [
+    "data.dataset=synthetic",
+    "model.backbone=resnet10",
+    "model.width=8",
+    "optim.batch_size=16",
+    "train.device=cpu",
+    "train.amp=false",
+    "train.threads=2",
+    "train.progress=false",
+    "train.log_every=1",
+    "augment.view1.crop_size=16",
+    "augment.view2.crop_size=16",
+    "method.projector=[32,32]",
+    "eval.final=false",
+    "name=run",
+]
 
 
 def _trainer(out, *extra):
@@ -36,8 +49,7 @@ def test_compiled_method_gives_eager_loss_and_gradients():
     base = build_method("vicreg", build_backbone("resnet10", True, 8), projector=[32, 32])
     base = base.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
-    views = [torch.randn(16, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
-             for _ in range(2)]
+    views = [torch.randn(16, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2)]
     out = {}
     for name in ("eager", "compiled"):
         m = copy.deepcopy(base)
@@ -76,8 +88,9 @@ def test_compiled_trainer_trains_like_eager(tmp_path):
 
 
 def test_precision_with_a_scaler_gives_fp16_autocast_and_a_gradscaler():
-    fake = types.SimpleNamespace(precision=types.SimpleNamespace(dtype=torch.float16, scaler=True),
-                                 device=torch.device("cpu"), amp=False)
+    fake = types.SimpleNamespace(
+        precision=types.SimpleNamespace(dtype=torch.float16, scaler=True), device=torch.device("cpu"), amp=False
+    )
     assert autocast_settings(fake) == (True, torch.float16)
     assert isinstance(make_scaler(fake), torch.amp.GradScaler)
     plain = types.SimpleNamespace(amp=True, device=torch.device("cpu"))
@@ -88,10 +101,10 @@ def test_scaler_overflow_skips_the_update_without_counting_as_divergence(tmp_pat
     tr = _trainer(tmp_path / "s")
     # A scale that overflows float32 gradients: the scaler must skip the
     # update and halve the scale; the non-finite policy (stop) must not fire.
-    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 126)
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126)
     weights = {n: p.detach().clone() for n, p in tr.method.named_parameters()}
     tr.train_step(tr._epoch_order())
-    assert tr.scaler.get_scale() == 2.0 ** 125
+    assert tr.scaler.get_scale() == 2.0**125
     for n, p in tr.method.named_parameters():
         assert torch.equal(p, weights[n]), n
     acc = tr.acc
@@ -101,7 +114,7 @@ def test_scaler_overflow_skips_the_update_without_counting_as_divergence(tmp_pat
 def test_scaled_step_equals_the_unscaled_step(tmp_path):
     """A power-of-two scale is exact in float32: scale, backward, unscale give the same gradients."""
     plain, scaled = _trainer(tmp_path / "p"), _trainer(tmp_path / "q")
-    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     perm = plain._epoch_order()
     for _ in range(2):
         plain.train_step(perm)
@@ -125,8 +138,9 @@ def test_batch_stager_gives_the_dataset_rows():
 def test_augmentation_parameters_reach_another_device_in_one_non_blocking_copy():
     """On a device other than the host (meta stands in for CUDA here), a view's
     random parameters cross in one copy that does not block."""
-    aug = TwoViewAugment([{"crop_size": 8, "blur_prob": 0.5, "solarize_prob": 0.2}, {"crop_size": 8}],
-                         (0.5,) * 3, (0.25,) * 3, seed=0)
+    aug = TwoViewAugment(
+        [{"crop_size": 8, "blur_prob": 0.5, "solarize_prob": 0.2}, {"crop_size": 8}], (0.5,) * 3, (0.25,) * 3, seed=0
+    )
     x = torch.randint(0, 256, (4, 3, 10, 10), dtype=torch.uint8).to("meta")
     aug(x)  # caches the normalisation constants on the device
     with _CrossDeviceCopies() as c:

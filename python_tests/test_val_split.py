@@ -1,4 +1,5 @@
 """eval.split=val: tuning evaluates on held-out training images, never on test."""
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,9 @@ def test_val_split_is_stratified_disjoint_and_independent_of_the_run_seed(tmp_pa
     ev = {"val_fraction": 0.25, "val_seed": 0}
     again = _hold_out_val(train_ds, ev)[1]
     assert torch.equal(again.images, val_ds.images)
-    assert not torch.equal(_hold_out_val(train_ds, {**ev, "val_seed": 1})[1].labels, val_ds.labels) or \
-        not torch.equal(_hold_out_val(train_ds, {**ev, "val_seed": 1})[1].images, val_ds.images)
+    assert not torch.equal(_hold_out_val(train_ds, {**ev, "val_seed": 1})[1].labels, val_ds.labels) or not torch.equal(
+        _hold_out_val(train_ds, {**ev, "val_seed": 1})[1].images, val_ds.images
+    )
 
 
 def test_default_split_is_test_and_unchanged(tmp_path):
@@ -60,8 +62,12 @@ def test_bad_val_settings_are_named(tmp_path):
     import pytest
 
     from sslext.config import ConfigError
-    for item, key in (("eval.split=train", "eval.split"), ("eval.val_fraction=0", "eval.val_fraction"),
-                      ("eval.val_fraction=1.5", "eval.val_fraction")):
+
+    for item, key in (
+        ("eval.split=train", "eval.split"),
+        ("eval.val_fraction=0", "eval.val_fraction"),
+        ("eval.val_fraction=1.5", "eval.val_fraction"),
+    ):
         with pytest.raises(ConfigError, match=key):
             _cfg(tmp_path, item)
     with pytest.raises(ConfigError, match="eval.val_fraction"):

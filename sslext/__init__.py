@@ -16,8 +16,12 @@ import json
 
 import torch
 
-from . import _native  # noqa: F401  (registers torch.ops.sslext.*: _C, or _C_emu)
-from . import functional, ops, reference  # noqa: F401
+from . import (  # noqa: F401
+    _native,  # noqa: F401  (registers torch.ops.sslext.*: _C, or _C_emu)
+    functional,
+    ops,
+    reference,
+)
 from .contrastive import BYOLLoss, InfoNCELoss, KeyQueue, NTXentLoss, SimSiamLoss
 from .losses import BarlowTwinsLoss, TiCoLoss, VICRegLoss, VICRegTiCoLoss
 

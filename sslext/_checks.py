@@ -29,25 +29,18 @@ def check_embedding(z, name: str) -> None:
     if z.dim() != 2:
         raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}")
     if z.shape[0] < 2:
-        raise ValueError(
-            f"{name} must have at least 2 rows (batch statistics need N >= 2), "
-            f"got shape {tuple(z.shape)}"
-        )
+        raise ValueError(f"{name} must have at least 2 rows (batch statistics need N >= 2), got shape {tuple(z.shape)}")
     if z.shape[1] < 1:
         raise ValueError(f"{name} must have at least 1 column, got shape {tuple(z.shape)}")
     if z.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be float16, bfloat16, float32 or float64, got {z.dtype}"
-        )
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {z.dtype}")
 
 
 def check_pair(z_a, z_b) -> None:
     check_embedding(z_a, "z_a")
     check_embedding(z_b, "z_b")
     if z_a.shape != z_b.shape:
-        raise ValueError(
-            f"z_b must have the shape of z_a {tuple(z_a.shape)}, got {tuple(z_b.shape)}"
-        )
+        raise ValueError(f"z_b must have the shape of z_a {tuple(z_a.shape)}, got {tuple(z_b.shape)}")
     if z_a.device != z_b.device:
         raise ValueError(f"z_b must be on the device of z_a ({z_a.device}), got {z_b.device}")
     if z_a.dtype != z_b.dtype:
@@ -59,10 +52,7 @@ def check_running_cov(c, z, name: str = "c") -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(c).__name__}")
     d = z.shape[1]
     if c.dim() != 2 or c.shape[0] != d or c.shape[1] != d:
-        raise ValueError(
-            f"{name} must have shape ({d}, {d}) to match the embedding dim, "
-            f"got {tuple(c.shape)}"
-        )
+        raise ValueError(f"{name} must have shape ({d}, {d}) to match the embedding dim, got {tuple(c.shape)}")
     if c.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} must be float32 or float64, got {c.dtype}")
     if c.device != z.device:

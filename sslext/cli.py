@@ -1,4 +1,5 @@
 """Console entry points ``sslext-train``, ``sslext-eval`` and ``sslext-export``."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,14 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     """
     p = argparse.ArgumentParser(prog="sslext-eval", description="Evaluate a frozen sslext checkpoint.")
     p.add_argument("--checkpoint", required=True, help="path to a checkpoint written by sslext-train (last.pt)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override config values stored in the checkpoint (e.g. data.root=...)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config values stored in the checkpoint (e.g. data.root=...)",
+    )
     p.add_argument("--output", help="JSON file for the results (default: <checkpoint>.eval.json)")
     args = p.parse_args(argv)
     from .config import ConfigError

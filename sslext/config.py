@@ -6,6 +6,7 @@ dotted key, so a typo never silently falls back to a default. The ``method``
 section accepts ``name`` plus the hyper-parameters that method declares
 (``sslext.methods.method_defaults``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,17 @@ import yaml
 
 from .data.augment import ViewAugment
 
-__all__ = ["ConfigError", "DEFAULTS", "load_config", "resolve_config_path", "shipped_configs_dir", "read_yaml_mapping", "apply_override", "validate", "dump_config"]
+__all__ = [
+    "ConfigError",
+    "DEFAULTS",
+    "load_config",
+    "resolve_config_path",
+    "shipped_configs_dir",
+    "read_yaml_mapping",
+    "apply_override",
+    "validate",
+    "dump_config",
+]
 
 
 class ConfigError(ValueError):
@@ -34,28 +45,80 @@ DEFAULTS: Dict[str, Any] = {
     "seed": 0,
     "method": {"name": "vicreg"},
     "model": {"backbone": "resnet18", "cifar_stem": True, "width": 64},
-    "data": {"dataset": "cifar10", "root": None, "download": False, "image_size": 32, "cache_dir": None,
-             "train_limit": None, "test_limit": None, "mean": None, "std": None, "variant": "160px",
-             "on_bad_image": "error"},
+    "data": {
+        "dataset": "cifar10",
+        "root": None,
+        "download": False,
+        "image_size": 32,
+        "cache_dir": None,
+        "train_limit": None,
+        "test_limit": None,
+        "mean": None,
+        "std": None,
+        "variant": "160px",
+        "on_bad_image": "error",
+    },
     "augment": {"view1": dict(_VIEW), "view2": {**_VIEW, "solarize_prob": 0.2}},
-    "optim": {"name": "lars", "batch_size": 256, "lr": 0.3, "weight_decay": 1e-4, "momentum": 0.9, "eta": 0.02,
-              "clip_lr": True, "exclude_bias_norm": True, "warmup_epochs": 10, "warmup_start_factor": 0.0,
-              "final_lr_factor": 0.0},
-    "train": {"epochs": 1000, "max_steps": None, "device": "auto", "amp": "auto", "channels_last": True,
-              "out_dir": "runs", "checkpoint_every": 1, "checkpoint_every_steps": None, "log_every": 20,
-              "progress": True, "threads": None, "on_nonfinite": "stop", "max_consecutive_skips": 10,
-              "loggers": ["jsonl", "csv"], "compile": False},
+    "optim": {
+        "name": "lars",
+        "batch_size": 256,
+        "lr": 0.3,
+        "weight_decay": 1e-4,
+        "momentum": 0.9,
+        "eta": 0.02,
+        "clip_lr": True,
+        "exclude_bias_norm": True,
+        "warmup_epochs": 10,
+        "warmup_start_factor": 0.0,
+        "final_lr_factor": 0.0,
+    },
+    "train": {
+        "epochs": 1000,
+        "max_steps": None,
+        "device": "auto",
+        "amp": "auto",
+        "channels_last": True,
+        "out_dir": "runs",
+        "checkpoint_every": 1,
+        "checkpoint_every_steps": None,
+        "log_every": 20,
+        "progress": True,
+        "threads": None,
+        "on_nonfinite": "stop",
+        "max_consecutive_skips": 10,
+        "loggers": ["jsonl", "csv"],
+        "compile": False,
+    },
     "distributed": {"sync_batchnorm": True, "find_unused_parameters": False},
-    "eval": {"online_probe": True, "probe_lr": 0.1, "every": 1, "knn_k": 200, "knn_t": 0.1,
-             "knn_train_limit": 10000, "diag_samples": 2048, "batch_size": 512, "final": True,
-             "offline_epochs": 100, "offline_lr": 0.01, "label_fraction": 0.1,
-             "split": "test", "val_fraction": 0.1, "val_seed": 0},
+    "eval": {
+        "online_probe": True,
+        "probe_lr": 0.1,
+        "every": 1,
+        "knn_k": 200,
+        "knn_t": 0.1,
+        "knn_train_limit": 10000,
+        "diag_samples": 2048,
+        "batch_size": 512,
+        "final": True,
+        "offline_epochs": 100,
+        "offline_lr": 0.01,
+        "label_fraction": 0.1,
+        "split": "test",
+        "val_fraction": 0.1,
+        "val_seed": 0,
+    },
 }
 
 # Keys whose default is None, with the type they take when set.
 _NULLABLE = {
-    "data.root": str, "data.cache_dir": str, "data.train_limit": int, "data.test_limit": int,
-    "data.mean": list, "data.std": list, "train.max_steps": int, "train.threads": int,
+    "data.root": str,
+    "data.cache_dir": str,
+    "data.train_limit": int,
+    "data.test_limit": int,
+    "data.mean": list,
+    "data.std": list,
+    "train.max_steps": int,
+    "train.threads": int,
     "train.checkpoint_every_steps": int,
     "eval.knn_train_limit": int,
 }
@@ -72,13 +135,39 @@ _CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
     "eval.split": ("test", "val"),
 }
-_POSITIVE = {"optim.batch_size", "optim.lr", "optim.eta", "train.epochs", "train.max_steps", "train.checkpoint_every",
-             "train.checkpoint_every_steps", "train.max_consecutive_skips", "train.log_every", "eval.probe_lr",
-             "eval.every", "eval.knn_k", "eval.knn_t", "eval.diag_samples",
-             "eval.batch_size", "eval.offline_epochs", "eval.offline_lr", "data.image_size", "model.width",
-             "data.train_limit", "data.test_limit", "eval.knn_train_limit", "train.threads"}
-_NONNEG = {"optim.weight_decay", "optim.momentum", "optim.warmup_epochs", "optim.warmup_start_factor",
-           "optim.final_lr_factor", "seed"}
+_POSITIVE = {
+    "optim.batch_size",
+    "optim.lr",
+    "optim.eta",
+    "train.epochs",
+    "train.max_steps",
+    "train.checkpoint_every",
+    "train.checkpoint_every_steps",
+    "train.max_consecutive_skips",
+    "train.log_every",
+    "eval.probe_lr",
+    "eval.every",
+    "eval.knn_k",
+    "eval.knn_t",
+    "eval.diag_samples",
+    "eval.batch_size",
+    "eval.offline_epochs",
+    "eval.offline_lr",
+    "data.image_size",
+    "model.width",
+    "data.train_limit",
+    "data.test_limit",
+    "eval.knn_train_limit",
+    "train.threads",
+}
+_NONNEG = {
+    "optim.weight_decay",
+    "optim.momentum",
+    "optim.warmup_epochs",
+    "optim.warmup_start_factor",
+    "optim.final_lr_factor",
+    "seed",
+}
 
 
 # Every key of DEFAULTS, with one line on what it does: docs/config.md is
@@ -193,12 +282,16 @@ def config_markdown() -> str:
     def cell(v: Any) -> str:
         return "`" + yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...").strip() + "`"
 
-    out = ["# Configuration keys", "",
-           "Generated from `sslext/config.py` and the methods' `DEFAULTS`/`HELP` by",
-           "`python -m sslext.config --markdown > docs/config.md`; `make docs-check` fails when",
-           "this page is stale. A config file is YAML shaped like these dotted keys; `--set KEY=VALUE`",
-           "overrides one (the value parsed as YAML), `--print-config` prints the resolved config.",
-           "Unknown keys, wrong types and out-of-range values are refused with the key named.", ""]
+    out = [
+        "# Configuration keys",
+        "",
+        "Generated from `sslext/config.py` and the methods' `DEFAULTS`/`HELP` by",
+        "`python -m sslext.config --markdown > docs/config.md`; `make docs-check` fails when",
+        "this page is stale. A config file is YAML shaped like these dotted keys; `--set KEY=VALUE`",
+        "overrides one (the value parsed as YAML), `--print-config` prints the resolved config.",
+        "Unknown keys, wrong types and out-of-range values are refused with the key named.",
+        "",
+    ]
     sections: Dict[str, List[tuple]] = {}
     for key, default in _leaf_keys(DEFAULTS):
         if key.startswith("augment.view2."):
@@ -208,16 +301,24 @@ def config_markdown() -> str:
     for sec, rows in sections.items():
         out += [f"## `{sec}`" if sec != "run" else "## Top level", ""]
         if sec == "augment":
-            out += ["`VIEW` is `view1` or `view2` (single-view methods use `view1` only). Defaults: "
-                    f"view1 as listed, view2 the same except solarize_prob "
-                    f"{DEFAULTS['augment']['view2']['solarize_prob']}.", ""]
+            out += [
+                "`VIEW` is `view1` or `view2` (single-view methods use `view1` only). Defaults: "
+                f"view1 as listed, view2 the same except solarize_prob "
+                f"{DEFAULTS['augment']['view2']['solarize_prob']}.",
+                "",
+            ]
         out += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for key, default in rows:
             real = key.replace("VIEW", "view1")
             out.append(f"| `{key}` | {_type_name(real, default)} | {cell(default)} | {meaning(real)} |")
         out.append("")
-    out += ["## `method`", "", "`method.name` picks the method; the other keys are that method's own "
-            "(setting `method.name` starts its section from these defaults).", ""]
+    out += [
+        "## `method`",
+        "",
+        "`method.name` picks the method; the other keys are that method's own "
+        "(setting `method.name` starts its section from these defaults).",
+        "",
+    ]
     for name in sorted(METHODS):
         cls = METHODS[name]
         out += [f"### `method.name: {name}`", "", "| key | default | meaning |", "|---|---|---|"]
@@ -357,8 +458,10 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
             raise ConfigError(f"data.{k}: expected a list of 3 numbers, got {v!r}")
     _check_loggers(cfg["train"]["loggers"])
     if cfg["optim"]["warmup_epochs"] > cfg["train"]["epochs"]:
-        raise ConfigError(f"optim.warmup_epochs: expected <= train.epochs ({cfg['train']['epochs']}), "
-                          f"got {cfg['optim']['warmup_epochs']}")
+        raise ConfigError(
+            f"optim.warmup_epochs: expected <= train.epochs ({cfg['train']['epochs']}), "
+            f"got {cfg['optim']['warmup_epochs']}"
+        )
     for k in ("label_fraction", "val_fraction"):
         if not 0 < cfg["eval"][k] <= 1:
             raise ConfigError(f"eval.{k}: expected in (0, 1], got {cfg['eval'][k]}")
@@ -368,20 +471,32 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
         sec, name = k.split(".")
         if name in cfg[sec]:
             v = cfg[sec][name]
-            if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+            if (
+                not isinstance(v, list)
+                or not v
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+            ):
                 raise ConfigError(f"{k}: expected a non-empty list of positive ints, got {v!r}")
     return cfg
 
 
 def _check_loggers(v: Any) -> None:
     # metrics.jsonl is the run's own record: resume and the report read it.
-    if not (isinstance(v, list) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v)
-            and "jsonl" in v and set(v) <= {"jsonl", "csv", "tensorboard"}):
-        raise ConfigError(f"train.loggers: expected a list holding 'jsonl' and any of 'csv', 'tensorboard', "
-                          f"each once, got {v!r}")
+    if not (
+        isinstance(v, list)
+        and all(isinstance(x, str) for x in v)
+        and len(set(v)) == len(v)
+        and "jsonl" in v
+        and set(v) <= {"jsonl", "csv", "tensorboard"}
+    ):
+        raise ConfigError(
+            f"train.loggers: expected a list holding 'jsonl' and any of 'csv', 'tensorboard', each once, got {v!r}"
+        )
     if "tensorboard" in v and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("train.loggers: 'tensorboard' needs the tensorboard package: "
-                          "pip install 'sslext[tensorboard]' (or pip install tensorboard)")
+        raise ConfigError(
+            "train.loggers: 'tensorboard' needs the tensorboard package: "
+            "pip install 'sslext[tensorboard]' (or pip install tensorboard)"
+        )
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> Dict[str, Any]:

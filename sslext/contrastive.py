@@ -11,6 +11,7 @@ scalar, and keeps detached diagnostics of its last call in ``last_terms``.
 Inputs are ``(N, D)`` floating tensors; rows are L2-normalised inside the
 loss, so raw projector/predictor outputs can be passed.
 """
+
 from __future__ import annotations
 
 import math
@@ -217,8 +218,10 @@ class KeyQueue(nn.Module):
             raise ValueError(f"k must have {self.dim} columns (the queue's dim), got shape {tuple(k.shape)}")
         b = k.shape[0]
         if b > self.size:
-            raise ValueError(f"k: cannot enqueue {b} keys into a queue of size {self.size}; "
-                             f"the queue size must be >= the keys enqueued per step")
+            raise ValueError(
+                f"k: cannot enqueue {b} keys into a queue of size {self.size}; "
+                f"the queue size must be >= the keys enqueued per step"
+            )
         # Indices computed on the device: no host sync to read the pointer.
         idx = (self.ptr + torch.arange(b, device=self.ptr.device)) % self.size
         self.keys.index_copy_(0, idx.to(self.keys.device), k.detach().to(self.keys.dtype))

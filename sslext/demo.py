@@ -12,6 +12,7 @@ writes the run directory (metrics, checkpoint, report.md with plots) under
 ``runs/``; running the demo again moves the previous demo run aside
 (``runs/<name>.old-<time>``) rather than refusing or deleting it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,22 +41,42 @@ DEMO_CONFIG = shipped_configs_dir() / "demo_fashion_mnist.yaml"
 DEMO_METHODS: Dict[str, List[str]] = {
     "vicreg": [],
     "simclr": ["method.projector=[512,128]", "method.temperature=0.2"],
-    "mocov2": ["method.projector=[512,128]", "method.queue_size=4096", "method.temperature=0.2",
-               "method.momentum=0.99", "method.final_momentum=0.999"],
-    "byol": ["method.projector=[512,128]", "method.predictor_hidden=512", "method.momentum=0.99",
-             "method.final_momentum=1.0"],
+    "mocov2": [
+        "method.projector=[512,128]",
+        "method.queue_size=4096",
+        "method.temperature=0.2",
+        "method.momentum=0.99",
+        "method.final_momentum=0.999",
+    ],
+    "byol": [
+        "method.projector=[512,128]",
+        "method.predictor_hidden=512",
+        "method.momentum=0.99",
+        "method.final_momentum=1.0",
+    ],
     # SimSiam keeps its recipe's optimiser (SGD lr 0.5, solo-learn): with the
     # shared LARS 0.3 it did not beat random init in the 46-step budget
     # (benchmarks/results/cpu/methods_demo.md).
-    "simsiam": ["method.projector=[512,512,512]", "method.predictor_hidden=128", "optim.name=sgd",
-                "optim.lr=0.5", "optim.weight_decay=1.0e-5", "optim.exclude_bias_norm=false"],
+    "simsiam": [
+        "method.projector=[512,512,512]",
+        "method.predictor_hidden=128",
+        "optim.name=sgd",
+        "optim.lr=0.5",
+        "optim.weight_decay=1.0e-5",
+        "optim.exclude_bias_norm=false",
+    ],
     # Pretext methods: the settings of their measured demo rows (methods_demo.md):
     # batch 128 without warmup; Jigsaw on a 2x2 grid (the 3x3 default's 7 px
     # tiles did not beat random init at 28 px); CPC with its recipe's AdamW.
     "rotnet": ["optim.batch_size=128", "optim.warmup_epochs=0"],
     "jigsaw": ["method.grid=2", "method.num_permutations=24", "optim.batch_size=128", "optim.warmup_epochs=0"],
-    "cpc": ["optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.0001", "optim.batch_size=128",
-            "optim.warmup_epochs=0"],
+    "cpc": [
+        "optim.name=adamw",
+        "optim.lr=0.001",
+        "optim.weight_decay=0.0001",
+        "optim.batch_size=128",
+        "optim.warmup_epochs=0",
+    ],
 }
 
 
@@ -99,22 +120,32 @@ def find_fashion_mnist(root: Optional[str], data_dir: str, download: bool = True
         f"Fashion-MNIST is not here and {why}. Either\n"
         "  - let the demo download it (needs the network; about 30 MB into --data-dir), or\n"
         "  - install Debian's package (needs root): apt-get update && apt-get install -y dataset-fashion-mnist, or\n"
-        "  - pass --set data.root=DIR, a folder with the four IDX files (train-/t10k-images/labels).")
+        "  - pass --set data.root=DIR, a folder with the four IDX files (train-/t10k-images/labels)."
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sslext.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: %(default)s)")
-    p.add_argument("--method", default=None,
-                   help="train this registered method with demo-sized heads (default: the config's, VICReg)")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="train this registered method with demo-sized heads (default: the config's, VICReg)",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--data-dir", default="data",
-                   help="where Fashion-MNIST is looked for and downloaded to when data.root is not set "
-                        "and Debian's package is not installed (default: %(default)s)")
+    p.add_argument(
+        "--data-dir",
+        default="data",
+        help="where Fashion-MNIST is looked for and downloaded to when data.root is not set "
+        "and Debian's package is not installed (default: %(default)s)",
+    )
     p.add_argument("--no-download", action="store_true", help="never download Fashion-MNIST")
-    p.add_argument("--compare-precision", action="store_true",
-                   help="train twice with the same seed, float32 and then bf16 autocast + channels_last "
-                        "(train.amp=bf16), and print both (make demo does)")
+    p.add_argument(
+        "--compare-precision",
+        action="store_true",
+        help="train twice with the same seed, float32 and then bf16 autocast + channels_last "
+        "(train.amp=bf16), and print both (make demo does)",
+    )
     args = p.parse_args(argv)
 
     from .config import ConfigError, apply_override, load_config
@@ -146,8 +177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     t0 = time.time()
     if args.compare_precision:
-        variants = [("float32", ["train.amp=false", "train.channels_last=false"], "_fp32"),
-                    ("bf16 + channels_last", ["train.amp=bf16", "train.channels_last=true"], "_bf16")]
+        variants = [
+            ("float32", ["train.amp=false", "train.channels_last=false"], "_fp32"),
+            ("bf16 + channels_last", ["train.amp=bf16", "train.channels_last=true"], "_bf16"),
+        ]
     else:
         variants = [("SSL", [], "")]
     runs = []
@@ -165,9 +198,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if summary.get("interrupted"):
             # Ctrl-C means stop: training the next variant and evaluating a
             # half-trained backbone would print a table that is not the demo's.
-            print(f"demo: stopped by {summary['interrupted']} at step {summary['global_step']} of the "
-                  f"{label} run; its checkpoint is in {summary['run_dir']}; run the demo again to start over",
-                  file=sys.stderr)
+            print(
+                f"demo: stopped by {summary['interrupted']} at step {summary['global_step']} of the "
+                f"{label} run; its checkpoint is in {summary['run_dir']}; run the demo again to start over",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         epochs = [r for r in read_metrics(summary["run_dir"]) if r.get("kind") == "epoch"]
         ips = sum(r["images_per_second"] for r in epochs) / max(len(epochs), 1)
@@ -181,35 +216,69 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rand_backbone = build_backbone(m["backbone"], m["cifar_stem"], m["width"])
     ev = cfg["eval"]
     t1 = time.time()
-    rnd = evaluate_backbone(rand_backbone, trainer.train_ds, trainer.test_ds, device=trainer.device, crop_size=trainer.crop_size,
-                            mean=trainer.mean, std=trainer.std, batch_size=ev["batch_size"],
-                            probe_epochs=ev["offline_epochs"], probe_lr=ev["offline_lr"],
-                            label_fraction=ev["label_fraction"], knn_k=ev["knn_k"], knn_t=ev["knn_t"],
-                            seed=cfg["seed"], progress=cfg["train"]["progress"])
+    rnd = evaluate_backbone(
+        rand_backbone,
+        trainer.train_ds,
+        trainer.test_ds,
+        device=trainer.device,
+        crop_size=trainer.crop_size,
+        mean=trainer.mean,
+        std=trainer.std,
+        batch_size=ev["batch_size"],
+        probe_epochs=ev["offline_epochs"],
+        probe_lr=ev["offline_lr"],
+        label_fraction=ev["label_fraction"],
+        knn_k=ev["knn_k"],
+        knn_t=ev["knn_t"],
+        seed=cfg["seed"],
+        progress=cfg["train"]["progress"],
+    )
     total = time.time() - t0
     pct = int(round(ev["label_fraction"] * 100))
-    rows = [("linear probe, 100% labels (%)", "linear_acc"), (f"linear probe, {pct}% labels (%)",
-                                                               f"linear_acc_{pct}pct"),
-            (f"kNN k={ev['knn_k']} T={ev['knn_t']} (%)", "knn_acc"), ("backbone RankMe", "backbone_rankme")]
+    rows = [
+        ("linear probe, 100% labels (%)", "linear_acc"),
+        (f"linear probe, {pct}% labels (%)", f"linear_acc_{pct}pct"),
+        (f"kNN k={ev['knn_k']} T={ev['knn_t']} (%)", "knn_acc"),
+        ("backbone RankMe", "backbone_rankme"),
+    ]
     w = max(8, *(len(r[0]) for r in runs))
     print()
-    print(f"Fashion-MNIST test accuracy, {m['backbone']} (width {m['width']}) features, "
-          f"{cfg['method']['name']} {cfg['train']['epochs']} epochs on {len(trainer.train_ds)} images")
+    print(
+        f"Fashion-MNIST test accuracy, {m['backbone']} (width {m['width']}) features, "
+        f"{cfg['method']['name']} {cfg['train']['epochs']} epochs on {len(trainer.train_ds)} images"
+    )
     print(f"| {'metric':<32} | " + " | ".join(f"{r[0]:>{w}}" for r in runs) + f" | {'random init':>11} |")
     print(f"|{'-' * 34}|" + "|".join("-" * (w + 2) for _ in runs) + f"|{'-' * 13}|")
     for label, key in rows:
-        print(f"| {label:<32} | " + " | ".join(f"{r[2]['final_eval'][key]:>{w}.2f}" for r in runs)
-              + f" | {rnd[key]:11.2f} |")
+        print(
+            f"| {label:<32} | "
+            + " | ".join(f"{r[2]['final_eval'][key]:>{w}.2f}" for r in runs)
+            + f" | {rnd[key]:11.2f} |"
+        )
     print(f"| {'training images/s':<32} | " + " | ".join(f"{r[4]:>{w}.0f}" for r in runs) + f" | {'-':>11} |")
     for label, tr, summary, secs, _ in runs:
-        print(f"{label}: pretraining + SSL eval {secs:.0f} s (autocast {tr.precision.name if tr.precision.dtype else 'off'}), "
-              f"run dir: {summary['run_dir']}"
-              + (f" (previous run moved to {summary['moved_aside']})" if summary.get("moved_aside") else ""))
+        print(
+            f"{label}: pretraining + SSL eval {secs:.0f} s (autocast {tr.precision.name if tr.precision.dtype else 'off'}), "
+            f"run dir: {summary['run_dir']}"
+            + (f" (previous run moved to {summary['moved_aside']})" if summary.get("moved_aside") else "")
+        )
     print(f"random-init eval: {time.time() - t1:.0f} s, total {total:.0f} s")
-    result = {"random_init": rnd, "train_seconds": t_train, "total_seconds": total,
-              "runs": {label: {"ssl": summary["final_eval"], "train_seconds": secs, "images_per_second": ips,
-                               "amp": tr.precision.dtype is not None, "precision": tr.precision.name, "run_dir": summary["run_dir"]}
-                       for label, tr, summary, secs, ips in runs}}
+    result = {
+        "random_init": rnd,
+        "train_seconds": t_train,
+        "total_seconds": total,
+        "runs": {
+            label: {
+                "ssl": summary["final_eval"],
+                "train_seconds": secs,
+                "images_per_second": ips,
+                "amp": tr.precision.dtype is not None,
+                "precision": tr.precision.name,
+                "run_dir": summary["run_dir"],
+            }
+            for label, tr, summary, secs, ips in runs
+        },
+    }
     if not args.compare_precision:
         result["ssl"] = runs[0][2]["final_eval"]
     Path(runs[0][2]["run_dir"], "demo_result.json").write_text(json.dumps(result, indent=2))

@@ -15,6 +15,7 @@ on the concatenated batch. A backward that only slices (no all-reduce) yields
 ``dL/dtheta / W`` after DDP's averaging: the ``1/world_size`` bug that
 several SSL libraries shipped (e.g. lightly's BarlowTwinsLoss, issue #1977).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -25,10 +26,22 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["init_distributed", "cleanup_distributed", "get_rank", "get_world_size", "is_main_process", "barrier",
-           "is_distributed", "check_same_shape", "gather_with_grad",
-           "all_reduce_with_grad", "all_gather_tensors", "SyncBatchNorm",
-           "convert_sync_batchnorm", "wrap_ddp"]
+__all__ = [
+    "init_distributed",
+    "cleanup_distributed",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "barrier",
+    "is_distributed",
+    "check_same_shape",
+    "gather_with_grad",
+    "all_reduce_with_grad",
+    "all_gather_tensors",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "wrap_ddp",
+]
 
 # True when init_distributed() created the process group (so it may destroy it).
 _CREATED_GROUP = False
@@ -118,15 +131,17 @@ def check_same_shape(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: at most {_MAX_SHAPE_DIMS} dims, got shape {tuple(x.shape)}")
     mine = torch.full((_MAX_SHAPE_DIMS + 1,), -1, dtype=torch.int64)
     mine[0] = x.dim()
-    mine[1:1 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64)
+    mine[1 : 1 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64)
     mine = mine.to(_comm_device())
     parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, mine)
-    shapes = [tuple(p[1:1 + int(p[0])].tolist()) for p in (q.cpu() for q in parts)]
+    shapes = [tuple(p[1 : 1 + int(p[0])].tolist()) for p in (q.cpu() for q in parts)]
     if len(set(shapes)) > 1:
         per_rank = ", ".join(f"rank {r}: {s}" for r, s in enumerate(shapes))
-        raise ValueError(f"{what}: every rank must pass the same shape (equal batch sizes: drop the last "
-                         f"incomplete batch, e.g. DataLoader(drop_last=True)); got {per_rank}")
+        raise ValueError(
+            f"{what}: every rank must pass the same shape (equal batch sizes: drop the last "
+            f"incomplete batch, e.g. DataLoader(drop_last=True)); got {per_rank}"
+        )
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -146,7 +161,7 @@ class _GatherWithGrad(torch.autograd.Function):
         # Every rank holds the gradient of its own loss with respect to the
         # whole gathered batch; the sum over ranks is the gradient of
         # sum_r L_r (see the module docstring for why SUM and not AVG).
-        return _sum_over_ranks(grad)[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return _sum_over_ranks(grad)[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def gather_with_grad(x: torch.Tensor, check_shape: bool = True) -> torch.Tensor:
@@ -264,8 +279,7 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 def _convert_cpu(module: nn.Module) -> nn.Module:
     out: Any = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
-        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
+        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         if module.affine:
             out.weight = module.weight
             out.bias = module.bias
@@ -293,6 +307,5 @@ def wrap_ddp(module: nn.Module, device: torch.device, find_unused_parameters: bo
 
     params = inspect.signature(DDP.__init__).parameters
     kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
-    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else None
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DDP(module, device_ids=ids, find_unused_parameters=find_unused_parameters, **kw)

@@ -6,6 +6,7 @@ are standardised with statistics of the (labelled) training features. The
 offline evaluation of a saved run, which rebuilds its model, is
 :func:`sslext.training.evaluate_checkpoint` (``sslext-eval``).
 """
+
 from __future__ import annotations
 
 import math
@@ -16,28 +17,46 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["extract_features", "linear_probe", "knn_accuracy", "rankme", "singular_spectrum",
-           "collapse_diagnostics", "stratified_subset", "evaluate_backbone"]
+__all__ = [
+    "extract_features",
+    "linear_probe",
+    "knn_accuracy",
+    "rankme",
+    "singular_spectrum",
+    "collapse_diagnostics",
+    "stratified_subset",
+    "evaluate_backbone",
+]
 
 
 def _check_feats(name: str, x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
-        raise ValueError(f"{name}: expected a float tensor (N, D), got "
-                         f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        raise ValueError(
+            f"{name}: expected a float tensor (N, D), got "
+            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+        )
 
 
 def _check_labels(name: str, y: torch.Tensor, n: int) -> None:
     if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.shape[0] != n or y.is_floating_point():
-        raise ValueError(f"{name}: expected an integer tensor of shape ({n},), got "
-                         f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
+        raise ValueError(
+            f"{name}: expected an integer tensor of shape ({n},), got "
+            f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}"
+        )
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                     device: str | torch.device = "cpu", crop_size: Optional[int] = None,
-                     mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-                     projector: Optional[nn.Module] = None, progress: bool = False,
-                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def extract_features(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    crop_size: Optional[int] = None,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+    projector: Optional[nn.Module] = None,
+    progress: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Features of uint8 ``images`` (N, 3, H, W) in eval mode (float32, on CPU).
 
     Returns ``(features, embeddings)``; embeddings are ``projector(features)``
@@ -58,10 +77,11 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
     rng = range(0, images.shape[0], batch_size)
     if progress:
         from tqdm import tqdm
+
         rng = tqdm(rng, desc="features", leave=False)
     try:
         for i in rng:
-            x = prepare_eval(images[i:i + batch_size].to(device, non_blocking=True), crop_size, mean, std)
+            x = prepare_eval(images[i : i + batch_size].to(device, non_blocking=True), crop_size, mean, std)
             h = encoder(x).float()
             feats.append(h.cpu())
             if projector is not None:
@@ -85,9 +105,18 @@ def stratified_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> t
     return torch.cat(out).sort().values
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 epochs: int = 100, lr: float = 0.01, weight_decay: float = 1e-6, batch_size: int = 1024,
-                 seed: int = 0, num_classes: Optional[int] = None) -> Dict[str, float]:
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int = 100,
+    lr: float = 0.01,
+    weight_decay: float = 1e-6,
+    batch_size: int = 1024,
+    seed: int = 0,
+    num_classes: Optional[int] = None,
+) -> Dict[str, float]:
     """Train a linear classifier on frozen features; return train/test accuracy (%).
 
     Features are standardised with the training statistics (so the random-
@@ -118,7 +147,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g).to(dev)
         for i in range(0, n, batch_size):
-            b = perm[i:i + batch_size]
+            b = perm[i : i + batch_size]
             loss = F.cross_entropy(clf(xtr[b]), train_y[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -131,9 +160,16 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 @torch.no_grad()
-def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 k: int = 200, temperature: float = 0.1, num_classes: Optional[int] = None,
-                 chunk: int = 1024) -> float:
+def knn_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+    num_classes: Optional[int] = None,
+    chunk: int = 1024,
+) -> float:
     """Weighted kNN accuracy (%) with cosine similarity (Wu et al., 2018).
 
     Each of the ``k`` nearest training samples votes for its class with
@@ -155,11 +191,11 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     train_y, test_y = train_y.to(tr.device), test_y.to(tr.device)
     correct = 0
     for i in range(0, test_x.shape[0], chunk):
-        q = F.normalize(test_x[i:i + chunk].float(), dim=1)
+        q = F.normalize(test_x[i : i + chunk].float(), dim=1)
         sim, idx = (q @ tr.T).topk(k, dim=1)
         w = (sim / temperature).exp()
         votes = torch.zeros(q.shape[0], num_classes, device=q.device).scatter_add_(1, train_y[idx], w)
-        correct += (votes.argmax(1) == test_y[i:i + chunk]).sum().item()
+        correct += (votes.argmax(1) == test_y[i : i + chunk]).sum().item()
     return correct / test_x.shape[0] * 100
 
 
@@ -206,10 +242,26 @@ def collapse_diagnostics(z: torch.Tensor, prefix: str = "", dead_rel: float = 1e
     }
 
 
-def evaluate_backbone(encoder: nn.Module, train_ds, test_ds, *, device="cpu", crop_size: int, mean, std,
-                      projector: Optional[nn.Module] = None, batch_size: int = 512, probe_epochs: int = 100,
-                      probe_lr: float = 0.01, label_fraction: float = 0.1, knn_k: int = 200, knn_t: float = 0.1,
-                      seed: int = 0, progress: bool = True, diag_samples: int = 4096) -> Dict[str, float]:
+def evaluate_backbone(
+    encoder: nn.Module,
+    train_ds,
+    test_ds,
+    *,
+    device="cpu",
+    crop_size: int,
+    mean,
+    std,
+    projector: Optional[nn.Module] = None,
+    batch_size: int = 512,
+    probe_epochs: int = 100,
+    probe_lr: float = 0.01,
+    label_fraction: float = 0.1,
+    knn_k: int = 200,
+    knn_t: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+    diag_samples: int = 4096,
+) -> Dict[str, float]:
     """Offline evaluation of a frozen encoder on labelled train/test datasets.
 
     Returns test accuracies of the linear probe (all labels and a stratified
@@ -229,7 +281,8 @@ def evaluate_backbone(encoder: nn.Module, train_ds, test_ds, *, device="cpu", cr
     res["linear_acc"] = linear_probe(xtr, ytr, xte, yte, probe_epochs, probe_lr, seed=seed, num_classes=nc)["test_acc"]
     sub = stratified_subset(ytr, label_fraction, seed)
     res[f"linear_acc_{int(round(label_fraction * 100))}pct"] = linear_probe(
-        xtr[sub], ytr[sub], xte, yte, probe_epochs, probe_lr, seed=seed, num_classes=nc)["test_acc"]
+        xtr[sub], ytr[sub], xte, yte, probe_epochs, probe_lr, seed=seed, num_classes=nc
+    )["test_acc"]
     res["knn_acc"] = knn_accuracy(xtr, ytr, xte, yte, knn_k, knn_t, nc)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(xtr.shape[0], generator=g)[:diag_samples]

@@ -125,9 +125,7 @@ def barlow_twins_loss(
     """
     check_pair(z_a, z_b)
     code = resolve_strategy(strategy, z_a.shape[0], z_a.shape[1])
-    terms = _ops.barlow_twins_loss(
-        z_a, z_b, float(lambd), check_non_negative(eps, "eps"), code
-    )[0]
+    terms = _ops.barlow_twins_loss(z_a, z_b, float(lambd), check_non_negative(eps, "eps"), code)[0]
     return _finish(terms, ("on_diagonal", "off_diagonal"), return_terms)
 
 
@@ -159,8 +157,9 @@ def tico_loss(
     the first ~1 / (1 - beta) calls as ``c`` fills. A NaN or Inf batch enters
     ``c`` here; the modules (:class:`sslext.TiCoLoss`) refuse such an update.
     """
-    terms, _ = _tico(z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite=False,
-                     batch_cov_in_graph=batch_cov_in_graph)
+    terms, _ = _tico(
+        z_a, z_b, c, beta, rho, update, strategy, skip_nonfinite=False, batch_cov_in_graph=batch_cov_in_graph
+    )
     return _finish(terms, TICO_TERMS, return_terms)
 
 
@@ -238,16 +237,42 @@ def vicreg_tico_loss(
 
     Terms: ``invariance``, ``variance``, ``covariance``.
     """
-    terms, _ = _vicreg_tico(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, update, strategy,
-                            variant, skip_nonfinite=False, batch_cov_in_graph=batch_cov_in_graph)
+    terms, _ = _vicreg_tico(
+        z_a,
+        z_b,
+        c,
+        inv_coeff,
+        var_coeff,
+        cov_coeff,
+        beta,
+        eps,
+        update,
+        strategy,
+        variant,
+        skip_nonfinite=False,
+        batch_cov_in_graph=batch_cov_in_graph,
+    )
     return _finish(terms, VICREG_TICO_TERMS, return_terms)
 
 
 VICREG_TICO_TERMS = ("invariance", "variance", "covariance")
 
 
-def _vicreg_tico(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, update, strategy, variant,
-                 skip_nonfinite, batch_cov_in_graph=False):
+def _vicreg_tico(
+    z_a,
+    z_b,
+    c,
+    inv_coeff,
+    var_coeff,
+    cov_coeff,
+    beta,
+    eps,
+    update,
+    strategy,
+    variant,
+    skip_nonfinite,
+    batch_cov_in_graph=False,
+):
     """VICReg-TiCo's terms, and with ``update`` and ``skip_nonfinite`` whether C_new was finite (else None)."""
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")

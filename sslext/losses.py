@@ -71,10 +71,11 @@ class _TermsMixin:
         """
         if self.gather_distributed is False:
             return z_a, z_b
-        if self.gather_distributed and not (torch.distributed.is_available()
-                                            and torch.distributed.is_initialized()):
-            raise RuntimeError("gather_distributed=True: torch.distributed is not initialised "
-                               "(call torch.distributed.init_process_group, or pass gather_distributed=None)")
+        if self.gather_distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError(
+                "gather_distributed=True: torch.distributed is not initialised "
+                "(call torch.distributed.init_process_group, or pass gather_distributed=None)"
+            )
         if not is_distributed():
             return z_a, z_b
         check_pair(z_a, z_b)  # fail on the local inputs, before any collective
@@ -111,14 +112,22 @@ class VICRegLoss(_TermsMixin, nn.Module):
         z_a, z_b = self._gather(z_a, z_b)
         return self._keep(
             F.vicreg_loss(
-                z_a, z_b, self.inv_coeff, self.var_coeff, self.cov_coeff, self.eps,
-                self.strategy, return_terms=True,
+                z_a,
+                z_b,
+                self.inv_coeff,
+                self.var_coeff,
+                self.cov_coeff,
+                self.eps,
+                self.strategy,
+                return_terms=True,
             )
         )
 
     def extra_repr(self) -> str:
-        return (f"inv_coeff={self.inv_coeff}, var_coeff={self.var_coeff}, "
-                f"cov_coeff={self.cov_coeff}, eps={self.eps}, strategy={self.strategy!r}")
+        return (
+            f"inv_coeff={self.inv_coeff}, var_coeff={self.var_coeff}, "
+            f"cov_coeff={self.cov_coeff}, eps={self.eps}, strategy={self.strategy!r}"
+        )
 
 
 class BarlowTwinsLoss(_TermsMixin, nn.Module):
@@ -128,8 +137,13 @@ class BarlowTwinsLoss(_TermsMixin, nn.Module):
     ``on_diagonal``, ``off_diagonal``.
     """
 
-    def __init__(self, lambd: float = 0.0051, eps: float = 1e-5, strategy: str = "auto",
-                 gather_distributed: Optional[bool] = None):
+    def __init__(
+        self,
+        lambd: float = 0.0051,
+        eps: float = 1e-5,
+        strategy: str = "auto",
+        gather_distributed: Optional[bool] = None,
+    ):
         super().__init__()
         _check_coefficients(self, lambd=lambd, eps=eps)
         self.strategy = _check_strategy(strategy)
@@ -138,9 +152,7 @@ class BarlowTwinsLoss(_TermsMixin, nn.Module):
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         z_a, z_b = self._gather(z_a, z_b)
-        return self._keep(
-            F.barlow_twins_loss(z_a, z_b, self.lambd, self.eps, self.strategy, return_terms=True)
-        )
+        return self._keep(F.barlow_twins_loss(z_a, z_b, self.lambd, self.eps, self.strategy, return_terms=True))
 
     def extra_repr(self) -> str:
         return f"lambd={self.lambd}, eps={self.eps}, strategy={self.strategy!r}"
@@ -184,8 +196,7 @@ class _RunningCovariance(nn.Module):
 
     warn_nonfinite = True
 
-    def __init__(self, dim: Optional[int], update_in_eval: bool, beta: float = 0.9,
-                 bias_correction: bool = False):
+    def __init__(self, dim: Optional[int], update_in_eval: bool, beta: float = 0.9, bias_correction: bool = False):
         super().__init__()
         if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
             raise ValueError(f"dim must be a positive int or None, got {dim!r}")
@@ -193,8 +204,9 @@ class _RunningCovariance(nn.Module):
         self.beta = check_fraction(beta, "beta")
         self.bias_correction = check_flag(bias_correction, "bias_correction")
         if self.bias_correction and self.beta == 1.0:
-            raise ValueError("bias_correction needs beta < 1: with beta = 1, C never leaves its "
-                             "start and 1 - beta^t is 0")
+            raise ValueError(
+                "bias_correction needs beta < 1: with beta = 1, C never leaves its start and 1 - beta^t is 0"
+            )
         self.register_buffer("C", torch.zeros(dim, dim) if dim is not None else torch.empty(0))
         self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.int64), persistent=False)
         if self.bias_correction:
@@ -309,7 +321,8 @@ _UPDATE_RULE = """
 
 
 class TiCoLoss(_TermsMixin, _RunningCovariance):
-    __doc__ = """TiCo (Zhu, Liu, Huang, 2022); ``beta`` = 0.9 and ``rho`` = 8.0 as lightly's defaults.
+    __doc__ = (
+        """TiCo (Zhu, Liu, Huang, 2022); ``beta`` = 0.9 and ``rho`` = 8.0 as lightly's defaults.
 
     ``loss_fn(z_a, z_b, update=None)``: see :func:`sslext.functional.tico_loss`.
     ``last_terms``: ``similarity`` (the mean cosine ``mean <z_a, z_b>`` of the
@@ -323,12 +336,21 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
     contrast (``t`` = updates so far plus this call's; the buffer ``updates``,
     saved in ``state_dict``), as Adam corrects its moments: the contrast then
     has its full weight from the first step instead of filling.
-    """ + _UPDATE_RULE
+    """
+        + _UPDATE_RULE
+    )
 
-    def __init__(self, beta: float = 0.9, rho: float = 8.0, dim: Optional[int] = None,
-                 strategy: str = "auto", gather_distributed: Optional[bool] = None,
-                 update_in_eval: bool = False, batch_cov_in_graph: bool = False,
-                 bias_correction: bool = False):
+    def __init__(
+        self,
+        beta: float = 0.9,
+        rho: float = 8.0,
+        dim: Optional[int] = None,
+        strategy: str = "auto",
+        gather_distributed: Optional[bool] = None,
+        update_in_eval: bool = False,
+        batch_cov_in_graph: bool = False,
+        bias_correction: bool = False,
+    ):
         super().__init__(dim, update_in_eval, beta, bias_correction)
         self.rho = check_real(rho, "rho", minimum=0.0)
         self.batch_cov_in_graph = check_flag(batch_cov_in_graph, "batch_cov_in_graph")
@@ -342,20 +364,32 @@ class TiCoLoss(_TermsMixin, _RunningCovariance):
         # identical on every rank (no buffer broadcast needed).
         z_a, z_b = self._gather(z_a, z_b)
         c = self._covariance_for(z_a)
-        terms, finite = F._tico(z_a, z_b, c, self.beta, self.rho, update, self.strategy, skip_nonfinite=True,
-                                batch_cov_in_graph=self.batch_cov_in_graph)
+        terms, finite = F._tico(
+            z_a,
+            z_b,
+            c,
+            self.beta,
+            self.rho,
+            update,
+            self.strategy,
+            skip_nonfinite=True,
+            batch_cov_in_graph=self.batch_cov_in_graph,
+        )
         self._count_update(finite)
         terms = self._bias_corrected(terms, self.rho, counted=finite is not None)
         return self._keep(F._finish(terms, F.TICO_TERMS, True))
 
     def extra_repr(self) -> str:
-        return (f"beta={self.beta}, rho={self.rho}, dim={self.C.shape[0] if self.C.dim() == 2 else None}, "
-                f"update_in_eval={self.update_in_eval}, batch_cov_in_graph={self.batch_cov_in_graph}, "
-                f"bias_correction={self.bias_correction}")
+        return (
+            f"beta={self.beta}, rho={self.rho}, dim={self.C.shape[0] if self.C.dim() == 2 else None}, "
+            f"update_in_eval={self.update_in_eval}, batch_cov_in_graph={self.batch_cov_in_graph}, "
+            f"bias_correction={self.bias_correction}"
+        )
 
 
 class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
-    __doc__ = """VICReg with its covariance term replaced by TiCo's running-covariance contrast.
+    __doc__ = (
+        """VICReg with its covariance term replaced by TiCo's running-covariance contrast.
 
     The research proposal sslext exists to test. ``variant="symmetric"``
     (default: both branches, /D scaling) or ``"proposal"`` (the proposal's
@@ -365,7 +399,9 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
     as in :class:`TiCoLoss`) is spelled out in
     :func:`sslext.functional.vicreg_tico_loss`. ``last_terms``: ``invariance``,
     ``variance``, ``covariance`` (before their coefficients).
-    """ + _UPDATE_RULE
+    """
+        + _UPDATE_RULE
+    )
 
     def __init__(
         self,
@@ -395,15 +431,28 @@ class VICRegTiCoLoss(_TermsMixin, _RunningCovariance):
         z_a, z_b = self._gather(z_a, z_b)
         c = self._covariance_for(z_a)
         terms, finite = F._vicreg_tico(
-            z_a, z_b, c, self.inv_coeff, self.var_coeff, self.cov_coeff, self.beta, self.eps, update,
-            self.strategy, self.variant, skip_nonfinite=True, batch_cov_in_graph=self.batch_cov_in_graph,
+            z_a,
+            z_b,
+            c,
+            self.inv_coeff,
+            self.var_coeff,
+            self.cov_coeff,
+            self.beta,
+            self.eps,
+            update,
+            self.strategy,
+            self.variant,
+            skip_nonfinite=True,
+            batch_cov_in_graph=self.batch_cov_in_graph,
         )
         self._count_update(finite)
         terms = self._bias_corrected(terms, self.cov_coeff, counted=finite is not None)
         return self._keep(F._finish(terms, F.VICREG_TICO_TERMS, True))
 
     def extra_repr(self) -> str:
-        return (f"inv_coeff={self.inv_coeff}, var_coeff={self.var_coeff}, "
-                f"cov_coeff={self.cov_coeff}, beta={self.beta}, eps={self.eps}, variant={self.variant!r}, "
-                f"update_in_eval={self.update_in_eval}, batch_cov_in_graph={self.batch_cov_in_graph}, "
-                f"bias_correction={self.bias_correction}")
+        return (
+            f"inv_coeff={self.inv_coeff}, var_coeff={self.var_coeff}, "
+            f"cov_coeff={self.cov_coeff}, beta={self.beta}, eps={self.eps}, variant={self.variant!r}, "
+            f"update_in_eval={self.update_in_eval}, batch_cov_in_graph={self.batch_cov_in_graph}, "
+            f"bias_correction={self.bias_correction}"
+        )

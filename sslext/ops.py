@@ -65,9 +65,7 @@ def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = 1e-5) -> Tensor:
     return _ops.cross_correlation(z_a, z_b, check_non_negative(eps, "eps"))
 
 
-def off_diagonal_penalty(
-    c: Tensor, off_weight: float = 1.0, diag_target: Optional[float] = None
-) -> Tensor:
+def off_diagonal_penalty(c: Tensor, off_weight: float = 1.0, diag_target: Optional[float] = None) -> Tensor:
     """``off_weight * sum_{i != j} c_ij^2 (+ sum_i (c_ii - diag_target)^2)``.
 
     One pass over ``c``: no off-diagonal copy, no mask, no temporary; the sums
@@ -115,10 +113,7 @@ def _grads(z_a: Tensor, z_b: Tensor, output_mask, dtype: torch.dtype):
     asks for none."""
     if len(output_mask) != 2:
         raise ValueError(f"output_mask must have 2 entries (one per input: z_a, z_b), got {len(output_mask)}")
-    return tuple(
-        z.new_empty(z.shape if wanted else (0,), dtype=dtype)
-        for z, wanted in zip((z_a, z_b), output_mask)
-    )
+    return tuple(z.new_empty(z.shape if wanted else (0,), dtype=dtype) for z, wanted in zip((z_a, z_b), output_mask))
 
 
 @torch.library.register_fake("sslext::batch_covariance")
@@ -161,15 +156,29 @@ def _(z_a, z_b, inv_coeff, var_coeff, cov_coeff, eps, strategy):
 
 
 @torch.library.register_fake("sslext::_vicreg_loss_backward")
-def _(grad_terms, z_a, z_b, mean_a, mean_b, var_a, var_b, mat_a, mat_b, inv_coeff, var_coeff,
-      cov_coeff, eps, strategy, output_mask):
+def _(
+    grad_terms,
+    z_a,
+    z_b,
+    mean_a,
+    mean_b,
+    var_a,
+    var_b,
+    mat_a,
+    mat_b,
+    inv_coeff,
+    var_coeff,
+    cov_coeff,
+    eps,
+    strategy,
+    output_mask,
+):
     check_pair(z_a, z_b)
     return _grads(z_a, z_b, output_mask, z_a.dtype)
 
 
 @torch.library.register_fake("sslext::vicreg_tico_loss")
-def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, proposal=False,
-      batch_cov_in_graph=False):
+def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, proposal=False, batch_cov_in_graph=False):
     check_pair(z_a, z_b)
     check_running_cov(c, z_a, "c")
     n, d = z_a.shape
@@ -187,8 +196,22 @@ def _(z_a, z_b, c, inv_coeff, var_coeff, cov_coeff, beta, eps, strategy, proposa
 
 
 @torch.library.register_fake("sslext::_vicreg_tico_loss_backward")
-def _(grad_terms, z_a, z_b, mean_a, mean_b, var_a, var_b, proj, inv_coeff, var_coeff, cov_coeff,
-      eps, proposal, output_mask):
+def _(
+    grad_terms,
+    z_a,
+    z_b,
+    mean_a,
+    mean_b,
+    var_a,
+    var_b,
+    proj,
+    inv_coeff,
+    var_coeff,
+    cov_coeff,
+    eps,
+    proposal,
+    output_mask,
+):
     check_pair(z_a, z_b)
     return _grads(z_a, z_b, output_mask, z_a.dtype)
 
@@ -209,8 +232,7 @@ def _(z_a, z_b, lambd, eps, strategy):
 
 
 @torch.library.register_fake("sslext::_barlow_twins_loss_backward")
-def _(grad_terms, norm_a, norm_b, inv_std_a, inv_std_b, mat, lambd, strategy, out_dtype,
-      output_mask):
+def _(grad_terms, norm_a, norm_b, inv_std_a, inv_std_b, mat, lambd, strategy, out_dtype, output_mask):
     return _grads(norm_a, norm_b, output_mask, out_dtype)
 
 
@@ -329,8 +351,7 @@ def _vicreg_setup(ctx, inputs, output):
 def _vicreg_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
         return (None,) * 7
-    dz_a, dz_b = _input_grads(ctx, _ops._vicreg_loss_backward, grad_terms, *ctx.saved_tensors,
-                              *ctx.params)
+    dz_a, dz_b = _input_grads(ctx, _ops._vicreg_loss_backward, grad_terms, *ctx.saved_tensors, *ctx.params)
     return dz_a, dz_b, None, None, None, None, None
 
 
@@ -348,8 +369,7 @@ def _vicreg_tico_setup(ctx, inputs, output):
 def _vicreg_tico_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
         return (None,) * ctx.n_inputs
-    dz_a, dz_b = _input_grads(ctx, _ops._vicreg_tico_loss_backward, grad_terms,
-                              *ctx.saved_tensors, *ctx.params)
+    dz_a, dz_b = _input_grads(ctx, _ops._vicreg_tico_loss_backward, grad_terms, *ctx.saved_tensors, *ctx.params)
     return (dz_a, dz_b) + (None,) * (ctx.n_inputs - 2)
 
 
@@ -364,8 +384,7 @@ def _barlow_setup(ctx, inputs, output):
 def _barlow_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
         return (None,) * 5
-    dz_a, dz_b = _input_grads(ctx, _ops._barlow_twins_loss_backward, grad_terms,
-                              *ctx.saved_tensors, *ctx.params)
+    dz_a, dz_b = _input_grads(ctx, _ops._barlow_twins_loss_backward, grad_terms, *ctx.saved_tensors, *ctx.params)
     return dz_a, dz_b, None, None, None
 
 
@@ -382,8 +401,7 @@ def _tico_setup(ctx, inputs, output):
 def _tico_backward(ctx, grad_terms, *_):
     if grad_terms is None:  # only auxiliary outputs were used
         return (None,) * ctx.n_inputs
-    dz_a, dz_b = _input_grads(ctx, _ops._tico_loss_backward, grad_terms, *ctx.saved_tensors,
-                              *ctx.params)
+    dz_a, dz_b = _input_grads(ctx, _ops._tico_loss_backward, grad_terms, *ctx.saved_tensors, *ctx.params)
     # The running covariance c is a detached statistic, as in the paper.
     return (dz_a, dz_b) + (None,) * (ctx.n_inputs - 2)
 

@@ -1,8 +1,9 @@
 """Optimizers (LARS, SGD, Adam, AdamW) with weight-decay exclusion, and warmup+cosine."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
@@ -22,8 +23,16 @@ class LARS(Optimizer):
     ``param_groups``), as in SimCLR/BYOL/VICReg.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.02, clip_lr: bool = False, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.02,
+        clip_lr: bool = False,
+        eps: float = 1e-8,
+    ) -> None:
         if lr <= 0:
             raise ValueError(f"lr: expected > 0, got {lr}")
         if not 0 <= momentum < 1:
@@ -32,8 +41,9 @@ class LARS(Optimizer):
             raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         if eta <= 0:
             raise ValueError(f"eta: expected > 0, got {eta}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr,
-                        eps=eps, lars_adapt=True)
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr, eps=eps, lars_adapt=True
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -108,8 +118,16 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool 
     return groups
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
-                    eta: float = 0.02, clip_lr: bool = True, exclude_bias_norm: bool = True) -> Optimizer:
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    eta: float = 0.02,
+    clip_lr: bool = True,
+    exclude_bias_norm: bool = True,
+) -> Optimizer:
     """``lars``, ``sgd``, ``adam`` or ``adamw`` over ``param_groups(model, ...)``."""
     groups = param_groups(model, weight_decay, exclude_bias_norm)
     if name == "lars":
@@ -132,8 +150,9 @@ class WarmupCosine:
     Stores each group's base lr so it can be checkpointed and resumed exactly.
     """
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
-                 warmup_start: float = 0.0, final: float = 0.0) -> None:
+    def __init__(
+        self, optimizer: Optimizer, warmup_steps: int, total_steps: int, warmup_start: float = 0.0, final: float = 0.0
+    ) -> None:
         if total_steps <= 0:
             raise ValueError(f"total_steps: expected > 0, got {total_steps}")
         if not 0 <= warmup_steps <= total_steps:
@@ -165,8 +184,12 @@ class WarmupCosine:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"step_count": self.step_count, "base_lrs": list(self.base_lrs),
-                "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+        return {
+            "step_count": self.step_count,
+            "base_lrs": list(self.base_lrs),
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])

@@ -13,6 +13,7 @@
 Argument names match the ``method.*`` config keys of the methods using them,
 so their ``ValueError`` messages (``"<arg>: expected ..."``) name the key.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,14 +26,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["rotation_batch", "hamming_permutations", "min_hamming_distance", "jigsaw_tiles", "normalize_tiles",
-           "patch_grid", "CausalRowConv", "ContextNetwork", "cpc_infonce", "bn_stats_frozen"]
+__all__ = [
+    "rotation_batch",
+    "hamming_permutations",
+    "min_hamming_distance",
+    "jigsaw_tiles",
+    "normalize_tiles",
+    "patch_grid",
+    "CausalRowConv",
+    "ContextNetwork",
+    "cpc_infonce",
+    "bn_stats_frozen",
+]
 
 
 def _check_images(x: torch.Tensor, name: str = "images") -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"{name}: expected a float tensor (N, C, H, W), got "
-                         f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        raise ValueError(
+            f"{name}: expected a float tensor (N, C, H, W), got "
+            f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+        )
 
 
 def _check_int(name: str, v, lo: int) -> int:
@@ -145,13 +158,13 @@ def hamming_permutations(num_permutations: int, grid: int = 3, seed: int = 0) ->
     """
     _check_int("grid", grid, 2)
     if grid * grid > _MAX_ENUMERATED_TILES:
-        raise ValueError(f"grid: expected 2 or 3 (the greedy search enumerates all (grid^2)! permutations), "
-                         f"got {grid}")
+        raise ValueError(f"grid: expected 2 or 3 (the greedy search enumerates all (grid^2)! permutations), got {grid}")
     total = math.factorial(grid * grid)
     _check_int("num_permutations", num_permutations, 1)
     if num_permutations > total:
-        raise ValueError(f"num_permutations: a {grid}x{grid} grid has only {total} distinct permutations, "
-                         f"got {num_permutations}")
+        raise ValueError(
+            f"num_permutations: a {grid}x{grid} grid has only {total} distinct permutations, got {num_permutations}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: expected an int, got {seed!r}")
     return _greedy_permutations(num_permutations, grid, seed).clone()
@@ -173,14 +186,22 @@ def _tile_geometry(h: int, w: int, grid: int, tile_ratio: float) -> Tuple[int, i
     cell = min(h, w) // grid
     tile = int(round(cell * tile_ratio))
     if cell < 2 or tile < 1:
-        raise ValueError(f"images: {h}x{w} is too small for a {grid}x{grid} jigsaw grid (cells of {cell} px, "
-                         f"tiles of {tile} px); expected at least {2 * grid} px")
+        raise ValueError(
+            f"images: {h}x{w} is too small for a {grid}x{grid} jigsaw grid (cells of {cell} px, "
+            f"tiles of {tile} px); expected at least {2 * grid} px"
+        )
     return cell, tile
 
 
-def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int = 3, tile_ratio: float = 0.75,
-                 labels: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None,
-                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def jigsaw_tiles(
+    x: torch.Tensor,
+    perms: torch.Tensor,
+    grid: int = 3,
+    tile_ratio: float = 0.75,
+    labels: Optional[torch.Tensor] = None,
+    offsets: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cut each image into ``grid x grid`` jittered tiles and shuffle them.
 
     The central ``grid*cell`` square (``cell = min(H, W) // grid``) is divided
@@ -209,8 +230,12 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, grid: int = 3, tile_ratio
         raise ValueError(f"perms: expected (P, {k}) for a {grid}x{grid} grid, got {tuple(perms.shape)}")
     if labels is None:
         labels = torch.randint(perms.shape[0], (n,), generator=generator)
-    elif labels.shape != (n,) or labels.is_floating_point() or int(labels.min()) < 0 \
-            or int(labels.max()) >= perms.shape[0]:
+    elif (
+        labels.shape != (n,)
+        or labels.is_floating_point()
+        or int(labels.min()) < 0
+        or int(labels.max()) >= perms.shape[0]
+    ):
         raise ValueError(f"labels: expected {n} integers in [0, {perms.shape[0]}), got {labels!r}")
     jit = cell - tile
     if offsets is None:
@@ -302,9 +327,14 @@ class ContextNetwork(nn.Module):
         _check_int("context_layers", context_layers, 0)
         self.inp = nn.Conv2d(in_dim, context_dim, 1)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), CausalRowConv(context_dim, context_dim, context_kernel), nn.ReLU(),
-                          CausalRowConv(context_dim, context_dim, context_kernel))
-            for _ in range(context_layers))
+            nn.Sequential(
+                nn.ReLU(),
+                CausalRowConv(context_dim, context_dim, context_kernel),
+                nn.ReLU(),
+                CausalRowConv(context_dim, context_dim, context_kernel),
+            )
+            for _ in range(context_layers)
+        )
         self.out_dim = context_dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -316,8 +346,9 @@ class ContextNetwork(nn.Module):
         return c
 
 
-def cpc_infonce(z: torch.Tensor, context: torch.Tensor, predictors: Sequence[nn.Module]
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+def cpc_infonce(
+    z: torch.Tensor, context: torch.Tensor, predictors: Sequence[nn.Module]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE of CPC on a patch grid.
 
     For every step ``k = 1..K`` (``K = len(predictors)``) and every patch at
@@ -336,8 +367,10 @@ def cpc_infonce(z: torch.Tensor, context: torch.Tensor, predictors: Sequence[nn.
     fraction of queries whose positive scores highest.
     """
     if z.ndim != 4 or context.ndim != 4 or z.shape[0] != context.shape[0] or z.shape[2:] != context.shape[2:]:
-        raise ValueError(f"z/context: expected (N, D, G_h, G_w) grids of the same size, got "
-                         f"{tuple(z.shape)} and {tuple(context.shape)}")
+        raise ValueError(
+            f"z/context: expected (N, D, G_h, G_w) grids of the same size, got "
+            f"{tuple(z.shape)} and {tuple(context.shape)}"
+        )
     n, d, gh, gw = z.shape
     steps = len(predictors)
     if steps < 1 or steps >= gh:
@@ -347,7 +380,7 @@ def cpc_infonce(z: torch.Tensor, context: torch.Tensor, predictors: Sequence[nn.
     losses: List[torch.Tensor] = []
     correct, total = z.new_zeros(()), 0
     for k, pred in enumerate(predictors, start=1):
-        q = context[:, :, :gh - k].permute(0, 2, 3, 1).reshape(-1, context.shape[1])
+        q = context[:, :, : gh - k].permute(0, 2, 3, 1).reshape(-1, context.shape[1])
         logits = pred(q) @ keys.T
         target = pos[:, k:].reshape(-1)
         losses.append(F.cross_entropy(logits, target))
@@ -361,15 +394,21 @@ def cpc_infonce(z: torch.Tensor, context: torch.Tensor, predictors: Sequence[nn.
 def single_view(views: Sequence[torch.Tensor]) -> torch.Tensor:
     """The one augmented view a pretext method trains on (``num_views = 1``)."""
     if not isinstance(views, (list, tuple)) or len(views) != 1 or not isinstance(views[0], torch.Tensor):
-        raise ValueError(f"views: expected a list of 1 batch (pretext methods use one view), got "
-                         f"{type(views).__name__} of length {len(views) if hasattr(views, '__len__') else '?'}")
+        raise ValueError(
+            f"views: expected a list of 1 batch (pretext methods use one view), got "
+            f"{type(views).__name__} of length {len(views) if hasattr(views, '__len__') else '?'}"
+        )
     return views[0]
 
 
 def check_widths(key: str, widths, allow_empty: bool = False) -> List[int]:
     """Validate a list of hidden-layer widths given as config key ``key``."""
-    if not isinstance(widths, (list, tuple)) or (not widths and not allow_empty) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in widths):
-        raise ValueError(f"{key}: expected a {'' if allow_empty else 'non-empty '}list of positive ints, "
-                         f"got {widths!r}")
+    if (
+        not isinstance(widths, (list, tuple))
+        or (not widths and not allow_empty)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in widths)
+    ):
+        raise ValueError(
+            f"{key}: expected a {'' if allow_empty else 'non-empty '}list of positive ints, got {widths!r}"
+        )
     return list(widths)

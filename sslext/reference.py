@@ -124,7 +124,14 @@ def tico_gram(z_a, z_b, c, beta=0.9, rho=8.0, batch_cov_in_graph=False):
 
 # ------------------------------------------------------------- VICReg-TiCo
 def vicreg_tico_reference(
-    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+    z_a,
+    z_b,
+    c,
+    inv_coeff=25.0,
+    var_coeff=25.0,
+    cov_coeff=1.0,
+    beta=0.9,
+    eps=1e-4,
     batch_cov_in_graph=False,
 ):
     """VICReg with its covariance term replaced by TiCo's running-covariance contrast.
@@ -140,8 +147,7 @@ def vicreg_tico_reference(
     x = z_a - z_a.mean(dim=0)
     y = z_b - z_b.mean(dim=0)
     std_loss = (
-        torch.mean(F.relu(1 - torch.sqrt(x.var(dim=0) + eps)))
-        + torch.mean(F.relu(1 - torch.sqrt(y.var(dim=0) + eps)))
+        torch.mean(F.relu(1 - torch.sqrt(x.var(dim=0) + eps))) + torch.mean(F.relu(1 - torch.sqrt(y.var(dim=0) + eps)))
     ) / 2
     stacked = _batch(torch.cat([x, y]), batch_cov_in_graph)
     c_new = beta * c.to(x.dtype) + (1 - beta) * stacked.T @ stacked / (2 * n)
@@ -151,7 +157,14 @@ def vicreg_tico_reference(
 
 
 def vicreg_tico_gram(
-    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+    z_a,
+    z_b,
+    c,
+    inv_coeff=25.0,
+    var_coeff=25.0,
+    cov_coeff=1.0,
+    beta=0.9,
+    eps=1e-4,
     batch_cov_in_graph=False,
 ):
     """VICReg-TiCo with the contrast split through the (2N x 2N) Gram matrix, in plain PyTorch."""
@@ -173,7 +186,14 @@ def vicreg_tico_gram(
 
 
 def vicreg_tico_proposal_reference(
-    z_a, z_b, c, inv_coeff=25.0, var_coeff=25.0, cov_coeff=1.0, beta=0.9, eps=1e-4,
+    z_a,
+    z_b,
+    c,
+    inv_coeff=25.0,
+    var_coeff=25.0,
+    cov_coeff=1.0,
+    beta=0.9,
+    eps=1e-4,
     batch_cov_in_graph=False,
 ):
     """VICReg-TiCo as the research proposal writes it, term by term.

@@ -1,4 +1,5 @@
 """Markdown report and PNG plots of a training run directory."""
+
 from __future__ import annotations
 
 import json
@@ -61,20 +62,33 @@ def write_report(run_dir: str | Path) -> Path:
         return ([p[0] for p in pts], [p[1] for p in pts])
 
     plots = []
-    if _plot(run_dir / "plot_loss.png", {k: ser(steps, k) for k in term_keys}, "step", "loss and loss terms",
-             logy=True):
+    if _plot(
+        run_dir / "plot_loss.png", {k: ser(steps, k) for k in term_keys}, "step", "loss and loss terms", logy=True
+    ):
         plots.append(("Loss terms", "plot_loss.png"))
-    if _plot(run_dir / "plot_accuracy.png",
-             {k: ser(epochs, k, "epoch") for k in ("online_probe_acc", "knn_acc", "online_probe_train_acc")},
-             "epoch", "accuracy (%)"):
+    if _plot(
+        run_dir / "plot_accuracy.png",
+        {k: ser(epochs, k, "epoch") for k in ("online_probe_acc", "knn_acc", "online_probe_train_acc")},
+        "epoch",
+        "accuracy (%)",
+    ):
         plots.append(("Online probe and kNN accuracy", "plot_accuracy.png"))
-    if _plot(run_dir / "plot_rank.png", {k: ser(epochs, k, "epoch") for k in ("backbone_rankme", "projector_rankme")},
-             "epoch", "effective rank (RankMe)"):
+    if _plot(
+        run_dir / "plot_rank.png",
+        {k: ser(epochs, k, "epoch") for k in ("backbone_rankme", "projector_rankme")},
+        "epoch",
+        "effective rank (RankMe)",
+    ):
         plots.append(("Effective rank", "plot_rank.png"))
-    if _plot(run_dir / "plot_collapse.png",
-             {k: ser(epochs, k, "epoch") for k in ("backbone_norm_std", "projector_norm_std", "backbone_dead_frac",
-                                                   "projector_dead_frac")},
-             "epoch", "std of normalised embeddings / dead fraction"):
+    if _plot(
+        run_dir / "plot_collapse.png",
+        {
+            k: ser(epochs, k, "epoch")
+            for k in ("backbone_norm_std", "projector_norm_std", "backbone_dead_frac", "projector_dead_frac")
+        },
+        "epoch",
+        "std of normalised embeddings / dead fraction",
+    ):
         plots.append(("Collapse diagnostics", "plot_collapse.png"))
 
     lines = [f"# Run report: {run_dir.name}", ""]
@@ -83,10 +97,13 @@ def write_report(run_dir: str | Path) -> Path:
         import yaml
 
         cfg = yaml.safe_load(cfgp.read_text())
-        lines += [f"- method: `{cfg['method']['name']}`, backbone `{cfg['model']['backbone']}`, dataset "
-                  f"`{cfg['data']['dataset']}`",
-                  f"- optimizer `{cfg['optim']['name']}` lr {cfg['optim']['lr']} batch {cfg['optim']['batch_size']}, "
-                  f"{cfg['train']['epochs']} epochs", ""]
+        lines += [
+            f"- method: `{cfg['method']['name']}`, backbone `{cfg['model']['backbone']}`, dataset "
+            f"`{cfg['data']['dataset']}`",
+            f"- optimizer `{cfg['optim']['name']}` lr {cfg['optim']['lr']} batch {cfg['optim']['batch_size']}, "
+            f"{cfg['train']['epochs']} epochs",
+            "",
+        ]
     if epochs:
         last = epochs[-1]
         lines += ["## Last epoch", "", "| metric | value |", "|---|---|"]
@@ -94,12 +111,18 @@ def write_report(run_dir: str | Path) -> Path:
             if k != "kind" and isinstance(last[k], (int, float)):
                 lines.append(f"| {k} | {last[k]:.4g} |")
         lines.append("")
-        lines += ["## Per epoch", "", "| epoch | loss | online probe % | kNN % | backbone RankMe | projector RankMe |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Per epoch",
+            "",
+            "| epoch | loss | online probe % | kNN % | backbone RankMe | projector RankMe |",
+            "|---|---|---|---|---|---|",
+        ]
         fmt = lambda r, k: f"{r[k]:.4g}" if isinstance(r.get(k), (int, float)) else "-"
         for r in epochs:
-            lines.append(f"| {r['epoch']} | {fmt(r, 'loss')} | {fmt(r, 'online_probe_acc')} | {fmt(r, 'knn_acc')} | "
-                         f"{fmt(r, 'backbone_rankme')} | {fmt(r, 'projector_rankme')} |")
+            lines.append(
+                f"| {r['epoch']} | {fmt(r, 'loss')} | {fmt(r, 'online_probe_acc')} | {fmt(r, 'knn_acc')} | "
+                f"{fmt(r, 'backbone_rankme')} | {fmt(r, 'projector_rankme')} |"
+            )
         lines.append("")
     fe = run_dir / "final_eval.json"
     if fe.exists():

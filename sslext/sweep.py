@@ -31,6 +31,7 @@ record to rerun one); a failed or interrupted one is retried on the next
 any moment loses at most the cells in progress, and those resume. ``--out DIR`` puts runs under ``DIR/runs`` and the
 records and tables in ``DIR``, so a rerun never touches the committed study.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -147,7 +148,11 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
     if base_path is not None and not base_path.is_file():
         raise ConfigError(f"base: file not found: {base_path}")
     seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ConfigError(f"seeds: expected a non-empty list of ints, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: duplicates in {seeds}")
@@ -186,25 +191,47 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
     if not isinstance(pairs, list):
         raise ConfigError(f"compare.pairs: expected a list of [row, baseline] pairs, got {pairs!r}")
     for i, pair in enumerate(pairs):
-        if not (isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1]
-                and all(isinstance(x, str) and x in seen for x in pair)):
-            raise ConfigError(f"compare.pairs[{i}]: expected [row, baseline], two different rows of "
-                              f"{sorted(seen)}, got {pair!r}")
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and pair[0] != pair[1]
+            and all(isinstance(x, str) and x in seen for x in pair)
+        ):
+            raise ConfigError(
+                f"compare.pairs[{i}]: expected [row, baseline], two different rows of {sorted(seen)}, got {pair!r}"
+            )
     if out is not None:
         runs_dir, results_dir = Path(out) / "runs", Path(out)
     else:
         runs_dir = Path(data.get("runs_dir") or f"runs/sweeps/{name}")
         results_dir = Path(data.get("results_dir") or f"runs/sweeps/{name}/results")
-    sweep = Sweep(p, name, base_path, rows, seeds, epochs, _as_overrides(data.get("set"), "set"),
-                  runs_dir, results_dir, baseline, str(data.get("description", "")),
-                  None if out is None else str(out), list(extra))
+    sweep = Sweep(
+        p,
+        name,
+        base_path,
+        rows,
+        seeds,
+        epochs,
+        _as_overrides(data.get("set"), "set"),
+        runs_dir,
+        results_dir,
+        baseline,
+        str(data.get("description", "")),
+        None if out is None else str(out),
+        list(extra),
+    )
     sweep.pairs = [list(pair) for pair in pairs]
     for r in rows:
         for s in seeds:
             cname = f"{r['name']}-s{s}"
-            ov = [*sweep.overrides, *_as_overrides(r.get("set"), f"rows.{r['name']}.set"),
-                  f"seed={s}", f"name={_yaml_value(cname)}", f"train.out_dir={_yaml_value(str(runs_dir))}",
-                  "train.progress=false"]
+            ov = [
+                *sweep.overrides,
+                *_as_overrides(r.get("set"), f"rows.{r['name']}.set"),
+                f"seed={s}",
+                f"name={_yaml_value(cname)}",
+                f"train.out_dir={_yaml_value(str(runs_dir))}",
+                "train.progress=false",
+            ]
             if epochs is not None:
                 ov.append(f"train.epochs={epochs}")
             ov += sweep.extra
@@ -216,11 +243,17 @@ def load_sweep(path: str | Path, out: Optional[str | Path] = None, extra: Sequen
         except ConfigError as e:
             raise ConfigError(f"rows.{c.row}: {e}") from None
         if c.train:
-            steps[c.row] = (cfg["train"]["epochs"], cfg["optim"]["batch_size"], cfg["data"]["train_limit"],
-                            cfg["train"]["max_steps"])
+            steps[c.row] = (
+                cfg["train"]["epochs"],
+                cfg["optim"]["batch_size"],
+                cfg["data"]["train_limit"],
+                cfg["train"]["max_steps"],
+            )
     if len(set(steps.values())) > 1:
-        raise ConfigError("budget: the trained rows differ in (train.epochs, optim.batch_size, data.train_limit, "
-                          f"train.max_steps), so they would not get the same optimizer steps: {steps}")
+        raise ConfigError(
+            "budget: the trained rows differ in (train.epochs, optim.batch_size, data.train_limit, "
+            f"train.max_steps), so they would not get the same optimizer steps: {steps}"
+        )
     return sweep
 
 
@@ -242,6 +275,7 @@ def cell_status(sweep: Sweep, cell: Cell) -> str:
 
 # ------------------------------------------------------------------ one cell
 
+
 def run_cell(sweep: Sweep, cell: Cell) -> int:
     """Train (or resume) and evaluate one cell in this process; write its record."""
     import torch
@@ -255,13 +289,27 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
     t0 = time.time()
 
     def record(status: str, **fields: Any) -> None:
-        _write_record(sweep.record_path(cell), {
-            "status": status, "cell": cell.name, "row": cell.row, "seed": cell.seed, "method": cfg["method"]["name"],
-            "trained": cell.train, **fields, "run_dir": str(run_dir), "overrides": cell.overrides, "config": cfg,
-            "seconds": time.time() - t0, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": cpu_model(), "machine": platform.machine(),  # reports pair within one CPU model
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        _write_record(
+            sweep.record_path(cell),
+            {
+                "status": status,
+                "cell": cell.name,
+                "row": cell.row,
+                "seed": cell.seed,
+                "method": cfg["method"]["name"],
+                "trained": cell.train,
+                **fields,
+                "run_dir": str(run_dir),
+                "overrides": cell.overrides,
+                "config": cfg,
+                "seconds": time.time() - t0,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "cpu": cpu_model(),
+                "machine": platform.machine(),  # reports pair within one CPU model
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
 
     def epochs() -> List[Dict[str, Any]]:
         return [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
@@ -275,8 +323,15 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
         except NonFiniteLossError as e:
             # Divergence is the cell's result, not an accident: the same config and
             # seed diverge again at the same step, so the cell is finished.
-            record("diverged", steps=e.step, diverged_at_step=e.step, diverged_at_epoch=e.epoch,
-                   terms_at_divergence={k: json_num(v) for k, v in e.terms.items()}, error=str(e), epochs=epochs())
+            record(
+                "diverged",
+                steps=e.step,
+                diverged_at_step=e.step,
+                diverged_at_epoch=e.epoch,
+                terms_at_divergence={k: json_num(v) for k, v in e.terms.items()},
+                error=str(e),
+                epochs=epochs(),
+            )
             raise
         if summary.get("interrupted"):
             return EXIT_INTERRUPTED
@@ -294,6 +349,7 @@ def run_cell(sweep: Sweep, cell: Cell) -> int:
 
 
 # ------------------------------------------------------------------ runner
+
 
 def _tail(path: Path, start: int = 0, n: int = 4000) -> str:
     """The last ``n`` characters this attempt wrote to ``path`` (from byte ``start``): a
@@ -320,8 +376,14 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"sweep {sweep.name}", unit="cell",
-                   dynamic_ncols=True)
+
+        bar = tqdm(
+            total=len(cells),
+            initial=len(cells) - len(todo),
+            desc=f"sweep {sweep.name}",
+            unit="cell",
+            dynamic_ncols=True,
+        )
     running: Dict[str, tuple] = {}
     stop = {"signal": None}
 
@@ -369,11 +431,21 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
                     counts["interrupted"] += 1
                 else:
                     counts["failed"] += 1
-                    _write_record(sweep.record_path(c), {
-                        "status": "failed", "cell": c.name, "row": c.row, "seed": c.seed, "returncode": rc,
-                        "run_dir": str(sweep.run_dir(c)), "log": str(log), "error": _tail(log, start),
-                        "overrides": c.overrides, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    })
+                    _write_record(
+                        sweep.record_path(c),
+                        {
+                            "status": "failed",
+                            "cell": c.name,
+                            "row": c.row,
+                            "seed": c.seed,
+                            "returncode": rc,
+                            "run_dir": str(sweep.run_dir(c)),
+                            "log": str(log),
+                            "error": _tail(log, start),
+                            "overrides": c.overrides,
+                            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        },
+                    )
                 if bar:
                     bar.update(1 if finished else 0)
                     bar.set_postfix_str(", ".join(running) or "-")
@@ -388,6 +460,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
 
 # ------------------------------------------------------------------ CLI
 
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslext-sweep", description="Grids of sslext training runs and their tables.")
     # The metavar lists the public commands: argparse prints a sub-command's
@@ -399,8 +472,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=int, default=1, help="cells run in parallel (default 1)")
     r.add_argument("--only", help="one cell (ROW-sSEED) or every seed of one row")
     r.add_argument("--out", help="runs under OUT/runs, records and tables in OUT (never the committed study)")
-    r.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value of every cell, after the sweep's own (repeatable)")
+    r.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value of every cell, after the sweep's own (repeatable)",
+    )
     r.add_argument("--no-report", action="store_true", help="do not write the tables after running")
     s = sub.add_parser("report", help="aggregate the finished cells into tables and plots (no training)")
     s.add_argument("file", help=sweep_file)
@@ -438,11 +517,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"sslext-sweep: {json.dumps(counts)}", file=sys.stderr)
             if not args.no_report:
                 from .sweep_report import write_report
+
                 print(f"sslext-sweep: report in {write_report(sweep)}", file=sys.stderr)
             if counts["stopped_by"]:
                 return EXIT_INTERRUPTED
             return 1 if counts["failed"] else 0
         from .sweep_report import write_report
+
         print(write_report(sweep))
         return 0
     except ConfigError as e:

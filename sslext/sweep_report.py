@@ -7,6 +7,7 @@ Every aggregate names the run directories it came from. ``sweep`` arguments
 are :class:`sslext.sweep.Sweep` objects (not imported here: the runner imports
 this module).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,15 @@ from typing import Any, Dict, List, Optional
 
 from .training.metrics import atomic_write_text
 
-__all__ = ["read_record", "collect", "aggregate", "paired_differences", "pair_differences", "write_report",
-           "t_quantile_975"]
+__all__ = [
+    "read_record",
+    "collect",
+    "aggregate",
+    "paired_differences",
+    "pair_differences",
+    "write_report",
+    "t_quantile_975",
+]
 
 # Final metrics reported per cell, with the label used in tables.
 METRICS = {
@@ -32,13 +40,46 @@ METRICS = {
     "projector_dead_frac": "projector dead dims (fraction)",
 }
 HEADLINE = ("linear_acc", "linear_acc_10pct", "knn_acc")
-CURVES = {"knn_acc": "kNN (%)", "online_probe_acc": "online probe (%)",
-          "backbone_rankme": "backbone RankMe", "projector_rankme": "projector RankMe"}
+CURVES = {
+    "knn_acc": "kNN (%)",
+    "online_probe_acc": "online probe (%)",
+    "backbone_rankme": "backbone RankMe",
+    "projector_rankme": "projector RankMe",
+}
 
 # Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def read_record(path: Path) -> Optional[Dict[str, Any]]:
@@ -80,21 +121,32 @@ def aggregate(sweep: Any, records: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[
         recs = [records.get(c.name, {}) for c in sweep.cells if c.row == r["name"]]
         done = [x for x in recs if x.get("status") == "done"]
         n_diverged = sum(x.get("status") == "diverged" for x in recs)
-        agg: Dict[str, Any] = {"n_done": len(done), "n_diverged": n_diverged, "n_cells": len(sweep.seeds),
-                               "label": r.get("label", r["name"]), "metrics": {}}
+        agg: Dict[str, Any] = {
+            "n_done": len(done),
+            "n_diverged": n_diverged,
+            "n_cells": len(sweep.seeds),
+            "label": r.get("label", r["name"]),
+            "metrics": {},
+        }
         for k in METRICS:
             vals = [(d["seed"], d["final_eval"][k], d["run_dir"]) for d in done if k in d.get("final_eval", {})]
             if not vals:
                 continue
             m, sd = _mean_std([v for _, v, _ in vals])
-            agg["metrics"][k] = {"mean": m, "std": sd, "n": len(vals), "values": {s: v for s, v, _ in vals},
-                                 "run_dirs": [d for _, _, d in vals]}
+            agg["metrics"][k] = {
+                "mean": m,
+                "std": sd,
+                "n": len(vals),
+                "values": {s: v for s, v, _ in vals},
+                "run_dirs": [d for _, _, d in vals],
+            }
         rows[r["name"]] = agg
     return rows
 
 
-def paired_differences(sweep: Any, records: Dict[str, Dict[str, Any]], baseline: Optional[str],
-                       metrics=HEADLINE) -> Dict[str, Dict[str, Any]]:
+def paired_differences(
+    sweep: Any, records: Dict[str, Dict[str, Any]], baseline: Optional[str], metrics=HEADLINE
+) -> Dict[str, Dict[str, Any]]:
     """Row minus its baseline, seed by seed (same seed = same init and data order), with a 95 % t-interval.
 
     A row's baseline is its own ``baseline:`` key, else ``baseline``; rows
@@ -155,8 +207,16 @@ def _paired(sweep: Any, records: Dict[str, Dict[str, Any]], row: str, base: str,
         m, sd = _mean_std(list(diffs.values()))
         n = len(diffs)
         half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
-        res[k] = {"baseline": base, "mean": m, "std": sd, "n": n, "per_seed": diffs, "ci95": [m - half, m + half],
-                  "excludes_zero": bool(n > 1 and (m - half > 0 or m + half < 0)), "cross_cpu_seeds": other_cpu}
+        res[k] = {
+            "baseline": base,
+            "mean": m,
+            "std": sd,
+            "n": n,
+            "per_seed": diffs,
+            "ci95": [m - half, m + half],
+            "excludes_zero": bool(n > 1 and (m - half > 0 or m + half < 0)),
+            "cross_cpu_seeds": other_cpu,
+        }
     return res
 
 
@@ -170,18 +230,24 @@ def _diff_rows(agg, name: str, res: Dict[str, Any]) -> List[str]:
     lines = []
     for k, d in res.items():
         if d["n"] == 0:
-            lines.append(f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | — | "
-                         f"not paired: seeds {d['cross_cpu_seeds']} ran on different CPU models | | |")
+            lines.append(
+                f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | — | "
+                f"not paired: seeds {d['cross_cpu_seeds']} ran on different CPU models | | |"
+            )
             continue
         ci = "n < 2" if d["n"] < 2 else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
         per = ", ".join(f"s{s}: {v:+.2f}" for s, v in d["per_seed"].items())
-        lines.append(f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | "
-                     f"{d['mean']:+.2f} | {ci} | {per} | {'yes' if d['excludes_zero'] else 'no'} |")
+        lines.append(
+            f"| {agg[name]['label']} | {agg[d['baseline']]['label']} | {METRICS[k]} | "
+            f"{d['mean']:+.2f} | {ci} | {per} | {'yes' if d['excludes_zero'] else 'no'} |"
+        )
     return lines
 
 
-_DIFF_HEAD = ["| row | baseline | metric | mean difference | 95 % interval | per seed | distinguishable from 0 |",
-              "|---|---|---|---|---|---|---|"]
+_DIFF_HEAD = [
+    "| row | baseline | metric | mean difference | 95 % interval | per seed | distinguishable from 0 |",
+    "|---|---|---|---|---|---|---|",
+]
 
 
 def _not_comparable(agg, missing: List[tuple]) -> List[str]:
@@ -198,15 +264,17 @@ def _markdown(sweep: Any, records, agg, diffs, pairs=()) -> str:
     done = sum(1 for r in records.values() if r.get("status") == "done")
     diverged = [r for r in records.values() if r.get("status") == "diverged"]
     failed = [r for r in records.values() if r.get("status") == "failed"]
-    lines += [f"Cells: {done} done, {len(diverged)} diverged, {len(failed)} failed, "
-              f"{len(sweep.cells) - len(records)} not run "
-              f"(of {len(sweep.cells)}: {len(sweep.rows)} rows x seeds {sweep.seeds}). "
-              "Mean ± sample std over seeds; `n` is the number of seeds that trained to the end "
-              "(a diverged cell is finished, but has no metrics).", ""]
+    lines += [
+        f"Cells: {done} done, {len(diverged)} diverged, {len(failed)} failed, "
+        f"{len(sweep.cells) - len(records)} not run "
+        f"(of {len(sweep.cells)}: {len(sweep.rows)} rows x seeds {sweep.seeds}). "
+        "Mean ± sample std over seeds; `n` is the number of seeds that trained to the end "
+        "(a diverged cell is finished, but has no metrics).",
+        "",
+    ]
     head = [k for k in METRICS if any(k in a["metrics"] for a in agg.values())]
-    lines += ["| " + " | ".join(["row", "n", *(METRICS[k] for k in head)]) + " |",
-              "|" + "---|" * (2 + len(head))]
-    for name, a in agg.items():
+    lines += ["| " + " | ".join(["row", "n", *(METRICS[k] for k in head)]) + " |", "|" + "---|" * (2 + len(head))]
+    for a in agg.values():
         cells = [(_fmt(a["metrics"][k], 3 if "frac" in k else 2) if k in a["metrics"] else "-") for k in head]
         n = f"{a['n_done']}/{a['n_cells']}" + (f" ({a['n_diverged']} diverged)" if a.get("n_diverged") else "")
         lines.append("| " + " | ".join([a["label"], n, *cells]) + " |")
@@ -223,8 +291,12 @@ def _markdown(sweep: Any, records, agg, diffs, pairs=()) -> str:
             lines += _diff_rows(agg, p["row"], p["metrics"])
         lines += _not_comparable(agg, [(p["row"], p["baseline"]) for p in pairs if not p["metrics"]])
         lines.append("")
-    lines += ["## Runs behind every number", "", "| cell | status | steps | seconds | CPU | run directory |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "## Runs behind every number",
+        "",
+        "| cell | status | steps | seconds | CPU | run directory |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in sweep.cells:
         r = records.get(c.name)
         if r is None:
@@ -236,14 +308,22 @@ def _markdown(sweep: Any, records, agg, diffs, pairs=()) -> str:
         lines.append(f"| {c.name} | {r['status']} | {r.get('steps', '-')} | {secs} | {cpu_of(r)} | `{r['run_dir']}` |")
     lines.append("")
     if diverged:
-        lines += ["## Diverged cells", "",
-                  "Training stopped at a non-finite loss (`train.on_nonfinite`); the same config and seed "
-                  "diverge at the same step, so these cells are finished.", ""]
+        lines += [
+            "## Diverged cells",
+            "",
+            "Training stopped at a non-finite loss (`train.on_nonfinite`); the same config and seed "
+            "diverge at the same step, so these cells are finished.",
+            "",
+        ]
         for r in diverged:
-            terms = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                              for k, v in r.get("terms_at_divergence", {}).items())
-            lines += [f"- `{r['cell']}`: epoch {r.get('diverged_at_epoch')}, step {r.get('diverged_at_step')}"
-                      + (f"; terms: {terms}" if terms else "")]
+            terms = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                for k, v in r.get("terms_at_divergence", {}).items()
+            )
+            lines += [
+                f"- `{r['cell']}`: epoch {r.get('diverged_at_epoch')}, step {r.get('diverged_at_step')}"
+                + (f"; terms: {terms}" if terms else "")
+            ]
         lines.append("")
     if failed:
         lines += ["## Failed cells", ""]
@@ -251,14 +331,23 @@ def _markdown(sweep: Any, records, agg, diffs, pairs=()) -> str:
             err = r.get("error", "").strip().splitlines()[-3:]
             lines += [f"- `{r['cell']}` (exit {r.get('returncode')}): " + " / ".join(err)]
         lines.append("")
-    lines += ["## Plots", "", "![final metrics](plot_final.png)", "", "![per-epoch curves](plot_curves.png)", "",
-              "![singular-value spectra](plot_spectrum.png)", ""]
+    lines += [
+        "## Plots",
+        "",
+        "![final metrics](plot_final.png)",
+        "",
+        "![per-epoch curves](plot_curves.png)",
+        "",
+        "![singular-value spectra](plot_spectrum.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _csv(sweep: Any, records) -> str:
-    keys = sorted({k for r in records.values() for k, v in r.get("final_eval", {}).items()
-                   if isinstance(v, (int, float))})
+    keys = sorted(
+        {k for r in records.values() for k, v in r.get("final_eval", {}).items() if isinstance(v, (int, float))}
+    )
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["cell", "row", "method", "seed", "status", "steps", "seconds", "cpu", *keys, "run_dir"])
@@ -267,9 +356,20 @@ def _csv(sweep: Any, records) -> str:
         if r is None:
             continue
         fe = r.get("final_eval", {})
-        w.writerow([c.name, c.row, r.get("method", ""), c.seed, r["status"], r.get("steps", ""),
-                    f"{r['seconds']:.1f}" if "seconds" in r else "", cpu_of(r), *[fe.get(k, "") for k in keys],
-                    r["run_dir"]])
+        w.writerow(
+            [
+                c.name,
+                c.row,
+                r.get("method", ""),
+                c.seed,
+                r["status"],
+                r.get("steps", ""),
+                f"{r['seconds']:.1f}" if "seconds" in r else "",
+                cpu_of(r),
+                *[fe.get(k, "") for k in keys],
+                r["run_dir"],
+            ]
+        )
     return buf.getvalue()
 
 
@@ -281,8 +381,10 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
 
     names = [r["name"] for r in sweep.rows]
     colors = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
-    done = {n: [records[c.name] for c in sweep.cells if c.row == n and records.get(c.name, {}).get("status") == "done"]
-            for n in names}
+    done = {
+        n: [records[c.name] for c in sweep.cells if c.row == n and records.get(c.name, {}).get("status") == "done"]
+        for n in names
+    }
 
     fig, axes = plt.subplots(1, len(HEADLINE), figsize=(4.5 * len(HEADLINE), 4))
     for ax, k in zip(axes, HEADLINE):
@@ -290,12 +392,21 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
             m = agg[n]["metrics"].get(k)
             if not m:
                 if agg[n].get("n_diverged"):  # an empty slot would read as "not run"
-                    ax.annotate("diverged", (i, 0.03), xycoords=("data", "axes fraction"), rotation=90,
-                                ha="center", va="bottom", fontsize=8, color=colors[n])
+                    ax.annotate(
+                        "diverged",
+                        (i, 0.03),
+                        xycoords=("data", "axes fraction"),
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                        color=colors[n],
+                    )
                 continue
             ax.scatter([i] * m["n"], list(m["values"].values()), color=colors[n], s=12, alpha=0.6)
-            ax.errorbar([i], [m["mean"]], yerr=[0 if m["n"] < 2 else m["std"]], fmt="o", color=colors[n],
-                        capsize=4, ms=7)
+            ax.errorbar(
+                [i], [m["mean"]], yerr=[0 if m["n"] < 2 else m["std"]], fmt="o", color=colors[n], capsize=4, ms=7
+            )
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([agg[n]["label"] for n in names], rotation=45, ha="right", fontsize=8)
         ax.set_title(METRICS[k], fontsize=10)
@@ -338,8 +449,11 @@ def _plots(sweep: Any, records, agg, out: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("singular value index")
         ax.set_ylabel("singular value / largest")
-        ax.set_title(("backbone features" if k.startswith("backbone") else "projector embeddings")
-                     + " (test of dimensional collapse)", fontsize=9)
+        ax.set_title(
+            ("backbone features" if k.startswith("backbone") else "projector embeddings")
+            + " (test of dimensional collapse)",
+            fontsize=9,
+        )
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:  # nothing finished yet: no legend
         axes[0].legend(fontsize=7)
@@ -374,10 +488,17 @@ def write_report(sweep: Any) -> Path:
     agg = aggregate(sweep, records)
     diffs = paired_differences(sweep, records, sweep.baseline)
     pairs = pair_differences(sweep, records)
-    results = {"sweep": sweep.name, "seeds": sweep.seeds, "rows": agg,
-               "paired_differences": {"baseline": sweep.baseline, "rows": {k: v for k, v in diffs.items() if v},
-                                      "pairs": pairs},
-               "cells": {k: _summary(v) for k, v in records.items()}}
+    results = {
+        "sweep": sweep.name,
+        "seeds": sweep.seeds,
+        "rows": agg,
+        "paired_differences": {
+            "baseline": sweep.baseline,
+            "rows": {k: v for k, v in diffs.items() if v},
+            "pairs": pairs,
+        },
+        "cells": {k: _summary(v) for k, v in records.items()},
+    }
     atomic_write_text(out / "results.json", json.dumps(_strict_json(results), indent=1, allow_nan=False, default=float))
     atomic_write_text(out / "results.csv", _csv(sweep, records))
     atomic_write_text(out / "results.md", _markdown(sweep, records, agg, diffs, pairs))

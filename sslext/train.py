@@ -28,6 +28,7 @@ norms are synchronised (``distributed.sync_batchnorm``), the losses gather
 the global batch, each rank augments with its own generator (seed offset by
 rank, every rank's state checkpointed) and only rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,34 @@ from typing import Any, Dict, Optional, Sequence
 
 from .config import ConfigError, dump_config, load_config
 from .distributed import cleanup_distributed
+
 # The trainer's public names, importable from here as before the split into sslext.training.
-from .training import (CHECKPOINT_VERSION, CheckpointMismatchError, NonFiniteLossError, Trainer,  # noqa: F401
-                       RunExistsError, build_everything, load_checkpoint_file, resolve_device, train)
+from .training import (  # noqa: F401
+    CHECKPOINT_VERSION,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    RunExistsError,
+    Trainer,
+    build_everything,
+    load_checkpoint_file,
+    resolve_device,
+    train,
+)
 from .training.faults import FaultInjector as _FaultInjector  # noqa: F401
 
-__all__ = ["train", "Trainer", "NonFiniteLossError", "CheckpointMismatchError", "RunExistsError",
-           "build_everything", "load_checkpoint_file", "resolve_device", "main", "short_summary", "EXIT_INTERRUPTED"]
+__all__ = [
+    "train",
+    "Trainer",
+    "NonFiniteLossError",
+    "CheckpointMismatchError",
+    "RunExistsError",
+    "build_everything",
+    "load_checkpoint_file",
+    "resolve_device",
+    "main",
+    "short_summary",
+    "EXIT_INTERRUPTED",
+]
 
 EXIT_INTERRUPTED = 4  # sslext-train stopped by SIGTERM/SIGINT after writing its checkpoint
 
@@ -53,11 +75,20 @@ EXIT_INTERRUPTED = 4  # sslext-train stopped by SIGTERM/SIGINT after writing its
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslext-train", description="Self-supervised pretraining with sslext losses.")
     p.add_argument("--config", "-c", help="YAML config (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.lr=0.1 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=0.1 (repeatable)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/last.pt")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh where a run exists: the old run is moved to <name>.old-<time>, not deleted")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh where a run exists: the old run is moved to <name>.old-<time>, not deleted",
+    )
     p.add_argument("--download", action="store_true", help="download the dataset if missing (CIFAR, Imagenette)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
@@ -114,8 +145,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(short_summary(summary), indent=2, default=str))
     if summary.get("interrupted"):
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"sslext-train: stopped by {summary['interrupted']} at step {summary['global_step']}; checkpoint "
-                  f"written to {Path(summary['run_dir']) / 'last.pt'}; continue with --resume", file=sys.stderr)
+            print(
+                f"sslext-train: stopped by {summary['interrupted']} at step {summary['global_step']}; checkpoint "
+                f"written to {Path(summary['run_dir']) / 'last.pt'}; continue with --resume",
+                file=sys.stderr,
+            )
         return EXIT_INTERRUPTED
     return 0
 

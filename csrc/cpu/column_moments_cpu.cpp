@@ -16,8 +16,7 @@ using cpu::kColumnGrain;
 // Each task owns a block of columns and sweeps every row twice: once for the
 // mean, once for the centered values and their squares (two passes are exact
 // where a one-pass formula cancels for large means).
-std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z,
-                                                      at::Tensor& centered) {
+std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z, at::Tensor& centered) {
   const int64_t n = z.size(0), d = z.size(1);
   auto mean = at::empty({d}, centered.options());
   auto m2 = at::empty({d}, centered.options());
@@ -44,8 +43,8 @@ std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z,
               s[j] += static_cast<double>(row[j]) - static_cast<double>(row0[j]);
           }
           for (int64_t j = 0; j < w; ++j) {
-            mp[d0 + j] = static_cast<acc_t>(static_cast<double>(row0[j]) +
-                                            s[j] / static_cast<double>(n));
+            mp[d0 + j] =
+                static_cast<acc_t>(static_cast<double>(row0[j]) + s[j] / static_cast<double>(n));
             s[j] = 0.0;
           }
           for (int64_t i = 0; i < n; ++i) {
@@ -63,8 +62,8 @@ std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z,
   return {mean, m2};
 }
 
-at::Tensor bn_backward_cpu(const at::Tensor& da, const at::Tensor& a,
-                           const at::Tensor& inv_std, at::ScalarType out_dtype) {
+at::Tensor bn_backward_cpu(const at::Tensor& da, const at::Tensor& a, const at::Tensor& inv_std,
+                           at::ScalarType out_dtype) {
   const int64_t n = da.size(0), d = da.size(1);
   auto dz = at::empty({n, d}, da.options().dtype(out_dtype));
   AT_DISPATCH_FLOATING_TYPES(da.scalar_type(), "bn_backward_cpu", [&] {
@@ -95,8 +94,7 @@ at::Tensor bn_backward_cpu(const at::Tensor& da, const at::Tensor& a,
               const acc_t* x = ap + i * d + d0;
               scalar_t* o = op + i * d + d0;
               for (int64_t j = 0; j < w; ++j)
-                o[j] = static_cast<scalar_t>(ip[d0 + j] *
-                                             (g[j] - s1[j] - x[j] * s2[j]));
+                o[j] = static_cast<scalar_t>(ip[d0 + j] * (g[j] - s1[j] - x[j] * s2[j]));
             }
           });
         });

@@ -20,8 +20,7 @@ at::Tensor offdiag_sums_cpu(const at::Tensor& m, double diag_target) {
   std::vector<double> sums;
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "offdiag_sums_cpu", [&] {
     const scalar_t* p = m.const_data_ptr<scalar_t>();
-    sums = cpu::chunked_row_sums<2>(d, [&](int64_t r0, int64_t r1,
-                                           double* out) {
+    sums = cpu::chunked_row_sums<2>(d, [&](int64_t r0, int64_t r1, double* out) {
       for (int64_t i = r0; i < r1; ++i) {
         const scalar_t* row = p + i * d;
         double left = 0, right = 0;
@@ -50,15 +49,14 @@ at::Tensor sum_sq_diff_cpu(const at::Tensor& a, const at::Tensor& b) {
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* ap = a.const_data_ptr<scalar_t>();
         const scalar_t* bp = b.const_data_ptr<scalar_t>();
-        total = cpu::chunked_row_sums<1>(n, [&](int64_t r0, int64_t r1,
-                                                double* out) {
+        total = cpu::chunked_row_sums<1>(n, [&](int64_t r0, int64_t r1, double* out) {
           for (int64_t i = r0; i < r1; ++i) {
             // The difference in opmath, as the GPU forms it; the sum in float64
             // (a float32 running sum over D terms would lose ~D eps).
             double s = 0;
             for (int64_t j = 0; j < d; ++j) {
-              const double diff = static_cast<double>(
-                  static_cast<acc_t>(ap[i * d + j]) - static_cast<acc_t>(bp[i * d + j]));
+              const double diff = static_cast<double>(static_cast<acc_t>(ap[i * d + j]) -
+                                                      static_cast<acc_t>(bp[i * d + j]));
               s += diff * diff;
             }
             out[0] += s;
@@ -75,8 +73,7 @@ at::Tensor dot_f64_cpu(const at::Tensor& a, const at::Tensor& b) {
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "dot_f64_cpu", [&] {
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
-    total = cpu::chunked_row_sums<1>(rows, [&](int64_t r0, int64_t r1,
-                                               double* out) {
+    total = cpu::chunked_row_sums<1>(rows, [&](int64_t r0, int64_t r1, double* out) {
       for (int64_t i = r0; i < r1; ++i) {
         double s = 0;
         for (int64_t j = 0; j < cols; ++j)

@@ -11,11 +11,9 @@
 
 namespace sslext::kernels {
 
-std::tuple<at::Tensor, at::Tensor> row_normalize_cpu(const at::Tensor& z,
-                                                     double eps) {
+std::tuple<at::Tensor, at::Tensor> row_normalize_cpu(const at::Tensor& z, double eps) {
   const int64_t n = z.size(0), d = z.size(1);
-  const auto acc_dtype =
-      z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto zhat = at::empty({n, d}, z.options().dtype(acc_dtype));
   auto norms = at::empty({n}, z.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -35,8 +33,7 @@ std::tuple<at::Tensor, at::Tensor> row_normalize_cpu(const at::Tensor& z,
             const acc_t norm = static_cast<acc_t>(std::sqrt(s));
             np[i] = norm;
             const acc_t inv = acc_t(1) / std::max(norm, static_cast<acc_t>(eps));
-            for (int64_t j = 0; j < d; ++j)
-              hp[i * d + j] = static_cast<acc_t>(row[j]) * inv;
+            for (int64_t j = 0; j < d; ++j) hp[i * d + j] = static_cast<acc_t>(row[j]) * inv;
           }
         });
       });
@@ -45,12 +42,9 @@ std::tuple<at::Tensor, at::Tensor> row_normalize_cpu(const at::Tensor& z,
 
 // For zhat = z / max(|z|, eps): dz = (g - zhat <zhat, g>) / |z| where the norm
 // is active, g / eps where the clamp is.
-at::Tensor row_normalize_backward_cpu(const at::Tensor& other,
-                                      const at::Tensor& proj,
-                                      const at::Tensor& zhat,
-                                      const at::Tensor& norms,
-                                      const at::Tensor& w, double eps,
-                                      at::ScalarType out_dtype) {
+at::Tensor row_normalize_backward_cpu(const at::Tensor& other, const at::Tensor& proj,
+                                      const at::Tensor& zhat, const at::Tensor& norms,
+                                      const at::Tensor& w, double eps, at::ScalarType out_dtype) {
   const int64_t n = zhat.size(0), d = zhat.size(1);
   auto dz = at::empty({n, d}, zhat.options().dtype(out_dtype));
   const bool has_proj = proj.defined() && proj.numel() > 0;
@@ -63,8 +57,7 @@ at::Tensor row_normalize_backward_cpu(const at::Tensor& other,
     const acc_t* hp = zhat.const_data_ptr<acc_t>();
     const acc_t* np = norms.const_data_ptr<acc_t>();
     AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, out_dtype, "row_normalize_backward_cpu_out",
-        [&] {
+        at::kHalf, at::kBFloat16, out_dtype, "row_normalize_backward_cpu_out", [&] {
           scalar_t* op = dz.data_ptr<scalar_t>();
           at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
             std::vector<acc_t> g(d);
@@ -80,12 +73,10 @@ at::Tensor row_normalize_backward_cpu(const at::Tensor& other,
               if (np[i] > static_cast<acc_t>(eps)) {
                 const acc_t inv = acc_t(1) / np[i];
                 for (int64_t j = 0; j < d; ++j)
-                  op[base + j] =
-                      static_cast<scalar_t>((g[j] - hp[base + j] * dot) * inv);
+                  op[base + j] = static_cast<scalar_t>((g[j] - hp[base + j] * dot) * inv);
               } else {
                 const acc_t inv = acc_t(1) / static_cast<acc_t>(eps);
-                for (int64_t j = 0; j < d; ++j)
-                  op[base + j] = static_cast<scalar_t>(g[j] * inv);
+                for (int64_t j = 0; j < d; ++j) op[base + j] = static_cast<scalar_t>(g[j] * inv);
               }
             }
           });

@@ -12,11 +12,9 @@
 namespace sslext::kernels {
 
 at::Tensor vicreg_grad_cpu(const at::Tensor& z, const at::Tensor& z_other,
-                           const at::Tensor& centered, const at::Tensor& var,
-                           const at::Tensor& g, const at::Tensor& grad_terms,
-                           double inv_coeff, double var_coeff,
-                           double cov_coeff, double eps, double cov_scale,
-                           bool subtract_diag) {
+                           const at::Tensor& centered, const at::Tensor& var, const at::Tensor& g,
+                           const at::Tensor& grad_terms, double inv_coeff, double var_coeff,
+                           double cov_coeff, double eps, double cov_scale, bool subtract_diag) {
   const int64_t n = z.size(0), d = z.size(1);
   // Contiguous whatever z's strides (a size-1 dim keeps any stride): the
   // fake kernel promises contiguous gradients.
@@ -36,10 +34,10 @@ at::Tensor vicreg_grad_cpu(const at::Tensor& z, const at::Tensor& z_other,
         const acc_t* vp = var.const_data_ptr<acc_t>();
         for (int64_t j = 0; j < d; ++j) {
           const acc_t sd = std::sqrt(vp[j] + static_cast<acc_t>(eps));
-          acc_t c = sd < acc_t(1)
-                        ? -w_var / (acc_t(2) * static_cast<acc_t>(d) *
-                                    static_cast<acc_t>(n - 1) * sd)
-                        : acc_t(0);
+          acc_t c =
+              sd < acc_t(1)
+                  ? -w_var / (acc_t(2) * static_cast<acc_t>(d) * static_cast<acc_t>(n - 1) * sd)
+                  : acc_t(0);
           if (subtract_diag) c -= k_g * vp[j];
           k_c[j] = c;
         }
@@ -52,10 +50,10 @@ at::Tensor vicreg_grad_cpu(const at::Tensor& z, const at::Tensor& z_other,
           for (int64_t i = i0; i < i1; ++i) {
             const int64_t base = i * d;
             for (int64_t j = 0; j < d; ++j) {
-              const acc_t diff = static_cast<acc_t>(zp[base + j]) -
-                                 static_cast<acc_t>(op[base + j]);
-              out[base + j] = static_cast<scalar_t>(
-                  k_inv * diff + k_c[j] * cp[base + j] + k_g * gp[base + j]);
+              const acc_t diff =
+                  static_cast<acc_t>(zp[base + j]) - static_cast<acc_t>(op[base + j]);
+              out[base + j] =
+                  static_cast<scalar_t>(k_inv * diff + k_c[j] * cp[base + j] + k_g * gp[base + j]);
             }
           }
         });

@@ -64,9 +64,8 @@ dim3 column_grid(int64_t d, const SplitPlan& plan) {
 // Sum of the split partials of column c (layout [splits][d]) in split order.
 // Every block that needs the total runs this same sequence, so all agree bitwise.
 template <typename acc_t>
-__device__ __forceinline__ acc_t sum_splits(const acc_t* __restrict__ partial,
-                                            int64_t splits, int64_t d,
-                                            int64_t c) {
+__device__ __forceinline__ acc_t sum_splits(const acc_t* __restrict__ partial, int64_t splits,
+                                            int64_t d, int64_t c) {
   acc_t total = acc_t(0);
   for (int64_t s = 0; s < splits; ++s) total += partial[s * d + c];
   return total;
@@ -76,8 +75,8 @@ __device__ __forceinline__ acc_t sum_splits(const acc_t* __restrict__ partial,
 // x * 32 + tx over rows ty, ty + 8, ... of the split. One partial per column.
 template <typename scalar_t, typename acc_t>
 __global__ __launch_bounds__(kThreads) void column_sum_partial_kernel(
-    const scalar_t* __restrict__ z, double* __restrict__ partial, int64_t n,
-    int64_t d, int64_t rows_per_split) {
+    const scalar_t* __restrict__ z, double* __restrict__ partial, int64_t n, int64_t d,
+    int64_t rows_per_split) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_split;
   const int64_t r1 = std::min(n, r0 + rows_per_split);
@@ -99,9 +98,8 @@ __global__ __launch_bounds__(kThreads) void column_sum_partial_kernel(
 template <typename scalar_t, typename acc_t>
 __global__ __launch_bounds__(kThreads) void column_center_kernel(
     const scalar_t* __restrict__ z, const double* __restrict__ sum_partial,
-    acc_t* __restrict__ centered, acc_t* __restrict__ mean,
-    double* __restrict__ sq_partial, int64_t n, int64_t d,
-    int64_t rows_per_split, int64_t splits) {
+    acc_t* __restrict__ centered, acc_t* __restrict__ mean, double* __restrict__ sq_partial,
+    int64_t n, int64_t d, int64_t rows_per_split, int64_t splits) {
   __shared__ acc_t tile_mean[kColTile];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   if (threadIdx.y == 0) {
@@ -133,8 +131,7 @@ __global__ __launch_bounds__(kThreads) void column_center_kernel(
 // One thread per column: folds the float64 split partials into the column total.
 template <typename acc_t>
 __global__ __launch_bounds__(kFinalizeThreads) void column_finalize_kernel(
-    const double* __restrict__ partial, acc_t* __restrict__ out, int64_t d,
-    int64_t splits) {
+    const double* __restrict__ partial, acc_t* __restrict__ out, int64_t d, int64_t splits) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinalizeThreads + threadIdx.x;
   if (c < d) out[c] = static_cast<acc_t>(sum_splits(partial, splits, d, c));
 }
@@ -142,9 +139,8 @@ __global__ __launch_bounds__(kFinalizeThreads) void column_finalize_kernel(
 // Same mapping as column_sum_partial_kernel, two sums at once: da and da * a.
 template <typename acc_t>
 __global__ __launch_bounds__(kThreads) void bn_backward_partial_kernel(
-    const acc_t* __restrict__ da, const acc_t* __restrict__ a,
-    acc_t* __restrict__ partial_g, acc_t* __restrict__ partial_ga, int64_t n,
-    int64_t d, int64_t rows_per_split) {
+    const acc_t* __restrict__ da, const acc_t* __restrict__ a, acc_t* __restrict__ partial_g,
+    acc_t* __restrict__ partial_ga, int64_t n, int64_t d, int64_t rows_per_split) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_split;
   const int64_t r1 = std::min(n, r0 + rows_per_split);
@@ -169,10 +165,9 @@ __global__ __launch_bounds__(kThreads) void bn_backward_partial_kernel(
 // writes dz for its rows of the split.
 template <typename acc_t, typename out_t>
 __global__ __launch_bounds__(kThreads) void bn_backward_apply_kernel(
-    const acc_t* __restrict__ da, const acc_t* __restrict__ a,
-    const acc_t* __restrict__ inv_std, const acc_t* __restrict__ partial_g,
-    const acc_t* __restrict__ partial_ga, out_t* __restrict__ dz, int64_t n,
-    int64_t d, int64_t rows_per_split, int64_t splits) {
+    const acc_t* __restrict__ da, const acc_t* __restrict__ a, const acc_t* __restrict__ inv_std,
+    const acc_t* __restrict__ partial_g, const acc_t* __restrict__ partial_ga,
+    out_t* __restrict__ dz, int64_t n, int64_t d, int64_t rows_per_split, int64_t splits) {
   __shared__ acc_t tile_mg[kColTile];
   __shared__ acc_t tile_mga[kColTile];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
@@ -200,8 +195,7 @@ __global__ __launch_bounds__(kThreads) void bn_backward_apply_kernel(
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> column_moments_cuda(const at::Tensor& z,
-                                                       at::Tensor& centered) {
+std::tuple<at::Tensor, at::Tensor> column_moments_cuda(const at::Tensor& z, at::Tensor& centered) {
   c10::cuda::CUDAGuard guard(z.device());
   const int64_t n = z.size(0), d = z.size(1);
   auto mean = at::empty({d}, centered.options());
@@ -221,9 +215,8 @@ std::tuple<at::Tensor, at::Tensor> column_moments_cuda(const at::Tensor& z,
             zp, sum_ws.data_ptr<double>(), n, d, plan.rows_per_split);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         SSLEXT_LAUNCH(grid, block, 0, stream, column_center_kernel<scalar_t, acc_t>)(
-            zp, sum_ws.const_data_ptr<double>(), centered.data_ptr<acc_t>(),
-            mean.data_ptr<acc_t>(), sq_ws.data_ptr<double>(), n, d,
-            plan.rows_per_split, plan.splits);
+            zp, sum_ws.const_data_ptr<double>(), centered.data_ptr<acc_t>(), mean.data_ptr<acc_t>(),
+            sq_ws.data_ptr<double>(), n, d, plan.rows_per_split, plan.splits);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         SSLEXT_LAUNCH(fin_grid, kFinalizeThreads, 0, stream, column_finalize_kernel<acc_t>)(
             sq_ws.const_data_ptr<double>(), m2.data_ptr<acc_t>(), d, plan.splits);
@@ -232,8 +225,7 @@ std::tuple<at::Tensor, at::Tensor> column_moments_cuda(const at::Tensor& z,
   return {mean, m2};
 }
 
-at::Tensor bn_backward_cuda(const at::Tensor& da, const at::Tensor& a,
-                            const at::Tensor& inv_std,
+at::Tensor bn_backward_cuda(const at::Tensor& da, const at::Tensor& a, const at::Tensor& inv_std,
                             at::ScalarType out_dtype) {
   c10::cuda::CUDAGuard guard(da.device());
   const int64_t n = da.size(0), d = da.size(1);
@@ -250,15 +242,13 @@ at::Tensor bn_backward_cuda(const at::Tensor& da, const at::Tensor& a,
     const acc_t* ap = a.const_data_ptr<acc_t>();
     const acc_t* ip = inv_std.const_data_ptr<acc_t>();
     SSLEXT_LAUNCH(grid, block, 0, stream, bn_backward_partial_kernel<acc_t>)(
-        gp, ap, g_ws.data_ptr<acc_t>(), ga_ws.data_ptr<acc_t>(), n, d,
-        plan.rows_per_split);
+        gp, ap, g_ws.data_ptr<acc_t>(), ga_ws.data_ptr<acc_t>(), n, d, plan.rows_per_split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, out_dtype, "bn_backward_cuda_out", [&] {
           SSLEXT_LAUNCH(grid, block, 0, stream, bn_backward_apply_kernel<acc_t, scalar_t>)(
-              gp, ap, ip, g_ws.const_data_ptr<acc_t>(),
-              ga_ws.const_data_ptr<acc_t>(), dz.data_ptr<scalar_t>(), n, d,
-              plan.rows_per_split, plan.splits);
+              gp, ap, ip, g_ws.const_data_ptr<acc_t>(), ga_ws.const_data_ptr<acc_t>(),
+              dz.data_ptr<scalar_t>(), n, d, plan.rows_per_split, plan.splits);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   });

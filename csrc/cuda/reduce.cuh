@@ -42,8 +42,7 @@ __device__ __forceinline__ T warp_reduce_sum(T v) {
 // caller reduce again (or loop to another row) without racing on the scratch.
 template <int kBlock, typename T>
 __device__ __forceinline__ T block_reduce_sum(T v) {
-  static_assert(kBlock % kWarpSize == 0 && kBlock <= 1024,
-                "block_reduce_sum needs whole warps");
+  static_assert(kBlock % kWarpSize == 0 && kBlock <= 1024, "block_reduce_sum needs whole warps");
   constexpr int kWarps = kBlock / kWarpSize;
   // kWarps partials plus one broadcast slot, so the broadcast write never
   // overlaps a slot warp 0 may still be reading.

@@ -33,8 +33,7 @@ constexpr int64_t kItemsPerThread = 8;
 constexpr int64_t kMaxPartials = 1024;
 
 int64_t flat_blocks(int64_t numel) {
-  return std::clamp<int64_t>(ceil_div(numel, kThreads * kItemsPerThread), 1,
-                             kMaxPartials);
+  return std::clamp<int64_t>(ceil_div(numel, kThreads * kItemsPerThread), 1, kMaxPartials);
 }
 
 // Thread t of the single block folds partials t, t + kThreads, ... of each of
@@ -44,8 +43,7 @@ __global__ __launch_bounds__(kThreads) void finalize_partials_kernel(
     const double* __restrict__ partials, int64_t count, double* __restrict__ out) {
   for (int k = 0; k < kWidth; ++k) {
     double s = 0.0;
-    for (int64_t p = threadIdx.x; p < count; p += kThreads)
-      s += partials[p * kWidth + k];
+    for (int64_t p = threadIdx.x; p < count; p += kThreads) s += partials[p * kWidth + k];
     s = block_reduce_sum<kThreads>(s);
     if (threadIdx.x == 0) out[k] = s;
   }
@@ -55,16 +53,15 @@ __global__ __launch_bounds__(kThreads) void finalize_partials_kernel(
 // thread's float64 sum sees a sequence fixed by the (shape-only) grid.
 template <typename scalar_t, typename acc_t>
 __global__ __launch_bounds__(kThreads) void sum_sq_diff_partial_kernel(
-    const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-    int64_t numel, double* __restrict__ partials) {
+    const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t numel,
+    double* __restrict__ partials) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   double s = 0.0;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-       k < numel; k += stride) {
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; k < numel;
+       k += stride) {
     // The difference in opmath, its square in float64, as on the CPU: a
     // float32 square overflows for |diff| > ~1.8e19.
-    const double diff =
-        static_cast<double>(static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]));
+    const double diff = static_cast<double>(static_cast<acc_t>(a[k]) - static_cast<acc_t>(b[k]));
     s += diff * diff;
   }
   s = block_reduce_sum<kThreads>(s);
@@ -74,13 +71,14 @@ __global__ __launch_bounds__(kThreads) void sum_sq_diff_partial_kernel(
 // Same mapping as sum_sq_diff_partial_kernel; products and sums in float64,
 // as on the CPU.
 template <typename scalar_t>
-__global__ __launch_bounds__(kThreads) void dot_partial_kernel(
-    const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-    int64_t numel, double* __restrict__ partials) {
+__global__ __launch_bounds__(kThreads) void dot_partial_kernel(const scalar_t* __restrict__ a,
+                                                               const scalar_t* __restrict__ b,
+                                                               int64_t numel,
+                                                               double* __restrict__ partials) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   double s = 0.0;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-       k < numel; k += stride) {
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; k < numel;
+       k += stride) {
     s += static_cast<double>(a[k]) * static_cast<double>(b[k]);
   }
   s = block_reduce_sum<kThreads>(s);
@@ -91,9 +89,9 @@ __global__ __launch_bounds__(kThreads) void dot_partial_kernel(
 // columns (coalesced). The diagonal element goes to its own sum and never into
 // the off-diagonal one. Partials interleaved as (off, diag) per block.
 template <typename scalar_t>
-__global__ __launch_bounds__(kThreads) void offdiag_partial_kernel(
-    const scalar_t* __restrict__ m, int64_t d, double diag_target,
-    double* __restrict__ partials) {
+__global__ __launch_bounds__(kThreads) void offdiag_partial_kernel(const scalar_t* __restrict__ m,
+                                                                   int64_t d, double diag_target,
+                                                                   double* __restrict__ partials) {
   double off = 0.0, on = 0.0;
   for (int64_t i = blockIdx.x; i < d; i += gridDim.x) {
     const scalar_t* row = m + i * d;
@@ -126,9 +124,9 @@ at::Tensor offdiag_sums_cuda(const at::Tensor& m, double diag_target) {
   auto out = at::empty({2}, m.options().dtype(at::kDouble));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "offdiag_sums_cuda", [&] {
-    SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, offdiag_partial_kernel<scalar_t>)(
-            m.const_data_ptr<scalar_t>(), d, diag_target,
-            partials.data_ptr<double>());
+    SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream,
+                  offdiag_partial_kernel<scalar_t>)(m.const_data_ptr<scalar_t>(), d, diag_target,
+                                                    partials.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<2>)(
@@ -147,9 +145,10 @@ at::Tensor sum_sq_diff_cuda(const at::Tensor& a, const at::Tensor& b) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, a.scalar_type(), "sum_sq_diff_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, sum_sq_diff_partial_kernel<scalar_t, acc_t>)(
-                a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
-                numel, partials.data_ptr<double>());
+        SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream,
+                      sum_sq_diff_partial_kernel<scalar_t, acc_t>)(
+            a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), numel,
+            partials.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<1>)(
@@ -167,8 +166,8 @@ at::Tensor dot_f64_cuda(const at::Tensor& a, const at::Tensor& b) {
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "dot_f64_cuda", [&] {
     SSLEXT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, dot_partial_kernel<scalar_t>)(
-            a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), numel,
-            partials.data_ptr<double>());
+        a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), numel,
+        partials.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   SSLEXT_LAUNCH(1, kThreads, 0, stream, finalize_partials_kernel<1>)(

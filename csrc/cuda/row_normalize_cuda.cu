@@ -30,9 +30,10 @@ int64_t row_blocks(int64_t n) { return std::clamp<int64_t>(n, 1, kMaxRowBlocks);
 // row's columns, so a warp reads consecutive elements, and the row's sum of
 // squares is a fixed block tree. The second sweep re-reads the row (L1/L2).
 template <typename scalar_t, typename acc_t>
-__global__ __launch_bounds__(kThreads) void row_normalize_kernel(
-    const scalar_t* __restrict__ z, acc_t* __restrict__ zhat,
-    acc_t* __restrict__ norms, int64_t n, int64_t d, acc_t eps) {
+__global__ __launch_bounds__(kThreads) void row_normalize_kernel(const scalar_t* __restrict__ z,
+                                                                 acc_t* __restrict__ zhat,
+                                                                 acc_t* __restrict__ norms,
+                                                                 int64_t n, int64_t d, acc_t eps) {
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     const scalar_t* row = z + i * d;
     // Sum of squares and its sqrt in float64, as on the CPU: in float32 a row
@@ -48,8 +49,7 @@ __global__ __launch_bounds__(kThreads) void row_normalize_kernel(
     // std::max(norm, eps) of the CPU path: a NaN norm stays NaN.
     const acc_t inv = acc_t(1) / (norm < eps ? eps : norm);
     acc_t* out = zhat + i * d;
-    for (int64_t j = threadIdx.x; j < d; j += kThreads)
-      out[j] = static_cast<acc_t>(row[j]) * inv;
+    for (int64_t j = threadIdx.x; j < d; j += kThreads) out[j] = static_cast<acc_t>(row[j]) * inv;
   }
 }
 
@@ -57,10 +57,9 @@ __global__ __launch_bounds__(kThreads) void row_normalize_kernel(
 // twice (for <zhat, g>, then for the output) instead of being stored.
 template <typename acc_t, typename out_t>
 __global__ __launch_bounds__(kThreads) void row_normalize_backward_kernel(
-    const acc_t* __restrict__ other, const acc_t* __restrict__ proj,
-    const acc_t* __restrict__ zhat, const acc_t* __restrict__ norms,
-    const acc_t* __restrict__ w, out_t* __restrict__ dz, int64_t n, int64_t d,
-    acc_t eps) {
+    const acc_t* __restrict__ other, const acc_t* __restrict__ proj, const acc_t* __restrict__ zhat,
+    const acc_t* __restrict__ norms, const acc_t* __restrict__ w, out_t* __restrict__ dz, int64_t n,
+    int64_t d, acc_t eps) {
   const bool has_proj = proj != nullptr;
   const acc_t w0 = w[0];
   const acc_t w1 = has_proj ? w[1] : acc_t(0);
@@ -79,41 +78,36 @@ __global__ __launch_bounds__(kThreads) void row_normalize_backward_kernel(
     for (int64_t j = threadIdx.x; j < d; j += kThreads) {
       acc_t v = w0 * other[base + j];
       if (has_proj) v += w1 * proj[base + j];
-      dz[base + j] = static_cast<out_t>(
-          active ? (v - zhat[base + j] * dot) * inv : v * inv);
+      dz[base + j] = static_cast<out_t>(active ? (v - zhat[base + j] * dot) * inv : v * inv);
     }
   }
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> row_normalize_cuda(const at::Tensor& z,
-                                                      double eps) {
+std::tuple<at::Tensor, at::Tensor> row_normalize_cuda(const at::Tensor& z, double eps) {
   c10::cuda::CUDAGuard guard(z.device());
   const int64_t n = z.size(0), d = z.size(1);
-  const auto acc_dtype =
-      z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto zhat = at::empty({n, d}, z.options().dtype(acc_dtype));
   auto norms = at::empty({n}, z.options().dtype(acc_dtype));
   if (n == 0) return {zhat, norms};
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, z.scalar_type(), "row_normalize_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        SSLEXT_LAUNCH(static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream, row_normalize_kernel<scalar_t, acc_t>)(
-                z.const_data_ptr<scalar_t>(), zhat.data_ptr<acc_t>(),
-                norms.data_ptr<acc_t>(), n, d, static_cast<acc_t>(eps));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "row_normalize_cuda",
+                                  [&] {
+                                    using acc_t = at::opmath_type<scalar_t>;
+                                    SSLEXT_LAUNCH(static_cast<unsigned>(row_blocks(n)), kThreads, 0,
+                                                  stream, row_normalize_kernel<scalar_t, acc_t>)(
+                                        z.const_data_ptr<scalar_t>(), zhat.data_ptr<acc_t>(),
+                                        norms.data_ptr<acc_t>(), n, d, static_cast<acc_t>(eps));
+                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                  });
   return {zhat, norms};
 }
 
-at::Tensor row_normalize_backward_cuda(const at::Tensor& other,
-                                       const at::Tensor& proj,
-                                       const at::Tensor& zhat,
-                                       const at::Tensor& norms,
-                                       const at::Tensor& w, double eps,
-                                       at::ScalarType out_dtype) {
+at::Tensor row_normalize_backward_cuda(const at::Tensor& other, const at::Tensor& proj,
+                                       const at::Tensor& zhat, const at::Tensor& norms,
+                                       const at::Tensor& w, double eps, at::ScalarType out_dtype) {
   c10::cuda::CUDAGuard guard(zhat.device());
   const int64_t n = zhat.size(0), d = zhat.size(1);
   auto dz = at::empty({n, d}, zhat.options().dtype(out_dtype));
@@ -128,11 +122,10 @@ at::Tensor row_normalize_backward_cuda(const at::Tensor& other,
     const acc_t* np = norms.const_data_ptr<acc_t>();
     const acc_t* wp = w.const_data_ptr<acc_t>();
     AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, out_dtype, "row_normalize_backward_cuda_out",
-        [&] {
-          SSLEXT_LAUNCH(static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream, row_normalize_backward_kernel<acc_t, scalar_t>)(
-                  otp, pp, hp, np, wp, dz.data_ptr<scalar_t>(), n, d,
-                  static_cast<acc_t>(eps));
+        at::kHalf, at::kBFloat16, out_dtype, "row_normalize_backward_cuda_out", [&] {
+          SSLEXT_LAUNCH(static_cast<unsigned>(row_blocks(n)), kThreads, 0, stream,
+                        row_normalize_backward_kernel<acc_t, scalar_t>)(
+              otp, pp, hp, np, wp, dz.data_ptr<scalar_t>(), n, d, static_cast<acc_t>(eps));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   });

@@ -37,12 +37,13 @@ void syncthreads(const char* file, int line);
 // Warp rendezvous of the lanes named in mask at one call site: every lane
 // posts its value and source lane; returns the value of its source lane (or
 // its own where CUDA says so). kind: 0 idx, 1 down, 2 up, 3 xor.
-uint64_t shfl(const char* file, int line, unsigned mask, uint64_t bits, int kind,
-              int arg, int width);
+uint64_t shfl(const char* file, int line, unsigned mask, uint64_t bits, int kind, int arg,
+              int width);
 
 template <typename T>
 inline T shfl_t(const char* file, int line, unsigned mask, T v, int kind, int arg, int width) {
-  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffle of a type wider than 8 bytes");
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>,
+                "shuffle of a type wider than 8 bytes");
   uint64_t b = 0;
   std::memcpy(&b, &v, sizeof(T));
   b = shfl(file, line, mask, b, kind, arg, width);
@@ -100,8 +101,8 @@ struct Launcher {
 };
 
 template <typename... P>
-Launcher<P...> make_launcher(const char* name, const char* file, int line, dim3 grid,
-                             dim3 block, size_t smem, void (*fn)(P...)) {
+Launcher<P...> make_launcher(const char* name, const char* file, int line, dim3 grid, dim3 block,
+                             size_t smem, void (*fn)(P...)) {
   return Launcher<P...>{LaunchSpec{name, file, line, grid, block, smem, 0}, fn};
 }
 
@@ -128,20 +129,23 @@ Launcher<P...> make_launcher(const char* name, const char* file, int line, dim3 
 #define gridDim (::sslext::emu::grid_dim())
 #define warpSize 32
 #define __syncthreads() ::sslext::emu::syncthreads(__FILE__, __LINE__)
-#define __shfl_sync(mask, v, src, ...) \
-  ::sslext::emu::shfl_t(__FILE__, __LINE__, (mask), (v), 0, (src), (__VA_ARGS__ + 0) ? (__VA_ARGS__ + 0) : 32)
-#define __shfl_down_sync(mask, v, d, ...) \
-  ::sslext::emu::shfl_t(__FILE__, __LINE__, (mask), (v), 1, (d), (__VA_ARGS__ + 0) ? (__VA_ARGS__ + 0) : 32)
-#define __shfl_up_sync(mask, v, d, ...) \
-  ::sslext::emu::shfl_t(__FILE__, __LINE__, (mask), (v), 2, (d), (__VA_ARGS__ + 0) ? (__VA_ARGS__ + 0) : 32)
-#define __shfl_xor_sync(mask, v, m, ...) \
-  ::sslext::emu::shfl_t(__FILE__, __LINE__, (mask), (v), 3, (m), (__VA_ARGS__ + 0) ? (__VA_ARGS__ + 0) : 32)
-
+#define __shfl_sync(mask, v, src, ...)                             \
+  ::sslext::emu::shfl_t(__FILE__, __LINE__, (mask), (v), 0, (src), \
+                        (__VA_ARGS__ + 0) ? (__VA_ARGS__ + 0) : 32)
+#define __shfl_down_sync(mask, v, d, ...)                        \
+  ::sslext::emu::shfl_t(__FILE__, __LINE__, (mask), (v), 1, (d), \
+                        (__VA_ARGS__ + 0) ? (__VA_ARGS__ + 0) : 32)
+#define __shfl_up_sync(mask, v, d, ...)                          \
+  ::sslext::emu::shfl_t(__FILE__, __LINE__, (mask), (v), 2, (d), \
+                        (__VA_ARGS__ + 0) ? (__VA_ARGS__ + 0) : 32)
+#define __shfl_xor_sync(mask, v, m, ...)                         \
+  ::sslext::emu::shfl_t(__FILE__, __LINE__, (mask), (v), 3, (m), \
+                        (__VA_ARGS__ + 0) ? (__VA_ARGS__ + 0) : 32)
 
 // kernel<<<grid, block, smem, stream>>>(args) in the real build.
-#define SSLEXT_LAUNCH(grid, block, smem, stream, ...)                                     \
-  ::sslext::emu::make_launcher(#__VA_ARGS__, __FILE__, __LINE__, dim3(grid), dim3(block), \
-                               (smem), &__VA_ARGS__)
+#define SSLEXT_LAUNCH(grid, block, smem, stream, ...)                                             \
+  ::sslext::emu::make_launcher(#__VA_ARGS__, __FILE__, __LINE__, dim3(grid), dim3(block), (smem), \
+                               &__VA_ARGS__)
 
 #define SSLEXT_EMU_BOUNDS(kernel, n) \
   static ::sslext::emu::BoundsRegistrar sslext_emu_bounds_##kernel(#kernel, (n))

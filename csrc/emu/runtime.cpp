@@ -337,8 +337,8 @@ EMU_NOSAN void fiber_main(void*) {
 void init_fiber(Fiber& f) {
   if (f.lo == nullptr) {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
     TORCH_CHECK(m != MAP_FAILED, "sslext emu: cannot map a fiber stack");
     mprotect(m, page, PROT_NONE);  // guard page: an overflow faults
     f.lo = static_cast<char*>(m) + page;
@@ -352,12 +352,12 @@ void init_fiber(Fiber& f) {
   asm volatile("stmxcsr %0" : "=m"(mxcsr));
   asm volatile("fnstcw %0" : "=m"(fcw));
   sp[0] = static_cast<uint64_t>(mxcsr) | (static_cast<uint64_t>(fcw) << 32);
-  sp[1] = 0;                                                 // r15
-  sp[2] = 0;                                                 // r14
-  sp[3] = reinterpret_cast<uint64_t>(&fiber_main);           // r13
-  sp[4] = 0;                                                 // r12
-  sp[5] = 0;                                                 // rbx
-  sp[6] = 0;                                                 // rbp
+  sp[1] = 0;                                                   // r15
+  sp[2] = 0;                                                   // r14
+  sp[3] = reinterpret_cast<uint64_t>(&fiber_main);             // r13
+  sp[4] = 0;                                                   // r12
+  sp[5] = 0;                                                   // rbx
+  sp[6] = 0;                                                   // rbp
   sp[7] = reinterpret_cast<uint64_t>(&sslext_emu_trampoline);  // ret
   f.sp = sp;
   f.st = St::Runnable;
@@ -525,17 +525,21 @@ EMU_NOSAN void check_shared(Launch& L, uintptr_t a, int size, bool write) {
     Shadow& s = L.shadow[a + i];
     if (write) {
       if (s.writer >= 0 && s.wepoch == L.epoch && s.writer != t)
-        fail_in_fiber(L, "racecheck",
-                      "write-write hazard on shared byte 0x" + [&] {
-                        std::ostringstream o;
-                        o << std::hex << a + i;
-                        return o.str();
-                      }() + ": also written by thread " + std::to_string(s.writer) +
-                          " since the last __syncthreads");
+        fail_in_fiber(
+            L, "racecheck",
+            "write-write hazard on shared byte 0x" +
+                [&] {
+                  std::ostringstream o;
+                  o << std::hex << a + i;
+                  return o.str();
+                }() +
+                ": also written by thread " + std::to_string(s.writer) +
+                " since the last __syncthreads");
       if (s.repoch == L.epoch && s.reader != -1 && s.reader != t)
         fail_in_fiber(L, "racecheck",
                       "read-write hazard: writes a shared byte that " +
-                          (s.reader == -2 ? std::string("other threads") : "thread " + std::to_string(s.reader)) +
+                          (s.reader == -2 ? std::string("other threads")
+                                          : "thread " + std::to_string(s.reader)) +
                           " read since the last __syncthreads");
       s.writer = t;
       s.wepoch = L.epoch;
@@ -546,8 +550,8 @@ EMU_NOSAN void check_shared(Launch& L, uintptr_t a, int size, bool write) {
                       "(uninitialised __shared__)");
       if (s.wepoch == L.epoch && s.writer != t)
         fail_in_fiber(L, "racecheck",
-                      "write-read hazard: reads a shared byte that thread " + std::to_string(s.writer) +
-                          " wrote since the last __syncthreads");
+                      "write-read hazard: reads a shared byte that thread " +
+                          std::to_string(s.writer) + " wrote since the last __syncthreads");
       if (s.repoch != L.epoch) {
         s.reader = t;
         s.repoch = L.epoch;
@@ -630,8 +634,8 @@ EMU_NOSAN void syncthreads(const char* file, int line) {
   sslext_emu_switch(&f.sp, L.sched_sp);
 }
 
-EMU_NOSAN uint64_t shfl(const char* file, int line, unsigned mask, uint64_t bits, int kind,
-                        int arg, int width) {
+EMU_NOSAN uint64_t shfl(const char* file, int line, unsigned mask, uint64_t bits, int kind, int arg,
+                        int width) {
   Launch& L = *t_launch;
   const int tid = L.cur;
   Fiber& f = (*L.fibers)[tid];
@@ -640,9 +644,11 @@ EMU_NOSAN uint64_t shfl(const char* file, int line, unsigned mask, uint64_t bits
   // checks off until this thread switches away or returns.
   ++t_in_hook;
   if (width < 1 || width > 32 || (width & (width - 1)) != 0)
-    fail_in_fiber(L, "synccheck", "shuffle width " + std::to_string(width) + " is not a power of two <= 32");
+    fail_in_fiber(L, "synccheck",
+                  "shuffle width " + std::to_string(width) + " is not a power of two <= 32");
   if (kind == 3 && (arg < 0 || arg > 31))
-    fail_in_fiber(L, "synccheck", "__shfl_xor_sync lane mask " + std::to_string(arg) + " reaches past the warp");
+    fail_in_fiber(L, "synccheck",
+                  "__shfl_xor_sync lane mask " + std::to_string(arg) + " reaches past the warp");
   if (!(mask >> (tid % 32) & 1u))
     fail_in_fiber(L, "synccheck", "calls a shuffle whose mask does not name its own lane");
   for (int l = 0; l < 32; ++l)
@@ -697,7 +703,8 @@ void launch(const LaunchSpec& spec, ThreadBody body, void* ctx) {
   if (threads == 0) bad("zero-sized block");
   if (b.x > 1024 || b.y > 1024 || b.z > 64 || threads > 1024)
     bad("block of " + std::to_string(threads) + " threads (" + std::to_string(b.x) + "," +
-        std::to_string(b.y) + "," + std::to_string(b.z) + "): more than 1024 or a dimension past its limit");
+        std::to_string(b.y) + "," + std::to_string(b.z) +
+        "): more than 1024 or a dimension past its limit");
   if (spec.bounds > 0 && threads > static_cast<uint64_t>(spec.bounds))
     bad("block of " + std::to_string(threads) + " threads exceeds __launch_bounds__(" +
         std::to_string(spec.bounds) + ")");
@@ -773,7 +780,7 @@ std::string bounds_text() {
 // Plain loads/stores report to the checks; atomics (std::atomic in inlined
 // ATen code, e.g. reference counts) are performed as requested.
 extern "C" {
-#define SSLEXT_EMU_RW(n)                                                                 \
+#define SSLEXT_EMU_RW(n)                                                                    \
   EMU_NOSAN void __tsan_read##n(void* p) { sslext::emu::on_access(p, n, false); }           \
   EMU_NOSAN void __tsan_write##n(void* p) { sslext::emu::on_access(p, n, true); }           \
   EMU_NOSAN void __tsan_unaligned_read##n(void* p) { sslext::emu::on_access(p, n, false); } \
@@ -798,45 +805,44 @@ EMU_NOSAN void __tsan_vptr_read(void**) {}
 EMU_NOSAN void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 EMU_NOSAN void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 
-#define SSLEXT_EMU_ATOMIC(bits, T)                                                              \
-  EMU_NOSAN T __tsan_atomic##bits##_load(const volatile T* a, int) {                           \
-    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                               \
-  }                                                                                            \
-  EMU_NOSAN void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                        \
-    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                  \
-  }                                                                                            \
-  EMU_NOSAN T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                        \
-    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                        \
-  }                                                                                            \
-  EMU_NOSAN T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                       \
-    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                         \
-  }                                                                                            \
-  EMU_NOSAN T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                       \
-    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                         \
-  }                                                                                            \
-  EMU_NOSAN T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                       \
-    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                         \
-  }                                                                                            \
-  EMU_NOSAN T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                        \
-    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                          \
-  }                                                                                            \
-  EMU_NOSAN T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                       \
-    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                         \
-  }                                                                                            \
-  EMU_NOSAN T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) {                      \
-    return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                        \
-  }                                                                                            \
-  EMU_NOSAN int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int,   \
-                                                              int) {                           \
-    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);    \
-  }                                                                                            \
-  EMU_NOSAN int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int,     \
-                                                            int) {                             \
-    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);     \
-  }                                                                                            \
-  EMU_NOSAN T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {  \
-    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);          \
-    return c;                                                                                  \
+#define SSLEXT_EMU_ATOMIC(bits, T)                                                                \
+  EMU_NOSAN T __tsan_atomic##bits##_load(const volatile T* a, int) {                              \
+    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                  \
+  }                                                                                               \
+  EMU_NOSAN void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                           \
+    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                     \
+  }                                                                                               \
+  EMU_NOSAN T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                           \
+    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                           \
+  }                                                                                               \
+  EMU_NOSAN T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                          \
+    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                            \
+  }                                                                                               \
+  EMU_NOSAN T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                          \
+    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                            \
+  }                                                                                               \
+  EMU_NOSAN T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                          \
+    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                            \
+  }                                                                                               \
+  EMU_NOSAN T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                           \
+    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                             \
+  }                                                                                               \
+  EMU_NOSAN T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                          \
+    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                            \
+  }                                                                                               \
+  EMU_NOSAN T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) {                         \
+    return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                           \
+  }                                                                                               \
+  EMU_NOSAN int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int,      \
+                                                              int) {                              \
+    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);       \
+  }                                                                                               \
+  EMU_NOSAN int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) { \
+    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);        \
+  }                                                                                               \
+  EMU_NOSAN T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {     \
+    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);             \
+    return c;                                                                                     \
   }
 SSLEXT_EMU_ATOMIC(8, uint8_t)
 SSLEXT_EMU_ATOMIC(16, uint16_t)

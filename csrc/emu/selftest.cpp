@@ -215,21 +215,25 @@ std::string run(const std::string& name) {
 TORCH_LIBRARY(sslext_emu, m) {
   m.def("selftest(str name) -> str", [](std::string name) { return run(name); });
   m.def("seed() -> int", []() { return static_cast<int64_t>(sslext::emu::seed()); });
-  m.def("set_seed(int seed) -> ()", [](int64_t s) { sslext::emu::set_seed(static_cast<uint64_t>(s)); });
+  m.def("set_seed(int seed) -> ()",
+        [](int64_t s) { sslext::emu::set_seed(static_cast<uint64_t>(s)); });
   m.def("launch_counts() -> str", []() { return sslext::emu::launch_counts_text(); });
   m.def("launch_bounds() -> str", []() { return sslext::emu::bounds_text(); });
   // The kernels of csrc/cuda/ one by one, for targeted regression tests.
   namespace k = sslext::kernels;
-  m.def("dot_f64(Tensor a, Tensor b) -> Tensor",
-        [](const at::Tensor& a, const at::Tensor& b) { return k::dot_f64_cuda(a.contiguous(), b.contiguous()); });
-  m.def("sum_sq_diff(Tensor a, Tensor b) -> Tensor",
-        [](const at::Tensor& a, const at::Tensor& b) { return k::sum_sq_diff_cuda(a.contiguous(), b.contiguous()); });
+  m.def("dot_f64(Tensor a, Tensor b) -> Tensor", [](const at::Tensor& a, const at::Tensor& b) {
+    return k::dot_f64_cuda(a.contiguous(), b.contiguous());
+  });
+  m.def("sum_sq_diff(Tensor a, Tensor b) -> Tensor", [](const at::Tensor& a, const at::Tensor& b) {
+    return k::sum_sq_diff_cuda(a.contiguous(), b.contiguous());
+  });
   m.def("offdiag_sums(Tensor m, float diag_target) -> Tensor",
         [](const at::Tensor& x, double t) { return k::offdiag_sums_cuda(x.contiguous(), t); });
   m.def("row_normalize(Tensor z, float eps) -> (Tensor, Tensor)",
         [](const at::Tensor& z, double eps) { return k::row_normalize_cuda(z.contiguous(), eps); });
   m.def("column_moments(Tensor z) -> (Tensor, Tensor, Tensor)", [](const at::Tensor& z) {
-    auto centered = at::empty(z.sizes(), z.options().dtype(z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+    auto centered = at::empty(
+        z.sizes(), z.options().dtype(z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
     auto [mean, m2] = k::column_moments_cuda(z.contiguous(), centered);
     return std::make_tuple(mean, m2, centered);
   });

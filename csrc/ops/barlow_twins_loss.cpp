@@ -28,8 +28,8 @@ at::Tensor cross_diag(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
-Tensor6 barlow_twins_loss(const at::Tensor& z_a, const at::Tensor& z_b,
-                          double lambd, double eps, int64_t strategy) {
+Tensor6 barlow_twins_loss(const at::Tensor& z_a, const at::Tensor& z_b, double lambd, double eps,
+                          int64_t strategy) {
   check_pair(z_a, z_b);
   check_finite(lambd, "lambd");
   check_eps(eps);
@@ -58,12 +58,9 @@ Tensor6 barlow_twins_loss(const at::Tensor& z_a, const at::Tensor& z_b,
   return {terms, a, b, inv_std_a, inv_std_b, mat};
 }
 
-Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms,
-                                   const at::Tensor& norm_a,
-                                   const at::Tensor& norm_b,
-                                   const at::Tensor& inv_std_a,
-                                   const at::Tensor& inv_std_b,
-                                   const at::Tensor& mat, double lambd,
+Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms, const at::Tensor& norm_a,
+                                   const at::Tensor& norm_b, const at::Tensor& inv_std_a,
+                                   const at::Tensor& inv_std_b, const at::Tensor& mat, double lambd,
                                    int64_t strategy, at::ScalarType out_dtype,
                                    const c10::List<bool>& output_mask) {
   // norm_a is the forward's standardised z_a: an (N, D) opmath batch.
@@ -73,8 +70,7 @@ Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms,
               norm_a.scalar_type());
   const int64_t n = norm_a.size(0), d = norm_a.size(1);
   const auto acc = norm_a.scalar_type();
-  check_saved(norm_b, "norm_b", norm_a.sizes(), acc, norm_a, "norm_a",
-              "the shape of norm_a");
+  check_saved(norm_b, "norm_b", norm_a.sizes(), acc, norm_a, "norm_a", "the shape of norm_a");
   check_saved(inv_std_a, "inv_std_a", {d}, acc, norm_a, "norm_a", "the dim of norm_a");
   check_saved(inv_std_b, "inv_std_b", {d}, acc, norm_a, "norm_a", "the dim of norm_a");
   const bool gram = to_strategy(strategy) == Strategy::kGram;
@@ -82,8 +78,7 @@ Tensor2 barlow_twins_loss_backward(const at::Tensor& grad_terms,
     check_saved(mat, "mat", {2, n, n}, acc, norm_a, "norm_a",
                 "two N x N Gram matrices for strategy=1 (gram)");
   } else {
-    check_saved(mat, "mat", {d, d}, acc, norm_a, "norm_a",
-                "D x D for strategy=0 (covariance)");
+    check_saved(mat, "mat", {d, d}, acc, norm_a, "norm_a", "D x D for strategy=0 (covariance)");
   }
   check_grad_terms(grad_terms, 3, norm_a, "norm_a");
   check_finite(lambd, "lambd");

@@ -13,8 +13,7 @@ namespace {
 // alpha * x^T y as a fresh matrix: addmm_ with beta = 0 never reads the
 // uninitialised output, and the scale rides on the GEMM instead of a pass.
 at::Tensor scaled_xty(const at::Tensor& x, const at::Tensor& y, double alpha) {
-  return at::empty({x.size(1), y.size(1)}, x.options())
-      .addmm_(x.t(), y, /*beta=*/0.0, alpha);
+  return at::empty({x.size(1), y.size(1)}, x.options()).addmm_(x.t(), y, /*beta=*/0.0, alpha);
 }
 
 at::Tensor standardized(const at::Tensor& z, double eps) {
@@ -30,14 +29,12 @@ at::Tensor standardized(const at::Tensor& z, double eps) {
 at::Tensor batch_covariance(const at::Tensor& z) {
   check_embedding(z, "z");
   auto zc = z.contiguous();
-  auto centered =
-      at::empty(zc.sizes(), zc.options().dtype(opmath_dtype(zc.scalar_type())));
+  auto centered = at::empty(zc.sizes(), zc.options().dtype(opmath_dtype(zc.scalar_type())));
   kernels::column_moments(zc, centered);
   return scaled_xty(centered, centered, 1.0 / static_cast<double>(zc.size(0) - 1));
 }
 
-at::Tensor cross_correlation(const at::Tensor& z_a, const at::Tensor& z_b,
-                             double eps) {
+at::Tensor cross_correlation(const at::Tensor& z_a, const at::Tensor& z_b, double eps) {
   check_pair(z_a, z_b);
   check_eps(eps);
   return scaled_xty(standardized(z_a, eps), standardized(z_b, eps),
@@ -47,11 +44,9 @@ at::Tensor cross_correlation(const at::Tensor& z_a, const at::Tensor& z_b,
 at::Tensor off_diagonal_penalty(const at::Tensor& c, double off_weight,
                                 std::optional<double> diag_target) {
   TORCH_CHECK(c.dim() == 2 && c.size(0) == c.size(1) && c.size(0) >= 1,
-              "c must be a square 2-D matrix of at least 1 x 1, got shape ",
-              c.sizes());
+              "c must be a square 2-D matrix of at least 1 x 1, got shape ", c.sizes());
   TORCH_CHECK(is_supported_float(c.scalar_type()),
-              "c must be float16, bfloat16, float32 or float64, got ",
-              c.scalar_type());
+              "c must be float16, bfloat16, float32 or float64, got ", c.scalar_type());
   check_finite(off_weight, "off_weight");
   if (diag_target.has_value()) check_finite(*diag_target, "diag_target");
   const auto acc = opmath_dtype(c.scalar_type());

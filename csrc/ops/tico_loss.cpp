@@ -14,8 +14,8 @@ namespace {
 constexpr double kNormalizeEps = 1e-12;
 }  // namespace
 
-Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
-                              double beta, int64_t strategy) {
+Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c, double beta,
+                              int64_t strategy) {
   const double m = static_cast<double>(y.size(0));
   const auto cy = c.to(y.scalar_type());
   if (to_strategy(strategy) == Strategy::kGram) {
@@ -29,8 +29,7 @@ Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c,
   return {p, c_new};
 }
 
-void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta,
-                         int64_t strategy) {
+void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta, int64_t strategy) {
   const double m = static_cast<double>(y.size(0));
   if (to_strategy(strategy) == Strategy::kGram) {
     p.addmm_(at::mm(y, y.t()), y, 1.0, (1.0 - beta) / m);
@@ -39,9 +38,8 @@ void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta,
   }
 }
 
-Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
-                  const at::Tensor& c, double beta, double rho,
-                  int64_t strategy, bool batch_cov_in_graph) {
+Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b, const at::Tensor& c, double beta,
+                  double rho, int64_t strategy, bool batch_cov_in_graph) {
   check_pair(z_a, z_b);
   check_running_cov(c, z_a, "c", "z_a");
   check_beta(beta);
@@ -62,12 +60,10 @@ Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b,
   return {terms, zhat_a, zhat_b, norm_a, norm_b, proj, c_new};
 }
 
-Tensor2 tico_loss_backward(const at::Tensor& grad_terms,
-                           const at::Tensor& zhat_a, const at::Tensor& zhat_b,
-                           const at::Tensor& norm_a, const at::Tensor& norm_b,
-                           const at::Tensor& proj, double rho,
-                           at::ScalarType out_dtype,
-                           const c10::List<bool>& output_mask) {
+Tensor2 tico_loss_backward(const at::Tensor& grad_terms, const at::Tensor& zhat_a,
+                           const at::Tensor& zhat_b, const at::Tensor& norm_a,
+                           const at::Tensor& norm_b, const at::Tensor& proj, double rho,
+                           at::ScalarType out_dtype, const c10::List<bool>& output_mask) {
   // zhat_a is the forward's row-normalised z_a: an (N, D) opmath batch.
   check_embedding(zhat_a, "zhat_a");
   TORCH_CHECK(zhat_a.scalar_type() == at::kFloat || zhat_a.scalar_type() == at::kDouble,
@@ -75,8 +71,7 @@ Tensor2 tico_loss_backward(const at::Tensor& grad_terms,
               zhat_a.scalar_type());
   const int64_t n = zhat_a.size(0);
   const auto acc = zhat_a.scalar_type();
-  check_saved(zhat_b, "zhat_b", zhat_a.sizes(), acc, zhat_a, "zhat_a",
-              "the shape of zhat_a");
+  check_saved(zhat_b, "zhat_b", zhat_a.sizes(), acc, zhat_a, "zhat_a", "the shape of zhat_a");
   check_saved(norm_a, "norm_a", {n}, acc, zhat_a, "zhat_a", "one norm per row of zhat_a");
   check_saved(norm_b, "norm_b", {n}, acc, zhat_a, "zhat_a", "one norm per row of zhat_a");
   check_saved(proj, "proj", zhat_a.sizes(), acc, zhat_a, "zhat_a", "the shape of zhat_a");
@@ -97,14 +92,12 @@ Tensor2 tico_loss_backward(const at::Tensor& grad_terms,
   at::Tensor dz_a = unrequested_grad(ha, out_dtype), dz_b = unrequested_grad(hb, out_dtype);
   if (need_a) {
     auto w_a = at::stack({w_sim, w_quad});
-    dz_a = kernels::row_normalize_backward(hb, proj.contiguous(), ha,
-                                           norm_a.contiguous(), w_a,
+    dz_a = kernels::row_normalize_backward(hb, proj.contiguous(), ha, norm_a.contiguous(), w_a,
                                            kNormalizeEps, out_dtype);
   }
   if (need_b) {
     auto w_b = at::stack({w_sim, at::zeros_like(w_sim)});
-    dz_b = kernels::row_normalize_backward(ha, at::Tensor(), hb,
-                                           norm_b.contiguous(), w_b,
+    dz_b = kernels::row_normalize_backward(ha, at::Tensor(), hb, norm_b.contiguous(), w_b,
                                            kNormalizeEps, out_dtype);
   }
   return {dz_a, dz_b};

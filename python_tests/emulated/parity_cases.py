@@ -9,7 +9,6 @@ OUT: one process cannot load both builds, since both register ``sslext``.
 import sys
 
 import torch
-
 from cases import CASES
 from test_losses import make_views
 

@@ -9,14 +9,13 @@ sanitizer run. Tolerances are test_cuda.py's.
 
 import pytest
 import torch
+from cases import CASE_IDS, CASES
+from parity_cases import RTOL, case_id, matrix, run
+from test_losses import make_views
 
 import sslext
 from sslext import ops
 from sslext import reference as R
-
-from cases import CASE_IDS, CASES
-from parity_cases import RTOL, case_id, matrix, run
-from test_losses import make_views
 
 EMU = torch.ops.sslext_emu
 MATRIX = matrix()
@@ -72,12 +71,18 @@ def _twice_with_two_block_orders(fn):
 
 
 DET_SHAPES = [(300, 700), (1030, 37)]
-DET_PARAMS = [(case, strategy, shape) for case in CASES for strategy in ("gram", "covariance") for shape in DET_SHAPES
-              if strategy == "covariance" or (2 * shape[0] if case.kind == "vicreg_tico" else shape[0]) < shape[1]]
+DET_PARAMS = [
+    (case, strategy, shape)
+    for case in CASES
+    for strategy in ("gram", "covariance")
+    for shape in DET_SHAPES
+    if strategy == "covariance" or (2 * shape[0] if case.kind == "vicreg_tico" else shape[0]) < shape[1]
+]
 
 
-@pytest.mark.parametrize("case,strategy,shape", DET_PARAMS,
-                         ids=[f"{c.name}-{s}-{n}x{d}" for c, s, (n, d) in DET_PARAMS])
+@pytest.mark.parametrize(
+    "case,strategy,shape", DET_PARAMS, ids=[f"{c.name}-{s}-{n}x{d}" for c, s, (n, d) in DET_PARAMS]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_emulated_deterministic_every_path(case, strategy, shape, dtype):
     """Bitwise-identical loss, gradients and running covariance under two block orders."""

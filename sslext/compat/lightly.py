@@ -58,8 +58,15 @@ from .._checks import check_real
 from ..distributed import all_reduce_with_grad, check_same_shape, gather_with_grad
 from ..losses import keep_covariance_dtype
 
-__all__ = ["VICRegLoss", "BarlowTwinsLoss", "TiCoLoss", "LightlyAssertionError", "LightlyRuntimeError",
-           "LightlyIndexError", "LightlyAttributeError"]
+__all__ = [
+    "VICRegLoss",
+    "BarlowTwinsLoss",
+    "TiCoLoss",
+    "LightlyAssertionError",
+    "LightlyRuntimeError",
+    "LightlyIndexError",
+    "LightlyAttributeError",
+]
 
 
 class LightlyAssertionError(ValueError, AssertionError):
@@ -95,8 +102,10 @@ def _flag(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     if value and not dist.is_available():
-        raise ValueError(f"{name} is True but torch.distributed is not available; "
-                         f"pass {name}=False or use a torch build with distributed support")
+        raise ValueError(
+            f"{name} is True but torch.distributed is not available; "
+            f"pass {name}=False or use a torch build with distributed support"
+        )
     return value
 
 
@@ -125,8 +134,9 @@ def _check_asserted(z_a: Tensor, z_b: Tensor, max_dim: Optional[int]) -> None:
     if z_a.shape[0] < 2 or z_b.shape[0] < 2:
         raise LightlyAssertionError(f"z_a and z_b must have batch size > 1, got {z_a.shape[0]} and {z_b.shape[0]}")
     if z_a.shape != z_b.shape:
-        raise LightlyAssertionError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and "
-                                    f"{tuple(z_b.shape)}")
+        raise LightlyAssertionError(
+            f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
     if z_a.dim() == 1:
         # VICReg's covariance einsum needs two dims; TiCo's normalize(dim=1) indexes the second.
         raise _shape_error(LightlyRuntimeError if max_dim is None else LightlyIndexError, "z_a", z_a, shape)
@@ -145,11 +155,11 @@ def _check_barlow(z_a: Tensor, z_b: Tensor) -> None:
         if z.dim() > 2:
             raise _shape_error(LightlyRuntimeError, name, z, "(batch, dim)")
     if z_a.shape[0] != z_b.shape[0]:
-        raise LightlyRuntimeError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and "
-                                  f"{tuple(z_b.shape)}")
+        raise LightlyRuntimeError(
+            f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
     if z_a.shape != z_b.shape:
-        raise _BarlowShapeError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and "
-                                f"{tuple(z_b.shape)}")
+        raise _BarlowShapeError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
 
 
 class VICRegLoss(nn.Module):
@@ -162,8 +172,14 @@ class VICRegLoss(nn.Module):
     ``(batch, dim)`` or ``(batch, ..., dim)``.
     """
 
-    def __init__(self, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0,
-                 gather_distributed: bool = False, eps: float = 0.0001):
+    def __init__(
+        self,
+        lambda_param: float = 25.0,
+        mu_param: float = 25.0,
+        nu_param: float = 1.0,
+        gather_distributed: bool = False,
+        eps: float = 0.0001,
+    ):
         super().__init__()
         self.lambda_param = _number(lambda_param, "lambda_param")
         self.mu_param = _number(mu_param, "mu_param")
@@ -253,8 +269,10 @@ class TiCoLoss(nn.Module):
             self.C = torch.zeros(d, d, device=z_a.device, dtype=dtype)
         elif self.C.shape != (d, d):
             # lightly fails in the C update's broadcast (RuntimeError).
-            raise LightlyRuntimeError(f"z_a has dim {d} but the running covariance C is {tuple(self.C.shape)}; "
-                                      "set loss.C = None to start a new one")
+            raise LightlyRuntimeError(
+                f"z_a has dim {d} but the running covariance C is {tuple(self.C.shape)}; "
+                "set loss.C = None to start a new one"
+            )
         elif self.C.dtype != dtype and dtype == torch.float64:
             self.C = self.C.to(dtype)  # lightly's C follows type promotion to float64
         if not update_covariance_matrix:

@@ -18,11 +18,12 @@ vicreg.yaml`` and ``augmentations/asymmetric.yaml``): crop scale (0.2, 1),
 jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2, no blur, flip p=0.5;
 solarisation p=0.0 on view 1 and p=0.2 on view 2 (asymmetric recipe).
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, fields
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +69,10 @@ class ViewAugment:
             if f.name.endswith("_prob") and v > 1:
                 raise ValueError(f"{f.name}: expected a probability in [0, 1], got {v!r}")
         if not 0 < self.crop_min_scale <= self.crop_max_scale <= 1:
-            raise ValueError(f"crop_min_scale/crop_max_scale: expected 0 < min <= max <= 1, got "
-                             f"{self.crop_min_scale}, {self.crop_max_scale}")
+            raise ValueError(
+                f"crop_min_scale/crop_max_scale: expected 0 < min <= max <= 1, got "
+                f"{self.crop_min_scale}, {self.crop_max_scale}"
+            )
         if self.hue > 0.5:
             raise ValueError(f"hue: expected a value in [0, 0.5], got {self.hue}")
 
@@ -93,8 +96,7 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     delta = maxc - minc
     s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
     dsafe = delta.clamp_min(1e-12)
-    h = torch.where(maxc == r, ((g - b) / dsafe) % 6,
-                    torch.where(maxc == g, (b - r) / dsafe + 2, (r - g) / dsafe + 4))
+    h = torch.where(maxc == r, ((g - b) / dsafe) % 6, torch.where(maxc == g, (b - r) / dsafe + 2, (r - g) / dsafe + 4))
     h = torch.where(delta > 0, h / 6.0, torch.zeros_like(h))
     return torch.stack((h, s, maxc), 1)
 
@@ -122,8 +124,9 @@ class TwoViewAugment:
         seed: seeds the private generator (``generator`` state is checkpointed).
     """
 
-    def __init__(self, views: Sequence[ViewAugment | dict], mean: Sequence[float], std: Sequence[float],
-                 seed: int = 0) -> None:
+    def __init__(
+        self, views: Sequence[ViewAugment | dict], mean: Sequence[float], std: Sequence[float], seed: int = 0
+    ) -> None:
         if not isinstance(views, (list, tuple)) or len(views) < 1:
             raise ValueError(f"views: expected a non-empty list of view settings, got {views!r}")
         self.views: List[ViewAugment] = [v if isinstance(v, ViewAugment) else ViewAugment(**v) for v in views]
@@ -211,7 +214,7 @@ class TwoViewAugment:
         flat = flat.to(device, non_blocking=True)
         out, at = {}, 0
         for k, t in p.items():
-            out[k] = flat[at:at + t.numel()].view(t.shape)
+            out[k] = flat[at : at + t.numel()].view(t.shape)
             at += t.numel()
         return out
 
@@ -280,10 +283,16 @@ class TwoViewAugment:
 
     def __call__(self, images: torch.Tensor) -> List[torch.Tensor]:
         """Return ``len(views)`` normalised float32 views of a uint8 (N, 3, H, W) batch."""
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
-                or images.shape[1] != 3:
-            raise ValueError(f"images: expected a uint8 tensor (N, 3, H, W), got "
-                             f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dtype != torch.uint8
+            or images.ndim != 4
+            or images.shape[1] != 3
+        ):
+            raise ValueError(
+                f"images: expected a uint8 tensor (N, 3, H, W), got "
+                f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}"
+            )
         x = images.float().div_(255.0)
         mean, std = self._stats_on(x.device)
         return [(self.augment_view(x, v) - mean) / std for v in self.views]

@@ -4,6 +4,7 @@ Everything is decoded once into a single contiguous uint8 tensor so that the
 training loop can index batches directly and move them to the device in one
 copy; augmentation then happens batched on the device (see ``augment.py``).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -13,7 +14,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -35,8 +36,16 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".ti
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 
@@ -60,14 +69,19 @@ class ImageDataset:
     skipped: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+        if (
+            not isinstance(self.images, torch.Tensor)
+            or self.images.dtype != torch.uint8
+            or self.images.ndim != 4
+            or self.images.shape[1] != 3
+        ):
             raise ValueError(
                 f"images: expected a uint8 tensor of shape (N, 3, H, W), got "
-                f"{getattr(self.images, 'dtype', type(self.images))} {tuple(getattr(self.images, 'shape', ()))}")
+                f"{getattr(self.images, 'dtype', type(self.images))} {tuple(getattr(self.images, 'shape', ()))}"
+            )
         if self.labels is not None:
             if self.labels.ndim != 1 or self.labels.shape[0] != self.images.shape[0]:
-                raise ValueError(
-                    f"labels: expected shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+                raise ValueError(f"labels: expected shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
             self.labels = self.labels.to(torch.int64)
 
     def __len__(self) -> int:
@@ -86,18 +100,35 @@ class ImageDataset:
     def subset(self, indices: torch.Tensor) -> "ImageDataset":
         """A new dataset holding only ``indices`` (copies the pixels)."""
         indices = torch.as_tensor(indices, dtype=torch.long)
-        return ImageDataset(self.images[indices].contiguous(),
-                            None if self.labels is None else self.labels[indices].clone(),
-                            list(self.classes), self.name, list(self.skipped))
+        return ImageDataset(
+            self.images[indices].contiguous(),
+            None if self.labels is None else self.labels[indices].clone(),
+            list(self.classes),
+            self.name,
+            list(self.skipped),
+        )
 
 
 # --------------------------------------------------------------------------- CIFAR
 _CIFAR = {
-    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
-                    test=["test_batch"], label_key="labels", meta="batches.meta", names_key="label_names",
-                    tv="CIFAR10"),
-    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], label_key="fine_labels",
-                     meta="meta", names_key="fine_label_names", tv="CIFAR100"),
+    "cifar10": dict(
+        folder="cifar-10-batches-py",
+        train=[f"data_batch_{i}" for i in range(1, 6)],
+        test=["test_batch"],
+        label_key="labels",
+        meta="batches.meta",
+        names_key="label_names",
+        tv="CIFAR10",
+    ),
+    "cifar100": dict(
+        folder="cifar-100-python",
+        train=["train"],
+        test=["test"],
+        label_key="fine_labels",
+        meta="meta",
+        names_key="fine_label_names",
+        tv="CIFAR100",
+    ),
 }
 
 
@@ -109,8 +140,10 @@ def _unpickle(path: Path) -> dict:
     except UnsafePickleError as e:
         raise DatasetError(str(e)) from e
     except Exception as e:  # truncated/garbled pickles raise many different types
-        raise DatasetError(f"{path}: cannot be read as a CIFAR pickle ({type(e).__name__}: {e}); "
-                           "the file is corrupt, re-create or re-download it") from e
+        raise DatasetError(
+            f"{path}: cannot be read as a CIFAR pickle ({type(e).__name__}: {e}); "
+            "the file is corrupt, re-create or re-download it"
+        ) from e
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return obj
@@ -140,11 +173,13 @@ def _download_cifar(root: Path, name: str) -> None:
             f"{name}: data.download=true could not fetch the dataset into {root} "
             f"({type(e).__name__}: {e}). On a machine without internet, download it elsewhere (the same "
             f"command with data.download=true, or torchvision.datasets.{_CIFAR[name]['tv']}(root, download=True)) "
-            f"and copy the '{_CIFAR[name]['folder']}' folder under data.root.") from e
+            f"and copy the '{_CIFAR[name]['folder']}' folder under data.root."
+        ) from e
 
 
-def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "train",
-               download: bool = False) -> ImageDataset:
+def load_cifar(
+    root: str | os.PathLike, name: str = "cifar10", split: str = "train", download: bool = False
+) -> ImageDataset:
     """Load CIFAR-10/100 from the official *python* layout.
 
     ``root`` may be the directory containing ``cifar-10-batches-py`` (what
@@ -170,7 +205,8 @@ def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "tra
         raise DatasetError(
             f"{name}: no '{spec['folder']}' folder with the python-format batches under {root} (data.root). "
             f"Set data.download=true (or pass --download) to fetch it through torchvision, or point data.root "
-            f"at the folder that contains '{spec['folder']}/' with the files {files}.")
+            f"at the folder that contains '{spec['folder']}/' with the files {files}."
+        )
     xs, ys = [], []
     for fname in spec[split]:
         path = d / fname
@@ -182,8 +218,9 @@ def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "tra
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry[spec["label_key"]], dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-            raise DatasetError(f"{path}: expected 'data' of shape (n, 3072) and n labels, got "
-                               f"{data.shape} and {labels.shape}")
+            raise DatasetError(
+                f"{path}: expected 'data' of shape (n, 3072) and n labels, got {data.shape} and {labels.shape}"
+            )
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
     classes: List[str] = []
@@ -211,7 +248,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     n = int(np.prod(dims))
     if len(raw) - offset != n:
@@ -246,12 +283,14 @@ def load_fashion_mnist(root: Optional[str | os.PathLike] = None, split: str = "t
             if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
                 raise DatasetError(f"{ip}: expected (n, 28, 28) images matching {lp} labels, got {x.shape} / {y.shape}")
             img = torch.from_numpy(x.copy()).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-            return ImageDataset(img, torch.from_numpy(y.astype(np.int64)), list(FASHION_MNIST_CLASSES),
-                                f"fashion_mnist-{split}")
+            return ImageDataset(
+                img, torch.from_numpy(y.astype(np.int64)), list(FASHION_MNIST_CLASSES), f"fashion_mnist-{split}"
+            )
     raise DatasetError(
         f"Fashion-MNIST: '{stem}-images-idx3-ubyte[.gz]' / '{stem}-labels-idx1-ubyte[.gz]' not found in "
         f"{[str(c) for c in cands]}. Install the Debian package with "
-        "`apt-get update && apt-get install -y dataset-fashion-mnist` or set data.root to a folder with the IDX files.")
+        "`apt-get update && apt-get install -y dataset-fashion-mnist` or set data.root to a folder with the IDX files."
+    )
 
 
 # --------------------------------------------------------------------------- image folders
@@ -269,8 +308,10 @@ def _list_folder(root: Path):
                     labels.append(ci)
     loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     if loose and subdirs:
-        raise DatasetError(f"{root}: mixes images and class sub-folders; put every image in a class folder "
-                           "(labeled) or all images directly in the root (unlabeled)")
+        raise DatasetError(
+            f"{root}: mixes images and class sub-folders; put every image in a class folder "
+            "(labeled) or all images directly in the root (unlabeled)"
+        )
     if loose:
         return loose, None, []
     return files, labels, classes
@@ -278,6 +319,7 @@ def _list_folder(root: Path):
 
 def _decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -316,8 +358,13 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
 ON_BAD_IMAGE = ("error", "skip")
 
 
-def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Optional[str] = None,
-                      cache_dir: Optional[str | os.PathLike] = None, on_bad_image: str = "error") -> ImageDataset:
+def load_image_folder(
+    root: str | os.PathLike,
+    image_size: int = 64,
+    split: Optional[str] = None,
+    cache_dir: Optional[str | os.PathLike] = None,
+    on_bad_image: str = "error",
+) -> ImageDataset:
     """Load ``root/<class>/*.jpg|png`` (or ``root/*.jpg`` unlabeled) into memory.
 
     Images are decoded, converted to RGB (grayscale, palette, RGBA and CMYK
@@ -361,6 +408,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 64, split: Opti
             pass  # unreadable cache: rebuild it below rather than fail
     try:
         from tqdm import tqdm
+
         it = tqdm(files, desc=f"decoding {root.name}", leave=False, disable=len(files) < 500)
     except ImportError:
         it = files

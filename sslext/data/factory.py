@@ -1,4 +1,5 @@
 """Datasets by name: the one place that knows every loader (``data.dataset``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,9 +25,18 @@ def synthetic_dataset(n: int = 256, num_classes: int = 4, image_size: int = 32, 
     return ImageDataset(img, labels, [f"c{i}" for i in range(num_classes)], "synthetic")
 
 
-def build_dataset(name: str, split: str, root: Optional[str] = None, download: bool = False,
-                  image_size: int = 32, cache_dir: Optional[str] = None, limit: Optional[int] = None,
-                  seed: int = 0, variant: str = "160px", on_bad_image: str = "error") -> ImageDataset:
+def build_dataset(
+    name: str,
+    split: str,
+    root: Optional[str] = None,
+    download: bool = False,
+    image_size: int = 32,
+    cache_dir: Optional[str] = None,
+    limit: Optional[int] = None,
+    seed: int = 0,
+    variant: str = "160px",
+    on_bad_image: str = "error",
+) -> ImageDataset:
     """Build a dataset by name (``DATASETS``); ``limit`` keeps a seeded random subset.
 
     ``variant`` selects the Imagenette/Imagewoof archive (``full``, ``320px``,

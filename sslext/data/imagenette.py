@@ -14,6 +14,7 @@ torchvision downloads Imagenette (``torchvision.datasets.Imagenette``) but has
 no downloader for Imagewoof: fetch fast.ai's ``imagewoof2-<variant>`` archive
 yourself and unpack it under ``data.root``.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,15 +31,27 @@ VARIANTS = ("full", "320px", "160px")
 
 # WordNet id -> class name, in the sorted-id order that sets the label numbers.
 IMAGENETTE_CLASSES: Dict[str, str] = {
-    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
-    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
-    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
     "n03888257": "parachute",
 }
 IMAGEWOOF_CLASSES: Dict[str, str] = {
-    "n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback", "n02088364": "beagle",
-    "n02089973": "English foxhound", "n02093754": "Border terrier", "n02096294": "Australian terrier",
-    "n02099601": "golden retriever", "n02105641": "Old English sheepdog", "n02111889": "Samoyed",
+    "n02086240": "Shih-Tzu",
+    "n02087394": "Rhodesian ridgeback",
+    "n02088364": "beagle",
+    "n02089973": "English foxhound",
+    "n02093754": "Border terrier",
+    "n02096294": "Australian terrier",
+    "n02099601": "golden retriever",
+    "n02105641": "Old English sheepdog",
+    "n02111889": "Samoyed",
     "n02115641": "dingo",
 }
 _NAMES = {"imagenette": IMAGENETTE_CLASSES, "imagewoof": IMAGEWOOF_CLASSES}
@@ -69,12 +82,20 @@ def _download_imagenette(root: Path, variant: str) -> None:
             f"imagenette: data.download=true could not fetch the {variant} archive into {root} "
             f"({type(e).__name__}: {e}). Without internet, download it on another machine (the same command, or "
             f"torchvision.datasets.Imagenette(root, size='{variant}', download=True)) and copy the "
-            f"'{_folder_name('imagenette', variant)}' folder under data.root.") from e
+            f"'{_folder_name('imagenette', variant)}' folder under data.root."
+        ) from e
 
 
-def load_imagenette(root: str | os.PathLike, name: str = "imagenette", split: str = "train",
-                    variant: str = "160px", image_size: int = 128, download: bool = False,
-                    cache_dir: Optional[str | os.PathLike] = None, on_bad_image: str = "error") -> ImageDataset:
+def load_imagenette(
+    root: str | os.PathLike,
+    name: str = "imagenette",
+    split: str = "train",
+    variant: str = "160px",
+    image_size: int = 128,
+    download: bool = False,
+    cache_dir: Optional[str | os.PathLike] = None,
+    on_bad_image: str = "error",
+) -> ImageDataset:
     """Imagenette or Imagewoof, ``split`` ``"train"`` or ``"test"`` (the ``val`` folder).
 
     Labels are the positions of the WordNet ids in sorted order; ``classes``
@@ -96,7 +117,8 @@ def load_imagenette(root: str | os.PathLike, name: str = "imagenette", split: st
             raise DatasetError(
                 f"imagewoof: data.download=true is not available: torchvision has no Imagewoof downloader. "
                 f"Download fast.ai's '{folder}' archive (the Imagewoof release of the Imagenette project) and "
-                f"unpack it under data.root so that {root / folder}/train/<wnid>/*.JPEG and .../val/ exist.")
+                f"unpack it under data.root so that {root / folder}/train/<wnid>/*.JPEG and .../val/ exist."
+            )
         _download_imagenette(root, variant)
         d = _find_root(root, folder)
     if d is None:
@@ -104,12 +126,18 @@ def load_imagenette(root: str | os.PathLike, name: str = "imagenette", split: st
             f"{name}: no '{folder}' folder with train/ and val/ under {root} (data.root). Expected "
             f"{root / folder}/train/<wnid>/*.JPEG and {root / folder}/val/<wnid>/*.JPEG (e.g. "
             f"{next(iter(_NAMES[name]))})"
-            + (", or set data.download=true to fetch it through torchvision." if name == "imagenette" else
-               "; torchvision cannot download Imagewoof, fetch fast.ai's archive and unpack it there."))
+            + (
+                ", or set data.download=true to fetch it through torchvision."
+                if name == "imagenette"
+                else "; torchvision cannot download Imagewoof, fetch fast.ai's archive and unpack it there."
+            )
+        )
     ds = load_image_folder(d, image_size, "train" if split == "train" else "val", cache_dir, on_bad_image)
     if ds.labels is None:
-        raise DatasetError(f"{name}: {d / ('train' if split == 'train' else 'val')} holds images but no "
-                           "class folders (expected one folder per WordNet id)")
+        raise DatasetError(
+            f"{name}: {d / ('train' if split == 'train' else 'val')} holds images but no "
+            "class folders (expected one folder per WordNet id)"
+        )
     known = _NAMES[name]
     if set(ds.classes) <= set(known):
         # Fixed label numbers even if a split lacks a class folder, so train and val always agree.

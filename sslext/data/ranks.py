@@ -7,6 +7,7 @@ local rank 0 has loaded the data (downloading, extracting and caching what is
 missing), then load it themselves from what it left. A failure on local rank 0
 reaches every rank as an error, never as a hang.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,6 +47,7 @@ def first_on_local_rank_zero(fn: Callable[[], T], what: str = "the datasets") ->
     failed = [(r, s) for r, s in enumerate(statuses) if s is not None]
     if failed:
         r, s = failed[0]
-        raise DatasetError(f"{what}: rank {r}, which prepares them for its node, failed ({s}); "
-                           f"rank {rank} did not try again")
+        raise DatasetError(
+            f"{what}: rank {r}, which prepares them for its node, failed ({s}); rank {rank} did not try again"
+        )
     return result if first else fn()  # type: ignore[return-value]

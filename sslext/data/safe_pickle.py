@@ -9,6 +9,7 @@ protocol-2 pickles); dicts, lists, str, bytes and ints need no global at all.
 Any other global is refused before it is imported, with the file and the
 global named.
 """
+
 from __future__ import annotations
 
 import io
@@ -74,7 +75,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(
                 f"{self._path}: refused to load the global '{module}.{name}': a CIFAR batch holds only dicts, "
                 "lists, strings, bytes, ints and numpy arrays, so this file is not one and loading it could run "
-                "code. Re-download the dataset (data.download=true) from its official source.")
+                "code. Re-download the dataset (data.download=true) from its official source."
+            )
         return resolve()
 
     def persistent_load(self, pid: Any) -> Any:

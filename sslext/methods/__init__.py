@@ -1,5 +1,6 @@
 """Registry of SSL methods; every module of this package is imported so that
 dropping a new ``<method>.py`` here is all it takes to register a method."""
+
 import importlib
 import pkgutil
 

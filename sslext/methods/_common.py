@@ -1,4 +1,5 @@
 """Helpers shared by the two-view methods (no method is registered here)."""
+
 from __future__ import annotations
 
 from typing import Callable, List, Sequence, Tuple, TypeVar
@@ -24,7 +25,9 @@ def run_two_views(views: Sequence[torch.Tensor], forward: Callable[[torch.Tensor
     the reference implementations.
     """
     if not isinstance(views, (list, tuple)) or len(views) != 2:
-        raise ValueError(f"views: expected a list of 2 batches, got {type(views).__name__} of "
-                         f"length {len(views) if hasattr(views, '__len__') else '?'}")
+        raise ValueError(
+            f"views: expected a list of 2 batches, got {type(views).__name__} of "
+            f"length {len(views) if hasattr(views, '__len__') else '?'}"
+        )
     out: List[T] = [forward(v) for v in views]
     return out[0], out[1]

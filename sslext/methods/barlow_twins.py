@@ -1,4 +1,5 @@
 """Barlow Twins (Zbontar et al., ICML 2021)."""
+
 from __future__ import annotations
 
 from ..losses import BarlowTwinsLoss
@@ -18,10 +19,10 @@ class BarlowTwins(Method):
     DEFAULTS = dict(projector=[2048, 2048, 2048], lambd=0.0051, loss_scale=0.1, strategy="auto")
 
     HELP = dict(
-        projector='projector MLP widths (last = embedding dim D)',
-        lambd='weight of the off-diagonal cross-correlation terms',
+        projector="projector MLP widths (last = embedding dim D)",
+        lambd="weight of the off-diagonal cross-correlation terms",
         loss_scale="multiplies the loss (solo-learn's scale_loss)",
-        strategy='loss op path: auto (Gram when N < D), gram or covariance',
+        strategy="loss op path: auto (Gram when N < D), gram or covariance",
     )
 
     def __init__(self, backbone, projector, lambd, loss_scale, strategy) -> None:

@@ -6,6 +6,7 @@ any loss state (e.g. TiCo's running covariance, a registered buffer), so
 one new file in this package that defines a ``Method`` subclass decorated with
 ``@register_method("name")``; the package imports every module on import.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple, Type
@@ -46,8 +47,7 @@ def build_method(name: str, backbone: nn.Module, **kwargs: Any) -> "Method":
     defaults = method_defaults(name)
     unknown = sorted(set(kwargs) - set(defaults))
     if unknown:
-        raise ValueError(f"method.{unknown[0]}: unknown option for method {name!r}; "
-                         f"accepted: {sorted(defaults)}")
+        raise ValueError(f"method.{unknown[0]}: unknown option for method {name!r}; accepted: {sorted(defaults)}")
     if not hasattr(backbone, "out_dim"):
         raise ValueError("backbone: expected a module with an 'out_dim' attribute (see sslext.models.build_backbone)")
     return METHODS[name](backbone, **{**defaults, **kwargs})
@@ -99,8 +99,10 @@ class Method(nn.Module):
     def training_step(self, views: List[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Forward both views, return ``(loss, terms)``; ``terms`` are detached scalars."""
         if not isinstance(views, (list, tuple)) or len(views) != 2:
-            raise ValueError(f"views: expected a list of 2 batches, got {type(views).__name__} of "
-                             f"length {len(views) if hasattr(views, '__len__') else '?'}")
+            raise ValueError(
+                f"views: expected a list of 2 batches, got {type(views).__name__} of "
+                f"length {len(views) if hasattr(views, '__len__') else '?'}"
+            )
         hs, zs = [], []
         for v in views:
             # Views go through separately so BatchNorm statistics are per view,
@@ -112,8 +114,9 @@ class Method(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             loss, terms = self.compute_loss(zs)
         self.last_outputs = {"feats": hs[0].detach(), "z": zs[0].detach()}
-        terms = {k: (v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v)))
-                 for k, v in terms.items()}
+        terms = {
+            k: (v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))) for k, v in terms.items()
+        }
         return loss, terms
 
     def forward(self, views: List[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

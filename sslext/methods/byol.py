@@ -1,4 +1,5 @@
 """BYOL: Bootstrap Your Own Latent (Grill et al., NeurIPS 2020)."""
+
 from __future__ import annotations
 
 from typing import List
@@ -31,10 +32,10 @@ class BYOL(Method):
     DEFAULTS = dict(projector=[4096, 256], predictor_hidden=4096, momentum=0.99, final_momentum=1.0)
 
     HELP = dict(
-        projector='projector MLP widths [hidden, out]',
-        predictor_hidden='hidden width of the predictor',
-        momentum='target network EMA momentum at the start',
-        final_momentum='EMA momentum reached at the end (cosine)',
+        projector="projector MLP widths [hidden, out]",
+        predictor_hidden="hidden width of the predictor",
+        momentum="target network EMA momentum at the start",
+        final_momentum="EMA momentum reached at the end (cosine)",
     )
 
     def __init__(self, backbone, projector, predictor_hidden, momentum, final_momentum) -> None:

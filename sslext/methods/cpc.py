@@ -1,6 +1,7 @@
 """Contrastive predictive coding on images (van den Oord, Li & Vinyals 2018;
 CPC v2: Henaff et al., "Data-Efficient Image Recognition with Contrastive
 Predictive Coding", ICML 2020)."""
+
 from __future__ import annotations
 
 import torch
@@ -40,12 +41,12 @@ class CPC(Method):
     DEFAULTS = dict(patch_size=8, patch_stride=4, steps=3, context_dim=256, context_layers=2, context_kernel=3)
 
     HELP = dict(
-        patch_size='side of the square patches in pixels',
-        patch_stride='stride between patches in pixels',
-        steps='patch rows ahead the context predicts',
-        context_dim='width of the context network',
-        context_layers='convolution layers of the context network',
-        context_kernel='kernel size of the context network',
+        patch_size="side of the square patches in pixels",
+        patch_stride="stride between patches in pixels",
+        steps="patch rows ahead the context predicts",
+        context_dim="width of the context network",
+        context_layers="convolution layers of the context network",
+        context_kernel="kernel size of the context network",
     )
 
     def __init__(self, backbone, patch_size, patch_stride, steps, context_dim, context_layers, context_kernel) -> None:
@@ -54,8 +55,12 @@ class CPC(Method):
         self.patch_stride = _pos_int("patch_stride", patch_stride)
         self.steps = _pos_int("steps", steps)
         try:
-            self.context = ContextNetwork(self.feat_dim, _pos_int("context_dim", context_dim),
-                                          _pos_int("context_layers", context_layers, 0), context_kernel)
+            self.context = ContextNetwork(
+                self.feat_dim,
+                _pos_int("context_dim", context_dim),
+                _pos_int("context_layers", context_layers, 0),
+                context_kernel,
+            )
         except ValueError as e:
             raise ValueError(e.args[0] if str(e).startswith("method.") else f"method.{e}") from None
         self.projector = None  # no embedding head: evaluation uses backbone features only
@@ -69,9 +74,11 @@ class CPC(Method):
             raise ValueError(f"method.{e} (augment.view1.crop_size gives {x.shape[-2]}x{x.shape[-1]} px)") from None
         n, gh, gw = p.shape[:3]
         if self.steps >= gh:
-            raise ValueError(f"method.steps: expected < {gh}, the number of patch rows of a {x.shape[-2]} px crop "
-                             f"with method.patch_size={self.patch_size}, method.patch_stride={self.patch_stride}; "
-                             f"got {self.steps}")
+            raise ValueError(
+                f"method.steps: expected < {gh}, the number of patch rows of a {x.shape[-2]} px crop "
+                f"with method.patch_size={self.patch_size}, method.patch_stride={self.patch_stride}; "
+                f"got {self.steps}"
+            )
         with bn_stats_frozen(self.backbone):
             h = self.backbone(p.reshape(n * gh * gw, *p.shape[3:]))
         return h.view(n, gh, gw, -1).permute(0, 3, 1, 2)

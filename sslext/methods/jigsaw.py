@@ -1,5 +1,6 @@
 """Jigsaw puzzles (Noroozi & Favaro, "Unsupervised Learning of Visual
 Representations by Solving Jigsaw Puzzles", ECCV 2016)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.heads import MLP
-from ..pretext import (bn_stats_frozen, check_widths, hamming_permutations, jigsaw_tiles, min_hamming_distance,
-                       normalize_tiles, single_view)
+from ..pretext import (
+    bn_stats_frozen,
+    check_widths,
+    hamming_permutations,
+    jigsaw_tiles,
+    min_hamming_distance,
+    normalize_tiles,
+    single_view,
+)
 from .base import Method, register_method
 
 
@@ -39,21 +47,29 @@ class Jigsaw(Method):
     """
 
     num_views = 1
-    DEFAULTS = dict(grid=3, num_permutations=100, permutation_seed=0, tile_ratio=0.75, normalize_tiles=True,
-                    tile_dim=256, hidden=[1024])
-
-    HELP = dict(
-        grid='tiles per side (grid x grid puzzle)',
-        num_permutations='size of the permutation set to classify',
-        permutation_seed='seeds the choice of permutations',
-        tile_ratio='tile side as a fraction of its grid cell (random offset inside)',
-        normalize_tiles='standardise each tile on its own (as in the paper)',
-        tile_dim='width of the per-tile fully connected layer',
-        hidden='widths of the MLP over the concatenated tiles',
+    DEFAULTS = dict(
+        grid=3,
+        num_permutations=100,
+        permutation_seed=0,
+        tile_ratio=0.75,
+        normalize_tiles=True,
+        tile_dim=256,
+        hidden=[1024],
     )
 
-    def __init__(self, backbone, grid, num_permutations, permutation_seed, tile_ratio, normalize_tiles, tile_dim,
-                 hidden) -> None:
+    HELP = dict(
+        grid="tiles per side (grid x grid puzzle)",
+        num_permutations="size of the permutation set to classify",
+        permutation_seed="seeds the choice of permutations",
+        tile_ratio="tile side as a fraction of its grid cell (random offset inside)",
+        normalize_tiles="standardise each tile on its own (as in the paper)",
+        tile_dim="width of the per-tile fully connected layer",
+        hidden="widths of the MLP over the concatenated tiles",
+    )
+
+    def __init__(
+        self, backbone, grid, num_permutations, permutation_seed, tile_ratio, normalize_tiles, tile_dim, hidden
+    ) -> None:
         super().__init__(backbone)
         hidden = check_widths("method.hidden", hidden, allow_empty=True)
         if not isinstance(normalize_tiles, bool):
@@ -72,8 +88,9 @@ class Jigsaw(Method):
         self.register_buffer("permutations", perms)
         self.min_hamming = min_hamming_distance(perms) if num_permutations > 1 else 0
         self.projector = None  # no embedding head: evaluation uses backbone features only
-        self.tile_fc = nn.Sequential(nn.Linear(self.feat_dim, tile_dim, bias=False), nn.BatchNorm1d(tile_dim),
-                                     nn.ReLU(inplace=True))
+        self.tile_fc = nn.Sequential(
+            nn.Linear(self.feat_dim, tile_dim, bias=False), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True)
+        )
         self.classifier = MLP([grid * grid * tile_dim, *hidden, num_permutations])
 
     def training_step(self, views):

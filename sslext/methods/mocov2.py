@@ -1,4 +1,5 @@
 """MoCo v2 (He et al., CVPR 2020; Chen, Fan, Girshick & He, arXiv 2003.04297)."""
+
 from __future__ import annotations
 
 from typing import List
@@ -45,21 +46,29 @@ class MoCoV2(Method):
     asymmetric.
     """
 
-    DEFAULTS = dict(projector=[2048, 256], queue_size=32768, temperature=0.2, momentum=0.99,
-                    final_momentum=0.999, symmetric=True, bn_splits=1)
-
-    HELP = dict(
-        projector='projector MLP widths [hidden, out]',
-        queue_size='negatives kept in the queue',
-        temperature='InfoNCE temperature',
-        momentum='key encoder EMA momentum at the start',
-        final_momentum='EMA momentum reached at the end (cosine)',
-        symmetric="also contrast view 2's queries with view 1's keys",
-        bn_splits='BatchNorm statistics over this many sub-batches (a single-device stand-in for shuffle BN)',
+    DEFAULTS = dict(
+        projector=[2048, 256],
+        queue_size=32768,
+        temperature=0.2,
+        momentum=0.99,
+        final_momentum=0.999,
+        symmetric=True,
+        bn_splits=1,
     )
 
-    def __init__(self, backbone, projector, queue_size, temperature, momentum, final_momentum, symmetric,
-                 bn_splits) -> None:
+    HELP = dict(
+        projector="projector MLP widths [hidden, out]",
+        queue_size="negatives kept in the queue",
+        temperature="InfoNCE temperature",
+        momentum="key encoder EMA momentum at the start",
+        final_momentum="EMA momentum reached at the end (cosine)",
+        symmetric="also contrast view 2's queries with view 1's keys",
+        bn_splits="BatchNorm statistics over this many sub-batches (a single-device stand-in for shuffle BN)",
+    )
+
+    def __init__(
+        self, backbone, projector, queue_size, temperature, momentum, final_momentum, symmetric, bn_splits
+    ) -> None:
         super().__init__(backbone)
         self.momentum, self.final_momentum = check_momentum(momentum, final_momentum)
         if not isinstance(symmetric, bool):
@@ -96,10 +105,12 @@ class MoCoV2(Method):
         world = get_world_size()
         per_step = (2 * n if self.symmetric else n) * world
         if per_step > self.queue.size:
-            raise ValueError(f"method.queue_size: {self.queue.size} is smaller than the {per_step} keys enqueued "
-                             f"per step (batch {n}{' x 2 views, symmetric' if self.symmetric else ''}"
-                             f"{f' x {world} processes' if world > 1 else ''}); "
-                             f"use a queue of at least {per_step} (MoCo uses thousands)")
+            raise ValueError(
+                f"method.queue_size: {self.queue.size} is smaller than the {per_step} keys enqueued "
+                f"per step (batch {n}{' x 2 views, symmetric' if self.symmetric else ''}"
+                f"{f' x {world} processes' if world > 1 else ''}); "
+                f"use a queue of at least {per_step} (MoCo uses thousands)"
+            )
         h1 = self.backbone(x1)
         q1, k2 = self.projector(h1), self._keys(x2)
         if self.symmetric:

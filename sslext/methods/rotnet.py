@@ -1,5 +1,6 @@
 """RotNet (Gidaris, Singh & Komodakis, "Unsupervised Representation Learning
 by Predicting Image Rotations", ICLR 2018)."""
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,7 @@ class RotNet(Method):
     DEFAULTS = dict(head=[512])
 
     HELP = dict(
-        head='hidden widths of the rotation classifier',
+        head="hidden widths of the rotation classifier",
     )
 
     def __init__(self, backbone, head) -> None:

@@ -1,4 +1,5 @@
 """SimCLR (Chen, Kornblith, Norouzi & Hinton, ICML 2020)."""
+
 from __future__ import annotations
 
 from ..contrastive import NTXentLoss
@@ -18,8 +19,8 @@ class SimCLR(Method):
     DEFAULTS = dict(projector=[2048, 256], temperature=0.2)
 
     HELP = dict(
-        projector='projector MLP widths [hidden, out]',
-        temperature='NT-Xent temperature',
+        projector="projector MLP widths [hidden, out]",
+        temperature="NT-Xent temperature",
     )
 
     def __init__(self, backbone, projector, temperature) -> None:

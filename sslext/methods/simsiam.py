@@ -1,4 +1,5 @@
 """SimSiam (Chen & He, CVPR 2021)."""
+
 from __future__ import annotations
 
 from typing import List
@@ -7,8 +8,8 @@ import torch
 
 from ..contrastive import SimSiamLoss
 from ..models.heads import PredictorHead, build_projector
-from .base import Method, register_method
 from ._common import check_positive_int, run_two_views
+from .base import Method, register_method
 
 
 @register_method("simsiam")
@@ -23,8 +24,8 @@ class SimSiam(Method):
     DEFAULTS = dict(projector=[2048, 2048, 2048], predictor_hidden=512)
 
     HELP = dict(
-        projector='projector MLP widths',
-        predictor_hidden='hidden width of the predictor',
+        projector="projector MLP widths",
+        predictor_hidden="hidden width of the predictor",
     )
 
     def __init__(self, backbone, projector, predictor_hidden) -> None:

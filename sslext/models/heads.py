@@ -1,9 +1,9 @@
 """Projector / expander / predictor MLPs for joint-embedding methods."""
+
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn as nn
 
 __all__ = ["MLP", "build_projector", "TiCoHead", "PredictorHead"]
@@ -27,8 +27,11 @@ class MLP(nn.Sequential):
         layers = []
         for i in range(len(dims) - 2):
             if hidden_bn:
-                layers += [nn.Linear(dims[i], dims[i + 1], bias=False), nn.BatchNorm1d(dims[i + 1]),
-                           nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Linear(dims[i], dims[i + 1], bias=False),
+                    nn.BatchNorm1d(dims[i + 1]),
+                    nn.ReLU(inplace=True),
+                ]
             else:
                 layers += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU(inplace=True)]
         layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))

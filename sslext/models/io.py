@@ -10,6 +10,7 @@
 Both hold tensors and plain containers only, so ``torch.load(weights_only=True)``
 reads them.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -22,8 +23,14 @@ import torch.nn as nn
 from .resnet import _guard_strided_convs, build_backbone
 from .timm_backbone import build_timm_backbone, is_timm_backbone
 
-__all__ = ["BACKBONE_FORMAT", "BACKBONE_FORMAT_VERSION", "TORCHVISION_SNIPPETS", "torchvision_state_dict",
-           "backbone_record", "load_backbone"]
+__all__ = [
+    "BACKBONE_FORMAT",
+    "BACKBONE_FORMAT_VERSION",
+    "TORCHVISION_SNIPPETS",
+    "torchvision_state_dict",
+    "backbone_record",
+    "load_backbone",
+]
 
 BACKBONE_FORMAT = "sslext-backbone"
 BACKBONE_FORMAT_VERSION = 1
@@ -38,8 +45,12 @@ TORCHVISION_SNIPPETS = {
 }
 _CIFAR_STEM = "m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = nn.Identity()"
 # (block type, blocks per stage) -> our name
-_LAYOUTS = {("basic", (1, 1, 1, 1)): "resnet10", ("basic", (2, 2, 2, 2)): "resnet18",
-            ("basic", (3, 4, 6, 3)): "resnet34", ("bottleneck", (3, 4, 6, 3)): "resnet50"}
+_LAYOUTS = {
+    ("basic", (1, 1, 1, 1)): "resnet10",
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+}
 
 
 def torchvision_snippet(name: str, cifar_stem: bool) -> str:
@@ -48,32 +59,50 @@ def torchvision_snippet(name: str, cifar_stem: bool) -> str:
     return f"m = {TORCHVISION_SNIPPETS[name]}{stem}; m.fc = nn.Identity()"
 
 
-def torchvision_state_dict(name: str, cifar_stem: bool, width: int,
-                           state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def torchvision_state_dict(
+    name: str, cifar_stem: bool, width: int, state_dict: Mapping[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
     """``state_dict`` of our backbone ``name`` as torchvision's ResNet names it.
 
     Our ResNets are torchvision's modules (the ``fc`` replaced by an identity), so
     the keys already match; this checks that torchvision has the architecture.
     """
     if is_timm_backbone(name):
-        raise ValueError(f"--format: torchvision has no {name!r}; export timm backbones with --format sslext "
-                         "(the file's state_dict loads into timm.create_model(..., num_classes=0))")
+        raise ValueError(
+            f"--format: torchvision has no {name!r}; export timm backbones with --format sslext "
+            "(the file's state_dict loads into timm.create_model(..., num_classes=0))"
+        )
     if name not in TORCHVISION_SNIPPETS:
         raise ValueError(f"--format: torchvision has no backbone {name!r}; use --format sslext")
     if name == "resnet10" and width != 64:
-        raise ValueError(f"--format: torchvision's ResNets have base width 64; this resnet10 has width {width}. "
-                         "Use --format sslext (sslext.models.load_backbone reads it)")
+        raise ValueError(
+            f"--format: torchvision's ResNets have base width 64; this resnet10 has width {width}. "
+            "Use --format sslext (sslext.models.load_backbone reads it)"
+        )
     return {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
 
 
-def backbone_record(name: str, state_dict: Mapping[str, torch.Tensor], out_dim: int, *, cifar_stem: bool = True,
-                    width: int = 64, timm_kwargs: Optional[Dict[str, Any]] = None,
-                    source: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def backbone_record(
+    name: str,
+    state_dict: Mapping[str, torch.Tensor],
+    out_dim: int,
+    *,
+    cifar_stem: bool = True,
+    width: int = 64,
+    timm_kwargs: Optional[Dict[str, Any]] = None,
+    source: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """The ``sslext`` format: what :func:`load_backbone` needs to rebuild the backbone and its weights."""
-    rec: Dict[str, Any] = {"format": BACKBONE_FORMAT, "version": BACKBONE_FORMAT_VERSION, "backbone": name,
-                           "cifar_stem": bool(cifar_stem), "width": int(width), "out_dim": int(out_dim),
-                           "source": dict(source or {}),
-                           "state_dict": {k: v.detach().clone().contiguous() for k, v in state_dict.items()}}
+    rec: Dict[str, Any] = {
+        "format": BACKBONE_FORMAT,
+        "version": BACKBONE_FORMAT_VERSION,
+        "backbone": name,
+        "cifar_stem": bool(cifar_stem),
+        "width": int(width),
+        "out_dim": int(out_dim),
+        "source": dict(source or {}),
+        "state_dict": {k: v.detach().clone().contiguous() for k, v in state_dict.items()},
+    }
     if timm_kwargs is not None:
         rec["timm_kwargs"] = dict(timm_kwargs)
     return rec
@@ -90,8 +119,9 @@ def _layout(sd: Mapping[str, torch.Tensor]) -> Tuple[str, bool, int]:
         blocks.append(max(idx) + 1 if idx else 0)
     name = _LAYOUTS.get((kind, tuple(blocks)))
     if name is None:
-        raise ValueError(f"path: a ResNet with {kind} blocks {blocks} per stage is none of "
-                         f"{sorted(set(_LAYOUTS.values()))}")
+        raise ValueError(
+            f"path: a ResNet with {kind} blocks {blocks} per stage is none of {sorted(set(_LAYOUTS.values()))}"
+        )
     w = sd["conv1.weight"]
     return name, w.shape[-1] == 3, int(w.shape[0])
 
@@ -102,8 +132,10 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise RuntimeError(f"path: {path} is not a backbone file written by sslext-export (torch.load with "
-                           f"weights_only=True refused it: {str(e).splitlines()[0]})") from e
+        raise RuntimeError(
+            f"path: {path} is not a backbone file written by sslext-export (torch.load with "
+            f"weights_only=True refused it: {str(e).splitlines()[0]})"
+        ) from e
     except Exception as e:
         raise RuntimeError(f"path: {path} cannot be loaded ({type(e).__name__}: {e})") from e
 
@@ -121,23 +153,29 @@ def load_backbone(path: str | Path) -> nn.Module:
     obj = _read(path)
     if isinstance(obj, dict) and obj.get("format") == BACKBONE_FORMAT:
         if obj.get("version") != BACKBONE_FORMAT_VERSION:
-            raise RuntimeError(f"path: {path} is an sslext backbone of format version {obj.get('version')!r}; "
-                               f"this sslext reads version {BACKBONE_FORMAT_VERSION}")
+            raise RuntimeError(
+                f"path: {path} is an sslext backbone of format version {obj.get('version')!r}; "
+                f"this sslext reads version {BACKBONE_FORMAT_VERSION}"
+            )
         name, sd = obj["backbone"], obj["state_dict"]
         if is_timm_backbone(name):
             net = _guard_strided_convs(build_timm_backbone(name, timm_kwargs=obj.get("timm_kwargs", {})))
         else:
             net = build_backbone(name, obj["cifar_stem"], obj["width"])
-    elif isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                               for k, v in obj.items()):
+    elif (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
         sd = {k: v for k, v in obj.items() if not k.startswith("fc.")}
         name, cifar_stem, width = _layout(sd)
         if name != "resnet10" and width != 64:
             raise ValueError(f"path: {name} with a first conv of {width} channels is not a torchvision ResNet")
         net = build_backbone(name, cifar_stem, width)
     else:
-        raise ValueError(f"path: {path} holds neither an sslext backbone nor a ResNet state dict "
-                         f"(got {type(obj).__name__})")
+        raise ValueError(
+            f"path: {path} holds neither an sslext backbone nor a ResNet state dict (got {type(obj).__name__})"
+        )
     try:
         net.load_state_dict(sd, strict=True)
     except RuntimeError as e:

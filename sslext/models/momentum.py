@@ -1,4 +1,5 @@
 """Momentum (EMA) target networks for MoCo and BYOL, and their momentum schedule."""
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,10 @@ def check_momentum(base, final, prefix: str = "method.") -> tuple[float, float]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
             raise ValueError(f"{prefix}{nm}: expected a number in [0, 1], got {v!r}")
     if final < base:
-        raise ValueError(f"{prefix}final_momentum: expected >= {prefix}momentum ({base}), got {final} "
-                         "(the schedule only moves the momentum towards 1)")
+        raise ValueError(
+            f"{prefix}final_momentum: expected >= {prefix}momentum ({base}), got {final} "
+            "(the schedule only moves the momentum towards 1)"
+        )
     return float(base), float(final)
 
 

@@ -6,6 +6,7 @@ appendix B.9, solo-learn, VICReg's CIFAR runs) replaces it with a 3x3 stride-1
 conv and drops the max-pool. ``cifar_stem=False`` keeps the ImageNet stem for
 larger images (e.g. Imagenette at 128-224 px).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -73,7 +74,7 @@ class _NarrowResNet(nn.Module):
         self.maxpool = nn.Identity()
         stages = []
         for i, n in enumerate(layers):
-            planes = width * 2 ** i
+            planes = width * 2**i
             stride = 1 if i == 0 else 2
             down = None
             if stride != 1 or self.inplanes != planes:
@@ -113,8 +114,9 @@ def build_backbone(name: str, cifar_stem: bool = True, width: int = 64, image_si
         raise ValueError(f"model.width: expected an int >= 4, got {width!r}")
     if is_timm_backbone(name):
         if width != 64:
-            raise ValueError(f"model.width: timm backbones have their own widths; expected 64 (the default), "
-                             f"got {width}")
+            raise ValueError(
+                f"model.width: timm backbones have their own widths; expected 64 (the default), got {width}"
+            )
         return _guard_strided_convs(build_timm_backbone(name, image_size))
     if name not in BACKBONES:
         raise ValueError(f"model.backbone: expected one of {sorted(BACKBONES)} or 'timm/<model name>', got {name!r}")

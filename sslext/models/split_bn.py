@@ -7,6 +7,7 @@ batch statistics instead of the image). On one GPU the official MoCo CIFAR-10
 demo simulates this with ``SplitBatchNorm`` (statistics over ``num_splits``
 sub-batches) plus a shuffle of the key batch; this is that layer.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -37,8 +38,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         n, c, h, w = x.shape
         if n % s:
-            raise ValueError(f"method.bn_splits: the batch ({n}) must be divisible by the number of BN "
-                             f"splits ({s})")
+            raise ValueError(f"method.bn_splits: the batch ({n}) must be divisible by the number of BN splits ({s})")
         factor = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
@@ -67,8 +67,14 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
     Returns ``module`` (or the new layer if ``module`` itself is a BatchNorm2d).
     """
     if type(module) is nn.BatchNorm2d:
-        new = SplitBatchNorm2d(module.num_features, num_splits, eps=module.eps, momentum=module.momentum,
-                               affine=module.affine, track_running_stats=module.track_running_stats)
+        new = SplitBatchNorm2d(
+            module.num_features,
+            num_splits,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
         ref = next(itertools.chain(module.parameters(), module.buffers()), None)
         if ref is not None:
             new.to(ref.device)

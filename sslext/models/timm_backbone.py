@@ -13,6 +13,7 @@ as solo-learn's CIFAR ViTs do; the default 16 px patches would leave 2 x 2);
 larger crops keep the model's patch size. A model that takes no input size
 (ResNets, ConvNeXts) is built as is: its pooling makes any input size work.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -33,8 +34,10 @@ def _import_timm():
     try:
         import timm
     except ImportError as e:
-        raise ImportError("model.backbone: 'timm/...' backbones need the timm package: "
-                          "pip install 'sslext[timm]' (or pip install timm)") from e
+        raise ImportError(
+            "model.backbone: 'timm/...' backbones need the timm package: "
+            "pip install 'sslext[timm]' (or pip install timm)"
+        ) from e
     return timm
 
 
@@ -54,8 +57,9 @@ def _create(timm, arch: str, kwargs: Dict[str, Any]) -> nn.Module:
     return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
 
 
-def build_timm_backbone(name: str, image_size: Optional[int] = None,
-                        timm_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+def build_timm_backbone(
+    name: str, image_size: Optional[int] = None, timm_kwargs: Optional[Dict[str, Any]] = None
+) -> nn.Module:
     """A timm model as a backbone: ``.out_dim`` is its feature size, ``.timm_kwargs``
     the arguments it was built with (beyond ``pretrained=False, num_classes=0``).
 
@@ -68,7 +72,7 @@ def build_timm_backbone(name: str, image_size: Optional[int] = None,
     if not is_timm_backbone(name):
         raise ValueError(f"model.backbone: expected 'timm/<model name>', got {name!r}")
     timm = _import_timm()
-    arch = name[len(TIMM_PREFIX):]
+    arch = name[len(TIMM_PREFIX) :]
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f" (close: {', '.join(close)})" if close else ""
@@ -86,8 +90,9 @@ def build_timm_backbone(name: str, image_size: Optional[int] = None,
                 raise ValueError(f"model.backbone: timm cannot build {arch!r} with {kwargs} ({e})") from e
             kwargs.pop(refused[0])
         except Exception as e:
-            raise ValueError(f"model.backbone: timm cannot build {arch!r} with {kwargs} "
-                             f"({type(e).__name__}: {e})") from e
+            raise ValueError(
+                f"model.backbone: timm cannot build {arch!r} with {kwargs} ({type(e).__name__}: {e})"
+            ) from e
     net.out_dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
     net.timm_kwargs = kwargs
     return net

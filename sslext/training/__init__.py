@@ -13,6 +13,7 @@
 
 The command line is :mod:`sslext.train` (``python -m sslext.train``, ``sslext-train``).
 """
+
 from __future__ import annotations
 
 from .build import build_everything, cpu_has_native_bf16, resolve_device
@@ -23,6 +24,19 @@ from .precision import Precision, resolve_precision
 from .rundir import RunExistsError
 from .trainer import Trainer, train
 
-__all__ = ["Trainer", "train", "build_everything", "resolve_device", "resolve_precision", "Precision",
-           "cpu_has_native_bf16", "load_checkpoint_file", "CheckpointMismatchError", "NonFiniteLossError", "CHECKPOINT_VERSION",
-           "evaluate_checkpoint", "evaluate_parts", "RunExistsError"]
+__all__ = [
+    "Trainer",
+    "train",
+    "build_everything",
+    "resolve_device",
+    "resolve_precision",
+    "Precision",
+    "cpu_has_native_bf16",
+    "load_checkpoint_file",
+    "CheckpointMismatchError",
+    "NonFiniteLossError",
+    "CHECKPOINT_VERSION",
+    "evaluate_checkpoint",
+    "evaluate_parts",
+    "RunExistsError",
+]

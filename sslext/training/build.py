@@ -3,6 +3,7 @@
 Shared by the trainer and by the offline evaluation of a checkpoint, so both
 rebuild exactly the same model from the same config.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ FORBID_AUTO_DEVICE_ENV = "SSLEXT_TEST_FORBID_AUTO_DEVICE"
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         if os.environ.get(FORBID_AUTO_DEVICE_ENV) == "1":
-            raise ConfigError(f"train.device: 'auto' in a test ({FORBID_AUTO_DEVICE_ENV}=1): pin train.device=cpu, "
-                              "or train.device=cuda in a test marked cuda")
+            raise ConfigError(
+                f"train.device: 'auto' in a test ({FORBID_AUTO_DEVICE_ENV}=1): pin train.device=cpu, "
+                "or train.device=cuda in a test marked cuda"
+            )
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' requested but no CUDA device is available")
@@ -61,8 +64,15 @@ def _stats(cfg: Dict[str, Any]):
 
 def _datasets(cfg: Dict[str, Any], need_train_labels: bool):
     d = cfg["data"]
-    kw = dict(root=d["root"], download=d["download"], image_size=d["image_size"], cache_dir=d["cache_dir"],
-              seed=cfg["seed"], variant=d["variant"], on_bad_image=d["on_bad_image"])
+    kw = dict(
+        root=d["root"],
+        download=d["download"],
+        image_size=d["image_size"],
+        cache_dir=d["cache_dir"],
+        seed=cfg["seed"],
+        variant=d["variant"],
+        on_bad_image=d["on_bad_image"],
+    )
     train_ds = build_dataset(d["dataset"], "train", limit=d["train_limit"], **kw)
     try:
         test_ds = build_dataset(d["dataset"], "test", limit=d["test_limit"], **kw)
@@ -81,14 +91,17 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
     # the other ranks wait, then read what it left.
     train_ds, test_ds = first_on_local_rank_zero(lambda: _datasets(cfg, need_train_labels))
     if need_train_labels and (train_ds.labels is None or test_ds is None):
-        raise ValueError(f"data.dataset: evaluation needs labelled train and test splits for {cfg['data']['dataset']!r}")
+        raise ValueError(
+            f"data.dataset: evaluation needs labelled train and test splits for {cfg['data']['dataset']!r}"
+        )
     eval_train_ds, probe_labels = train_ds, train_ds.labels
     if cfg["eval"]["split"] == "val" and train_ds.labels is not None:
         eval_train_ds, test_ds, probe_labels = _hold_out_val(train_ds, cfg["eval"])
     torch.manual_seed(cfg["seed"])  # network init
     m = cfg["model"]
-    backbone = build_backbone(m["backbone"], m["cifar_stem"], m["width"],
-                              image_size=cfg["augment"]["view1"]["crop_size"])
+    backbone = build_backbone(
+        m["backbone"], m["cifar_stem"], m["width"], image_size=cfg["augment"]["view1"]["crop_size"]
+    )
     mkw = {k: v for k, v in cfg["method"].items() if k != "name"}
     method = build_method(cfg["method"]["name"], backbone, **mkw).to(device)
     mean, std = _stats(cfg)
@@ -100,10 +113,20 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
     augment = TwoViewAugment([a["view1"], a["view2"]][:nv], mean, std, seed=cfg["seed"])
     crop = a["view1"]["crop_size"]
     if nv == 2 and a["view2"]["crop_size"] != crop:
-        raise ConfigError("augment.view2.crop_size: both views must use the same crop_size "
-                          f"({crop} vs {a['view2']['crop_size']})")
-    return dict(train_ds=train_ds, test_ds=test_ds, eval_train_ds=eval_train_ds, probe_labels=probe_labels,
-                method=method, augment=augment, mean=mean, std=std, crop_size=crop)
+        raise ConfigError(
+            f"augment.view2.crop_size: both views must use the same crop_size ({crop} vs {a['view2']['crop_size']})"
+        )
+    return dict(
+        train_ds=train_ds,
+        test_ds=test_ds,
+        eval_train_ds=eval_train_ds,
+        probe_labels=probe_labels,
+        method=method,
+        augment=augment,
+        mean=mean,
+        std=std,
+        crop_size=crop,
+    )
 
 
 def _hold_out_val(train_ds, ev: Dict[str, Any]):

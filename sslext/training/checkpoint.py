@@ -1,6 +1,7 @@
 """Checkpoint I/O: the atomic write of ``last.pt``, the weights-only load, the check that a
 checkpoint belongs to the config it resumes, and every rank's RNG streams.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -14,25 +15,67 @@ import torch
 from ..data import atomic_save
 from ..distributed import all_gather_tensors
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointMismatchError", "load_checkpoint_file", "write_checkpoint",
-           "check_resume_compatible", "remove_stale_temp_files", "RANK_SEED_STRIDE", "own_rng", "gather_rank_rng",
-           "restore_rng", "restore_cuda_rng_states"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointMismatchError",
+    "load_checkpoint_file",
+    "write_checkpoint",
+    "check_resume_compatible",
+    "remove_stale_temp_files",
+    "RANK_SEED_STRIDE",
+    "own_rng",
+    "gather_rank_rng",
+    "restore_rng",
+    "restore_cuda_rng_states",
+]
 
 CHECKPOINT_VERSION = 1
 # What every checkpoint written by Trainer.state_dict holds (newer optional keys are read with .get).
-_CHECKPOINT_KEYS = ("config", "method", "optimizer", "scheduler", "probe", "probe_opt", "augment", "torch_rng",
-                    "cuda_rng", "epoch", "step_in_epoch", "global_step", "epoch_acc")
+_CHECKPOINT_KEYS = (
+    "config",
+    "method",
+    "optimizer",
+    "scheduler",
+    "probe",
+    "probe_opt",
+    "augment",
+    "torch_rng",
+    "cuda_rng",
+    "epoch",
+    "step_in_epoch",
+    "global_step",
+    "epoch_acc",
+)
 
 # Config keys that may differ on --resume without changing the trajectory.
-_RESUME_FREE = ("name", "train.out_dir", "train.progress", "train.loggers", "train.log_every",
-                "train.checkpoint_every",
-                "train.checkpoint_every_steps", "train.max_steps", "train.on_nonfinite",
-                "train.max_consecutive_skips", "data.root", "data.cache_dir", "data.download", "eval.")
+_RESUME_FREE = (
+    "name",
+    "train.out_dir",
+    "train.progress",
+    "train.loggers",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.checkpoint_every_steps",
+    "train.max_steps",
+    "train.on_nonfinite",
+    "train.max_consecutive_skips",
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "eval.",
+)
 _RESUME_FREE_EXCEPT = ("eval.online_probe", "eval.probe_lr")  # these shape the online probe's training
 # Config keys that must match: they change tensor shapes, the optimizer state's
 # layout, or what the saved data position (epoch, step) means.
-_RESUME_MUST_MATCH = ("method.name", "model.", "seed", "optim.name", "optim.batch_size", "data.dataset",
-                      "data.train_limit")
+_RESUME_MUST_MATCH = (
+    "method.name",
+    "model.",
+    "seed",
+    "optim.name",
+    "optim.batch_size",
+    "data.dataset",
+    "data.train_limit",
+)
 
 # Rank r > 0 seeds its augmentation generator with seed + r * stride, so
 # ranks draw different augmentations and rank 0 matches a single-process run.
@@ -54,14 +97,15 @@ def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message suggests weights_only=False; name only the offending global instead.
-        detail = next((l.strip().split(" was not")[0] for l in str(e).splitlines() if "Unsupported global" in l),
-                      None)
+        detail = next((l.strip().split(" was not")[0] for l in str(e).splitlines() if "Unsupported global" in l), None)
         if detail is None:  # garbled bytes, not a foreign object
             why = next((l.strip() for l in str(e).splitlines() if "Unsupported" in l), type(e).__name__)
             raise RuntimeError(f"checkpoint: {path} cannot be loaded (corrupt or not a torch file: {why})") from e
-        raise RuntimeError(f"checkpoint: {path} was refused by torch.load(weights_only=True): it holds objects "
-                           f"other than tensors and plain containers, which sslext never writes; the file is "
-                           f"not an sslext checkpoint and is not safe to load ({detail})") from e
+        raise RuntimeError(
+            f"checkpoint: {path} was refused by torch.load(weights_only=True): it holds objects "
+            f"other than tensors and plain containers, which sslext never writes; the file is "
+            f"not an sslext checkpoint and is not safe to load ({detail})"
+        ) from e
     except Exception as e:
         raise RuntimeError(f"checkpoint: {path} cannot be loaded ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
@@ -117,8 +161,9 @@ def _shape_mismatches(saved: Dict[str, Any], current: Dict[str, Any], what: str)
     return out
 
 
-def check_resume_compatible(ckpt: Dict[str, Any], path: Path, cfg: Dict[str, Any],
-                            current: Dict[str, Dict[str, Any]], run_dir: Path) -> None:
+def check_resume_compatible(
+    ckpt: Dict[str, Any], path: Path, cfg: Dict[str, Any], current: Dict[str, Dict[str, Any]], run_dir: Path
+) -> None:
     """Refuse a checkpoint of another method/shape/data setup, naming what differs.
 
     ``current`` maps the checkpoint's state-dict entries (``method``,
@@ -129,26 +174,37 @@ def check_resume_compatible(ckpt: Dict[str, Any], path: Path, cfg: Dict[str, Any
     old, new = _flatten(ckpt["config"]), _flatten(cfg)
     absent = "<absent>"
     differ = sorted(k for k in set(old) | set(new) if old.get(k, absent) != new.get(k, absent))
-    problems = [f"{k}: {old.get(k, absent)!r} in the checkpoint, {new.get(k, absent)!r} in the config"
-                for k in differ if _matches(k, _RESUME_MUST_MATCH)]
+    problems = [
+        f"{k}: {old.get(k, absent)!r} in the checkpoint, {new.get(k, absent)!r} in the config"
+        for k in differ
+        if _matches(k, _RESUME_MUST_MATCH)
+    ]
     shapes = []
     if old.get("method.name") == new.get("method.name"):
         shapes = [m for what, sd in current.items() for m in _shape_mismatches(ckpt[what], sd, what)]
     if shapes:
         listed = {p.split(":")[0] for p in problems}
-        problems += [f"{k}: {old.get(k, absent)!r} in the checkpoint, {new.get(k, absent)!r} in the config"
-                     for k in differ if _matches(k, ("method.", "model.", "data.", "eval.")) and k not in listed]
+        problems += [
+            f"{k}: {old.get(k, absent)!r} in the checkpoint, {new.get(k, absent)!r} in the config"
+            for k in differ
+            if _matches(k, ("method.", "model.", "data.", "eval.")) and k not in listed
+        ]
         more = f" (and {len(shapes) - 8} more)" if len(shapes) > 8 else ""
         problems.append("tensor shapes differ: " + "; ".join(shapes[:8]) + more)
     if problems:
         raise CheckpointMismatchError(
-            f"--resume: checkpoint {path} does not belong to this config:\n  " + "\n  ".join(problems)
+            f"--resume: checkpoint {path} does not belong to this config:\n  "
+            + "\n  ".join(problems)
             + f"\nResume with the run's own config (--config {run_dir / 'config.yaml'}), or start a new "
-              "run (another `name` or `train.out_dir`).")
+            "run (another `name` or `train.out_dir`)."
+        )
     changed = [k for k in differ if not (_matches(k, _RESUME_FREE) and k not in _RESUME_FREE_EXCEPT)]
     if changed:
-        warnings.warn(f"--resume: the config differs from the checkpoint's in {changed}; the resumed run "
-                      "continues with the new values and will not match an uninterrupted run", stacklevel=3)
+        warnings.warn(
+            f"--resume: the config differs from the checkpoint's in {changed}; the resumed run "
+            "continues with the new values and will not match an uninterrupted run",
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------------- RNG streams
@@ -188,14 +244,26 @@ def restore_cuda_rng_states(states: Sequence[torch.Tensor]) -> Optional[str]:
     if n == 0:
         return f"the checkpoint holds the CUDA RNG states of {len(states)} GPU(s); no GPU is visible: none restored"
     if len(states) > visible:
-        return (f"the checkpoint holds the CUDA RNG states of {len(states)} GPUs, {visible} visible here: restored "
-                f"the states of GPUs 0-{n - 1} and dropped those of GPUs {n}-{len(states) - 1}")
-    return (f"the checkpoint holds the CUDA RNG states of {len(states)} GPU(s), {visible} visible here: restored "
-            f"GPUs 0-{n - 1}; GPUs {n}-{visible - 1} keep their own")
+        return (
+            f"the checkpoint holds the CUDA RNG states of {len(states)} GPUs, {visible} visible here: restored "
+            f"the states of GPUs 0-{n - 1} and dropped those of GPUs {n}-{len(states) - 1}"
+        )
+    return (
+        f"the checkpoint holds the CUDA RNG states of {len(states)} GPU(s), {visible} visible here: restored "
+        f"GPUs 0-{n - 1}; GPUs {n}-{visible - 1} keep their own"
+    )
 
 
-def restore_rng(ckpt: Dict[str, Any], augment: Any, device: torch.device, rank: int, world_size: int,
-                seed: int, global_step: int, main: bool) -> Optional[str]:
+def restore_rng(
+    ckpt: Dict[str, Any],
+    augment: Any,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    seed: int,
+    global_step: int,
+    main: bool,
+) -> Optional[str]:
     """Put back this rank's RNG streams; re-seed them deterministically under another world size.
 
     Returns a note (also printed by the main process) when the saved CUDA RNG
@@ -204,8 +272,11 @@ def restore_rng(ckpt: Dict[str, Any], augment: Any, device: torch.device, rank: 
     rank_rng = ckpt.get("rank_rng")
     saved_world = ckpt.get("world_size", 1)
     if saved_world == world_size and (world_size == 1 or rank_rng is not None):
-        own = rank_rng[rank] if world_size > 1 else {
-            "augment": ckpt["augment"]["generator"], "torch_rng": ckpt["torch_rng"]}
+        own = (
+            rank_rng[rank]
+            if world_size > 1
+            else {"augment": ckpt["augment"]["generator"], "torch_rng": ckpt["torch_rng"]}
+        )
         augment.generator.set_state(own["augment"])
         torch.set_rng_state(own["torch_rng"])
         note = None
@@ -220,9 +291,12 @@ def restore_rng(ckpt: Dict[str, Any], augment: Any, device: torch.device, rank: 
     # do not exist here. Derive fresh ones from (seed, step, rank) so the
     # resume is still deterministic, and say that it is not bit-exact.
     s = (seed * RANK_SEED_STRIDE + global_step) * 8191 + rank
-    augment.generator.manual_seed(s % (2 ** 63))
-    torch.manual_seed(s % (2 ** 63))
+    augment.generator.manual_seed(s % (2**63))
+    torch.manual_seed(s % (2**63))
     if main:
-        print(f"sslext-train: warning: checkpoint written by {saved_world} process(es), resuming with "
-              f"{world_size}: model, optimizer, schedule and data position restored, augmentation RNG "
-              "re-seeded from (seed, step, rank): not bit-identical to an uninterrupted run", file=sys.stderr)
+        print(
+            f"sslext-train: warning: checkpoint written by {saved_world} process(es), resuming with "
+            f"{world_size}: model, optimizer, schedule and data position restored, augmentation RNG "
+            "re-seeded from (seed, step, rank): not bit-identical to an uninterrupted run",
+            file=sys.stderr,
+        )

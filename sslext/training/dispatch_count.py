@@ -17,6 +17,7 @@ produce them, so a CPU test can count them and fail on a regression:
         trainer.train_step(perm)
     c.syncs, c.ops, c.sync_ops
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -28,12 +29,26 @@ from torch.utils._python_dispatch import TorchDispatchMode
 __all__ = ["DispatchCounter", "SYNC_OPS"]
 
 # Ops that make the host wait for the device whatever the tensors' device.
-SYNC_OPS = frozenset({
-    "aten._local_scalar_dense", "aten.is_nonzero", "aten.equal", "aten.allclose",
-    "aten.nonzero", "aten.nonzero_static", "aten.masked_select", "aten.unique", "aten._unique",
-    "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.repeat_interleave",
-    "aten.bincount", "aten.histc", "aten._assert_async",
-})
+SYNC_OPS = frozenset(
+    {
+        "aten._local_scalar_dense",
+        "aten.is_nonzero",
+        "aten.equal",
+        "aten.allclose",
+        "aten.nonzero",
+        "aten.nonzero_static",
+        "aten.masked_select",
+        "aten.unique",
+        "aten._unique",
+        "aten._unique2",
+        "aten.unique_dim",
+        "aten.unique_consecutive",
+        "aten.repeat_interleave",
+        "aten.bincount",
+        "aten.histc",
+        "aten._assert_async",
+    }
+)
 
 
 def _packet(func: Any) -> str:

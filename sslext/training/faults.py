@@ -1,4 +1,5 @@
 """Test hook that interrupts a training process at a chosen point (kill, SIGTERM, SIGINT)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +31,9 @@ class FaultInjector:
                 self.action, self.point, n = spec.split(":")
                 self.n = int(n)
             except ValueError:
-                raise ValueError(f"SSLEXT_TEST_FAULT: expected <kill|term|int>:<step|save|epoch>:<n>, got {spec!r}")
+                raise ValueError(
+                    f"SSLEXT_TEST_FAULT: expected <kill|term|int>:<step|save|epoch>:<n>, got {spec!r}"
+                ) from None
             if self.action not in ("kill", "term", "int") or self.point not in ("step", "save", "epoch"):
                 raise ValueError(f"SSLEXT_TEST_FAULT: expected <kill|term|int>:<step|save|epoch>:<n>, got {spec!r}")
 

@@ -3,6 +3,7 @@
 
 Only the main process writes; on other ranks every call is a no-op.
 """
+
 from __future__ import annotations
 
 import csv

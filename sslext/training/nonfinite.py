@@ -4,6 +4,7 @@
 discards the step (no optimizer update, the buffers the forward pass changed
 are put back) up to ``train.max_consecutive_skips`` steps in a row.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,13 @@ class NonFiniteLossError(FloatingPointError):
     ``step`` (1-based global step) and ``epoch`` say where; ``terms`` are the loss terms of that step.
     """
 
-    def __init__(self, message: str, step: Optional[int] = None, epoch: Optional[int] = None,
-                 terms: Optional[Dict[str, float]] = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        step: Optional[int] = None,
+        epoch: Optional[int] = None,
+        terms: Optional[Dict[str, float]] = None,
+    ) -> None:
         super().__init__(message)
         self.step, self.epoch, self.terms = step, epoch, dict(terms or {})
 
@@ -55,8 +61,7 @@ class NonFinitePolicy:
         """
         if self.mode != "skip":
             return None
-        return [(m, n, b.detach().clone()) for m in module.modules() for n, b in m._buffers.items()
-                if b is not None]
+        return [(m, n, b.detach().clone()) for m in module.modules() for n, b in m._buffers.items() if b is not None]
 
     @staticmethod
     def restore(snap: List[Any]) -> None:
@@ -71,9 +76,20 @@ class NonFinitePolicy:
     def step_ok(self) -> None:
         self.consecutive_skips = 0
 
-    def on_bad_step(self, what: str, lval: float, terms: Dict[str, torch.Tensor], module: nn.Module,
-                    snap: Optional[List[Any]], step: int, epoch: int, log: Callable[[Dict[str, Any]], None],
-                    zero_grad: Callable[[], None], on_stop: Callable[[], None], ckpt_path: Path) -> None:
+    def on_bad_step(
+        self,
+        what: str,
+        lval: float,
+        terms: Dict[str, torch.Tensor],
+        module: nn.Module,
+        snap: Optional[List[Any]],
+        step: int,
+        epoch: int,
+        log: Callable[[Dict[str, Any]], None],
+        zero_grad: Callable[[], None],
+        on_stop: Callable[[], None],
+        ckpt_path: Path,
+    ) -> None:
         """Log the offending step, then undo its side effects (skip) or raise NonFiniteLossError (stop).
 
         ``step`` is the 1-based number of the offending step; ``on_stop`` runs
@@ -81,10 +97,19 @@ class NonFinitePolicy:
         """
         bad = [n for n, p in module.named_parameters() if p.grad is not None and not bool(p.grad.isfinite().all())]
         skip = self.mode == "skip" and self.consecutive_skips < self.max_consecutive_skips
-        log({"kind": "nonfinite", "step": step, "epoch": epoch, "what": what,
-             "action": "skip" if skip else "stop", "loss": json_num(lval),
-             **{k: json_num(v) for k, v in terms.items()}, "nonfinite_grads": bad[:10],
-             "consecutive_skips": self.consecutive_skips + (1 if skip else 0)})
+        log(
+            {
+                "kind": "nonfinite",
+                "step": step,
+                "epoch": epoch,
+                "what": what,
+                "action": "skip" if skip else "stop",
+                "loss": json_num(lval),
+                **{k: json_num(v) for k, v in terms.items()},
+                "nonfinite_grads": bad[:10],
+                "consecutive_skips": self.consecutive_skips + (1 if skip else 0),
+            }
+        )
         zero_grad()
         if skip:
             self.consecutive_skips += 1
@@ -92,12 +117,19 @@ class NonFinitePolicy:
                 self.restore(snap)
             return
         on_stop()
-        why = (f"{self.max_consecutive_skips} consecutive steps were already skipped (train.max_consecutive_skips)"
-               if self.mode == "skip" else "train.on_nonfinite=stop")
+        why = (
+            f"{self.max_consecutive_skips} consecutive steps were already skipped (train.max_consecutive_skips)"
+            if self.mode == "skip"
+            else "train.on_nonfinite=stop"
+        )
         values = {k: float(v) for k, v in terms.items()}
         raise NonFiniteLossError(
             f"non-finite {what} (loss {lval}) at epoch {epoch} step {step}; terms: "
             f"{values}; parameters with non-finite gradients: {bad[:5]}. "
             f"Training stopped ({why}); the last good checkpoint "
             f"({ckpt_path if ckpt_path.exists() else 'none written yet'}) is intact. "
-            "Try a lower optim.lr or more warmup, or train.on_nonfinite=skip.", step=step, epoch=epoch, terms=values)
+            "Try a lower optim.lr or more warmup, or train.on_nonfinite=skip.",
+            step=step,
+            epoch=epoch,
+            terms=values,
+        )

@@ -16,6 +16,7 @@ workload, not at every start.
 Explicit settings: ``bf16``, ``fp16`` (with a GradScaler), ``false`` (float32);
 ``true`` is read as ``bf16``, what it meant before ``auto`` measured.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,16 @@ import torch.distributed as dist
 
 from ..config import ConfigError
 
-__all__ = ["Precision", "resolve_precision", "measure_training_rate", "trainer_precision", "is_cached",
-           "cache_file", "cpu_model", "BF16_MARGIN"]
+__all__ = [
+    "Precision",
+    "resolve_precision",
+    "measure_training_rate",
+    "trainer_precision",
+    "is_cached",
+    "cache_file",
+    "cpu_model",
+    "BF16_MARGIN",
+]
 
 # bf16 must beat float32 by this factor to be chosen on the CPU: a few timed
 # passes vary by a few percent between runs, and float32 is the exact choice.
@@ -66,8 +75,13 @@ class Precision:
         return torch.autocast(device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
     def log_record(self, setting: Any) -> Dict[str, Any]:
-        rec: Dict[str, Any] = {"kind": "precision", "amp": setting, "precision": self.name, "scaler": self.scaler,
-                               "reason": self.reason}
+        rec: Dict[str, Any] = {
+            "kind": "precision",
+            "amp": setting,
+            "precision": self.name,
+            "scaler": self.scaler,
+            "reason": self.reason,
+        }
         for k, v in (self.rates or {}).items():
             rec[f"{k}_images_per_second"] = v
         return rec
@@ -128,8 +142,11 @@ def _cache_key(workload: str) -> str:
 
 
 def _valid(entry: Any) -> bool:
-    return isinstance(entry, dict) and entry.get("choice") in ("float32", "bf16") \
+    return (
+        isinstance(entry, dict)
+        and entry.get("choice") in ("float32", "bf16")
         and all(isinstance(entry.get(k), (int, float)) for k in ("float32", "bf16"))
+    )
 
 
 def is_cached(workload: str) -> bool:
@@ -151,9 +168,13 @@ def _cuda_precision(setting: Any, device: torch.device) -> Precision:
     return Precision(torch.float16, True, f"train.amp={setting!r}: fp16 with a GradScaler")
 
 
-def resolve_precision(setting: Any, device: torch.device,
-                      measure: Optional[Callable[[Optional[torch.dtype]], float]] = None,
-                      workload: str = "", log: Optional[Callable[[str], None]] = None) -> Precision:
+def resolve_precision(
+    setting: Any,
+    device: torch.device,
+    measure: Optional[Callable[[Optional[torch.dtype]], float]] = None,
+    workload: str = "",
+    log: Optional[Callable[[str], None]] = None,
+) -> Precision:
     """``train.amp`` on ``device`` -> :class:`Precision`.
 
     ``measure(dtype)`` returns the training rate (images/s) with that autocast
@@ -192,14 +213,23 @@ def resolve_precision(setting: Any, device: torch.device,
     rates = {"float32": entry["float32"], "bf16": entry["bf16"]}
     ratio = rates["bf16"] / max(rates["float32"], 1e-12)
     how = f"cached in {path}" if cached else "measured"
-    reason = (f"auto on {cpu}: bf16 {rates['bf16']:.1f} vs float32 {rates['float32']:.1f} images/s "
-              f"({ratio:.2f}x, {how}; bf16 needs > {BF16_MARGIN:.2f}x)")
+    reason = (
+        f"auto on {cpu}: bf16 {rates['bf16']:.1f} vs float32 {rates['float32']:.1f} images/s "
+        f"({ratio:.2f}x, {how}; bf16 needs > {BF16_MARGIN:.2f}x)"
+    )
     dtype = torch.bfloat16 if entry["choice"] == "bf16" else None
     return Precision(dtype, False, reason, rates)
 
 
-def measure_training_rate(method: torch.nn.Module, batch_shape: tuple, num_views: int, channels_last: bool,
-                          dtype: Optional[torch.dtype], steps: int = 3, warmup: int = 1) -> float:
+def measure_training_rate(
+    method: torch.nn.Module,
+    batch_shape: tuple,
+    num_views: int,
+    channels_last: bool,
+    dtype: Optional[torch.dtype],
+    steps: int = 3,
+    warmup: int = 1,
+) -> float:
     """Images/s of forward + backward of a copy of ``method`` on random views, under ``dtype`` autocast.
 
     The copy and ``fork_rng`` leave the run's weights, statistics, method state
@@ -225,21 +255,27 @@ def measure_training_rate(method: torch.nn.Module, batch_shape: tuple, num_views
     return batch_shape[0] / statistics.median(times)
 
 
-
-def trainer_precision(cfg: Dict[str, Any], device: torch.device, method: torch.nn.Module, local_batch: int,
-                      crop_size: int, rank: int) -> Precision:
+def trainer_precision(
+    cfg: Dict[str, Any], device: torch.device, method: torch.nn.Module, local_batch: int, crop_size: int, rank: int
+) -> Precision:
     """The Trainer's precision: ``train.amp`` resolved, CPU ``auto`` measured with the run's
     own model as it will run (channels_last and SyncBatchNorm already applied), rank 0's answer shared."""
     t, m = cfg["train"], cfg["model"]
     shape = (min(local_batch, 64), 3, crop_size, crop_size)
-    workload = (f"{cfg['method']['name']} {m['backbone']} w{m['width']} batch {shape[0]} {crop_size}px "
-                f"{'channels_last' if t['channels_last'] else 'contiguous'}")
+    workload = (
+        f"{cfg['method']['name']} {m['backbone']} w{m['width']} batch {shape[0]} {crop_size}px "
+        f"{'channels_last' if t['channels_last'] else 'contiguous'}"
+    )
 
     def measure(dtype: Optional[torch.dtype]) -> float:
         return measure_training_rate(method, shape, method.num_views, t["channels_last"], dtype)
 
-    if t["amp"] != "auto" or device.type != "cpu" or not (dist.is_available() and dist.is_initialized()) \
-            or dist.get_world_size() == 1:
+    if (
+        t["amp"] != "auto"
+        or device.type != "cpu"
+        or not (dist.is_available() and dist.is_initialized())
+        or dist.get_world_size() == 1
+    ):
         return resolve_precision(t["amp"], device, measure=measure, workload=workload)
     # Several processes: every rank must train in rank 0's precision. When it
     # has to be measured, every rank measures at once, because the model copy
@@ -248,7 +284,10 @@ def trainer_precision(cfg: Dict[str, Any], device: torch.device, method: torch.n
     need = [not is_cached(workload)] if rank == 0 else [None]
     dist.broadcast_object_list(need, src=0)
     rates = {dt: measure(dt) for dt in (None, torch.bfloat16)} if need[0] else {}
-    box = [resolve_precision("auto", device, measure=rates.get if rates else None, workload=workload)
-           if rank == 0 else None]
+    box = [
+        resolve_precision("auto", device, measure=rates.get if rates else None, workload=workload)
+        if rank == 0
+        else None
+    ]
     dist.broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[return-value]

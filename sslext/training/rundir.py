@@ -12,6 +12,7 @@ of ``RUN_FILES``, is only touched when the user says what to do with it:
 
 An empty directory, or one holding only files no run writes, counts as free.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,11 @@ def _checkpoint_position(path: Path) -> Optional[Dict[str, Any]]:
         # mmap: only the few scalars read below are paged in, not the weights.
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         cfg = ck.get("config", {}) if isinstance(ck, dict) else {}
-        return {"epoch": int(ck["epoch"]), "step": int(ck["global_step"]),
-                "epochs": cfg.get("train", {}).get("epochs") if isinstance(cfg, dict) else None}
+        return {
+            "epoch": int(ck["epoch"]),
+            "step": int(ck["global_step"]),
+            "epochs": cfg.get("train", {}).get("epochs") if isinstance(cfg, dict) else None,
+        }
     except Exception:  # unreadable or foreign: describe the run from its log instead
         return None
 
@@ -55,8 +59,11 @@ def _log_position(path: Path) -> Optional[Dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         if isinstance(r, dict) and r.get("kind") in ("step", "epoch"):
-            pos = {"epoch": int(r.get("epoch", 0)) + (r.get("kind") == "epoch"), "step": int(r.get("step", 0)),
-                   "epochs": None}
+            pos = {
+                "epoch": int(r.get("epoch", 0)) + (r.get("kind") == "epoch"),
+                "step": int(r.get("step", 0)),
+                "epochs": None,
+            }
     return pos
 
 
@@ -69,7 +76,8 @@ def describe_run(run_dir: str | os.PathLike) -> Optional[str]:
     if not files:
         return None
     pos = (_checkpoint_position(d / "last.pt") if "last.pt" in files else None) or (
-        _log_position(d / "metrics.jsonl") if "metrics.jsonl" in files else None)
+        _log_position(d / "metrics.jsonl") if "metrics.jsonl" in files else None
+    )
     if pos is None:
         what = "a run of unknown progress"
     else:
@@ -106,7 +114,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool = False, overwrite:
         raise RunExistsError(
             f"{d} already holds {desc}. Continue it with --resume (library: resume=True), or start afresh with "
             f"--overwrite (overwrite=True), which first moves the old run to {d.with_name(d.name + '.old-<UTC time>')}"
-            f" (nothing is deleted); or give the new run another name or train.out_dir.")
+            f" (nothing is deleted); or give the new run another name or train.out_dir."
+        )
     aside = _aside_name(d)
     os.rename(d, aside)
     return aside

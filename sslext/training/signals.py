@@ -1,4 +1,5 @@
 """SIGTERM/SIGINT as a request to stop after the current step, agreed by every rank."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ non-logging step reads the device once (``step_is_finite``); everything else
 it needs later (loss and term sums, probe hits) stays on the device
 (``step_stats.EpochStats``).
 """
+
 from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence, Tuple
@@ -28,15 +29,20 @@ class BatchStager:
     there only if the GPU is that many steps behind.
     """
 
-    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], batch: int, device: torch.device,
-                 slots: int = 2) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: Optional[torch.Tensor], batch: int, device: torch.device, slots: int = 2
+    ) -> None:
         self.images, self.labels, self.device = images, labels, device
         self._pinned = device.type == "cuda"
         self._slot = 0
         if self._pinned:
-            self._buffers = [(torch.empty((batch, *images.shape[1:]), dtype=images.dtype).pin_memory(),
-                              None if labels is None else torch.empty(batch, dtype=labels.dtype).pin_memory())
-                             for _ in range(slots)]
+            self._buffers = [
+                (
+                    torch.empty((batch, *images.shape[1:]), dtype=images.dtype).pin_memory(),
+                    None if labels is None else torch.empty(batch, dtype=labels.dtype).pin_memory(),
+                )
+                for _ in range(slots)
+            ]
             self._events: List[Optional[torch.cuda.Event]] = [None] * slots
 
     def __call__(self, idx: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -7,6 +7,7 @@ stay device tensors and are read when a record is written (every
 adding float32 values in float64 gives, bit for bit, what adding their
 ``float()`` in Python did, so the logged means are those of before.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -43,8 +44,9 @@ class EpochStats:
                 self._fold_terms()
             self._keys = keys
             self._sums = torch.cat([self._sums[:1], self._sums.new_zeros(len(keys))])
-        vals = [loss.detach()] + [v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-                                  for v in terms.values()]
+        vals = [loss.detach()] + [
+            v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for v in terms.values()
+        ]
         vals = [v.to(self.device, torch.float64, non_blocking=True).reshape(()) for v in vals]
         self._sums += torch.stack(vals)
         self.n += 1
@@ -63,8 +65,14 @@ class EpochStats:
         terms = dict(self._host_terms)
         for k, v in zip(self._keys, vals[2:]):
             terms[k] = terms.get(k, 0.0) + v
-        return {"loss": vals[1], "n": self.n, "probe_correct": int(vals[0]), "terms": terms,
-                "seconds": self.seconds, "skipped": self.skipped}
+        return {
+            "loss": vals[1],
+            "n": self.n,
+            "probe_correct": int(vals[0]),
+            "terms": terms,
+            "seconds": self.seconds,
+            "skipped": self.skipped,
+        }
 
     def load_dict(self, acc: Optional[Dict[str, Any]]) -> None:
         """Continue from a checkpoint's ``epoch_acc`` (older checkpoints may lack ``skipped``)."""
@@ -74,6 +82,7 @@ class EpochStats:
         self.seconds = float(acc.get("seconds", 0.0))
         terms = acc.get("terms", {})
         self._keys = list(terms)
-        self._sums = torch.tensor([float(acc.get("loss", 0.0)), *map(float, terms.values())], dtype=torch.float64,
-                                  device=self.device)
+        self._sums = torch.tensor(
+            [float(acc.get("loss", 0.0)), *map(float, terms.values())], dtype=torch.float64, device=self.device
+        )
         self._correct = torch.tensor(float(acc.get("probe_correct", 0)), dtype=torch.float64, device=self.device)

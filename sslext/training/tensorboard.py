@@ -16,6 +16,7 @@ Needs the tensorboard package (``pip install 'sslext[tensorboard]'``). A resumed
 run hides what the interrupted one wrote after its checkpoint (``purge_step``),
 so the curves have no duplicates, as ``metrics.jsonl`` has none.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,10 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise ImportError("train.loggers: 'tensorboard' needs the tensorboard package: "
-                          "pip install 'sslext[tensorboard]' (or pip install tensorboard)") from e
+        raise ImportError(
+            "train.loggers: 'tensorboard' needs the tensorboard package: "
+            "pip install 'sslext[tensorboard]' (or pip install tensorboard)"
+        ) from e
     return SummaryWriter
 
 
@@ -107,8 +110,11 @@ class TensorBoardLog:
         for k, v in _scalars(res):
             if math.isfinite(v):
                 self.writer.add_scalar(f"final/{k}", v, step)
-        self.log_spectra(step, {k.removesuffix("_spectrum"): v for k, v in res.items()
-                                if k.endswith("_spectrum") and isinstance(v, list)}, tag="final/spectrum")
+        self.log_spectra(
+            step,
+            {k.removesuffix("_spectrum"): v for k, v in res.items() if k.endswith("_spectrum") and isinstance(v, list)},
+            tag="final/spectrum",
+        )
 
     def close(self) -> None:
         if self._writer is not None:

@@ -6,6 +6,7 @@ weights-only load, resume compatibility, RNG streams), ``signals``
 (SIGTERM/SIGINT), ``nonfinite`` (NaN/Inf steps), ``metrics``
 (metrics.jsonl/csv) and ``faults`` (the test hook that interrupts a run).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,16 @@ from ..distributed import convert_sync_batchnorm, get_rank, get_world_size, init
 from ..evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from ..optim import WarmupCosine, build_optimizer
 from .build import IGNORE_LABEL, build_everything, resolve_device
-from .checkpoint import (CHECKPOINT_VERSION, RANK_SEED_STRIDE, check_resume_compatible, gather_rank_rng,
-                         load_checkpoint_file, remove_stale_temp_files, restore_rng, write_checkpoint)
+from .checkpoint import (
+    CHECKPOINT_VERSION,
+    RANK_SEED_STRIDE,
+    check_resume_compatible,
+    gather_rank_rng,
+    load_checkpoint_file,
+    remove_stale_temp_files,
+    restore_rng,
+    write_checkpoint,
+)
 from .faults import FaultInjector
 from .metrics import MetricsLog, atomic_write_text
 from .nonfinite import NonFinitePolicy, nonfinite_reason
@@ -66,12 +75,16 @@ class Trainer:
         # same thing for any number of processes.
         self.batch_size = o["batch_size"]
         if self.batch_size % self.world_size:
-            raise ConfigError(f"optim.batch_size: {self.batch_size} is the global batch and must be divisible by "
-                              f"the number of processes ({self.world_size})")
+            raise ConfigError(
+                f"optim.batch_size: {self.batch_size} is the global batch and must be divisible by "
+                f"the number of processes ({self.world_size})"
+            )
         self.local_batch = self.batch_size // self.world_size
         if self.world_size > 1 and self.local_batch < 2:
-            raise ConfigError(f"optim.batch_size: {self.batch_size} over {self.world_size} processes leaves "
-                              f"{self.local_batch} image per process; at least 2 per process are needed")
+            raise ConfigError(
+                f"optim.batch_size: {self.batch_size} over {self.world_size} processes leaves "
+                f"{self.local_batch} image per process; at least 2 per process are needed"
+            )
         n = len(self.train_ds)
         if n < self.batch_size:
             raise ConfigError(f"optim.batch_size: {self.batch_size} is larger than the training set ({n} images)")
@@ -82,10 +95,23 @@ class Trainer:
             self.method = convert_sync_batchnorm(self.method, self.device)
         self.steps_per_epoch = n // self.batch_size  # drop_last: full batches keep BN/loss statistics stable
         self.total_steps = t["epochs"] * self.steps_per_epoch
-        self.optimizer = build_optimizer(o["name"], self.method, o["lr"], o["weight_decay"], o["momentum"], o["eta"],
-                                         o["clip_lr"], o["exclude_bias_norm"])
-        self.scheduler = WarmupCosine(self.optimizer, int(round(o["warmup_epochs"] * self.steps_per_epoch)),
-                                      self.total_steps, o["warmup_start_factor"], o["final_lr_factor"])
+        self.optimizer = build_optimizer(
+            o["name"],
+            self.method,
+            o["lr"],
+            o["weight_decay"],
+            o["momentum"],
+            o["eta"],
+            o["clip_lr"],
+            o["exclude_bias_norm"],
+        )
+        self.scheduler = WarmupCosine(
+            self.optimizer,
+            int(round(o["warmup_epochs"] * self.steps_per_epoch)),
+            self.total_steps,
+            o["warmup_start_factor"],
+            o["final_lr_factor"],
+        )
         self.use_probe = cfg["eval"]["online_probe"] and self.train_ds.labels is not None
         nc = max(self.train_ds.num_classes, 1)
         self.probe = nn.Linear(self.method.feat_dim, nc).to(self.device)
@@ -129,8 +155,9 @@ class Trainer:
         if not resume:
             for split, ds in (("train", self.train_ds), ("test", self.test_ds)):
                 if ds is not None and ds.skipped:  # data.on_bad_image=skip
-                    self._log({"kind": "data", "split": split, "skipped_images": len(ds.skipped),
-                               "skipped": list(ds.skipped)})
+                    self._log(
+                        {"kind": "data", "split": split, "skipped_images": len(ds.skipped), "skipped": list(ds.skipped)}
+                    )
 
     # ------------------------------------------------------------------ state
     @property
@@ -152,7 +179,9 @@ class Trainer:
             "augment": self.augment.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
             "epoch_acc": self.acc,
             "world_size": self.world_size,
             "metrics_records": self.metrics.n_records,
@@ -171,21 +200,30 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint_file(path)
-        check_resume_compatible(ckpt, path, self.cfg, {"method": self.method.state_dict(),
-                                                        "probe": self.probe.state_dict()}, self.run_dir)
+        check_resume_compatible(
+            ckpt, path, self.cfg, {"method": self.method.state_dict(), "probe": self.probe.state_dict()}, self.run_dir
+        )
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.probe.load_state_dict(ckpt["probe"])
         self.probe_opt.load_state_dict(ckpt["probe_opt"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        rng_note = restore_rng(ckpt, self.augment, self.device, self.rank, self.world_size, self.cfg["seed"],
-                               self.global_step, self.main)
+        rng_note = restore_rng(
+            ckpt, self.augment, self.device, self.rank, self.world_size, self.cfg["seed"], self.global_step, self.main
+        )
         self.stats.load_dict(ckpt["epoch_acc"])
         self.nonfinite.consecutive_skips = int(ckpt.get("consecutive_skips", 0))
         self.metrics.truncate_for_resume(ckpt.get("metrics_records"), self.global_step)
-        self._log({"kind": "resume", "step": self.global_step, "epoch": self.epoch, "checkpoint": str(path),
-                   **({"cuda_rng": rng_note} if rng_note else {})})
+        self._log(
+            {
+                "kind": "resume",
+                "step": self.global_step,
+                "epoch": self.epoch,
+                "checkpoint": str(path),
+                **({"cuda_rng": rng_note} if rng_note else {}),
+            }
+        )
         self.metrics.write_csv()
 
     def _log(self, rec: Dict[str, Any]) -> None:
@@ -214,19 +252,35 @@ class Trainer:
         bank = self.eval_train_ds
         ntr = len(bank)
         pick = torch.randperm(ntr, generator=g)[: min(ntr, ev["knn_train_limit"] or ntr)]
-        feats, z = extract_features(self.method.backbone, bank.images[pick], ev["batch_size"], self.device,
-                                    self.crop_size, self.mean, self.std, getattr(self.method, "projector", None))
+        feats, z = extract_features(
+            self.method.backbone,
+            bank.images[pick],
+            ev["batch_size"],
+            self.device,
+            self.crop_size,
+            self.mean,
+            self.std,
+            getattr(self.method, "projector", None),
+        )
         nd = min(ev["diag_samples"], feats.shape[0])
         out.update(collapse_diagnostics(feats[:nd], "backbone_"))
         if z is not None:  # pretext methods have no projector
             out.update(collapse_diagnostics(z[:nd], "projector_"))
         self.metrics.log_spectra(self.global_step, backbone=feats[:nd], projector=None if z is None else z[:nd])
         if self.test_ds is not None and bank.labels is not None:
-            tf, _ = extract_features(self.method.backbone, self.test_ds.images, ev["batch_size"], self.device,
-                                     self.crop_size, self.mean, self.std)
+            tf, _ = extract_features(
+                self.method.backbone,
+                self.test_ds.images,
+                ev["batch_size"],
+                self.device,
+                self.crop_size,
+                self.mean,
+                self.std,
+            )
             nc = max(bank.num_classes, self.test_ds.num_classes)
-            out["knn_acc"] = knn_accuracy(feats, bank.labels[pick], tf, self.test_ds.labels,
-                                          ev["knn_k"], ev["knn_t"], nc)
+            out["knn_acc"] = knn_accuracy(
+                feats, bank.labels[pick], tf, self.test_ds.labels, ev["knn_k"], ev["knn_t"], nc
+            )
             if self.use_probe:
                 pred = self.probe(tf.to(self.device)).argmax(1).cpu()
                 out["online_probe_acc"] = float((pred == self.test_ds.labels).float().mean() * 100)
@@ -285,6 +339,7 @@ class Trainer:
         pbar = None
         if self.main and t["progress"]:
             from tqdm import tqdm
+
             pbar = tqdm(total=self.total_steps, initial=self.global_step, desc=self.cfg["name"], dynamic_ncols=True)
         stop: Optional[str] = None  # "max_steps" or the name of the signal that stopped the loop
         t_start = time.time()
@@ -312,18 +367,24 @@ class Trainer:
                 break
         if pbar:
             pbar.close()
-        return {"run_dir": str(self.run_dir), "global_step": self.global_step, "epoch": self.epoch,
-                "train_seconds": time.time() - t_start, "finished": self.epoch >= t["epochs"],
-                "interrupted": stop if stop not in (None, "max_steps") else None}
+        return {
+            "run_dir": str(self.run_dir),
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "train_seconds": time.time() - t_start,
+            "finished": self.epoch >= t["epochs"],
+            "interrupted": stop if stop not in (None, "max_steps") else None,
+        }
 
     def _epoch_order(self) -> torch.Tensor:
         # The data order is a pure function of (seed, epoch), so resuming
         # mid-epoch only needs the step index, not a saved permutation.
-        return torch.randperm(len(self.train_ds), generator=torch.Generator().manual_seed(
-            self.cfg["seed"] * 1_000_003 + self.epoch))
+        return torch.randperm(
+            len(self.train_ds), generator=torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + self.epoch)
+        )
 
     def _stop_after_step(self) -> Optional[str]:
-        """"max_steps" when train.max_steps is reached, else the signal that asked to stop, if any."""
+        """ "max_steps" when train.max_steps is reached, else the signal that asked to stop, if any."""
         max_steps = self.cfg["train"]["max_steps"]
         if max_steps and self.global_step >= max_steps:
             return "max_steps"
@@ -343,7 +404,7 @@ class Trainer:
         # This rank's contiguous slice of the global batch: the global
         # batches are the same for any number of processes.
         start = self.step_in_epoch * self.batch_size + self.rank * self.local_batch
-        idx = perm[start:start + self.local_batch]
+        idx = perm[start : start + self.local_batch]
         x, y = self.stage_batch(idx)
         views = self.augment(x)
         if t["channels_last"]:
@@ -368,9 +429,19 @@ class Trainer:
             lval = self._loss_value(loss, loss_all)
             what = nonfinite_reason(lval, self.method) or "loss"
             # Raises unless the step is skipped.
-            self.nonfinite.on_bad_step(what, lval, terms, self.method, snap, self.global_step + 1, self.epoch,
-                                       self._log, lambda: self.optimizer.zero_grad(set_to_none=True),
-                                       lambda: pbar.close() if pbar else None, self.ckpt_path)
+            self.nonfinite.on_bad_step(
+                what,
+                lval,
+                terms,
+                self.method,
+                snap,
+                self.global_step + 1,
+                self.epoch,
+                self._log,
+                lambda: self.optimizer.zero_grad(set_to_none=True),
+                lambda: pbar.close() if pbar else None,
+                self.ckpt_path,
+            )
             if self.scaler is not None:
                 self.scaler.update()
             self.stats.skipped += 1
@@ -395,12 +466,19 @@ class Trainer:
         if pbar:
             pbar.update(1)
 
-    def _log_step(self, loss: torch.Tensor, terms: Dict[str, Any], probe_loss: Optional[torch.Tensor],
-                  pbar: Any) -> None:
+    def _log_step(
+        self, loss: torch.Tensor, terms: Dict[str, Any], probe_loss: Optional[torch.Tensor], pbar: Any
+    ) -> None:
         """The step's record (this reads the device: only every train.log_every steps)."""
         lval = float(loss.detach())
-        rec = {"kind": "step", "step": self.global_step, "epoch": self.epoch, "loss": lval,
-               "lr": self.scheduler.get_last_lr()[0], **{k: float(v) for k, v in terms.items()}}
+        rec = {
+            "kind": "step",
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "loss": lval,
+            "lr": self.scheduler.get_last_lr()[0],
+            **{k: float(v) for k, v in terms.items()},
+        }
         if probe_loss is not None:
             rec["probe_loss"] = float(probe_loss)
         if self.scaler is not None:
@@ -432,13 +510,17 @@ class Trainer:
         """
         cfg, t, acc, B = self.cfg, self.cfg["train"], self.stats.to_dict(), self.batch_size
         ep_n = acc["n"]
-        rec: Dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
-                               "loss": acc["loss"] / max(ep_n, 1),
-                               **{k: v / max(ep_n, 1) for k, v in acc["terms"].items()},
-                               "lr": self.scheduler.get_last_lr()[0],
-                               "train_seconds": acc["seconds"],
-                               "images_per_second": ep_n * B / max(acc["seconds"], 1e-9),
-                               "skipped_steps": acc.get("skipped", 0)}
+        rec: Dict[str, Any] = {
+            "kind": "epoch",
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "loss": acc["loss"] / max(ep_n, 1),
+            **{k: v / max(ep_n, 1) for k, v in acc["terms"].items()},
+            "lr": self.scheduler.get_last_lr()[0],
+            "train_seconds": acc["seconds"],
+            "images_per_second": ep_n * B / max(acc["seconds"], 1e-9),
+            "skipped_steps": acc.get("skipped", 0),
+        }
         if self.use_probe and ep_n:
             rec["online_probe_train_acc"] = acc["probe_correct"] / (ep_n * B) * 100
         if self.main and ((self.epoch + 1) % cfg["eval"]["every"] == 0 or self.epoch + 1 == t["epochs"]):
@@ -447,9 +529,13 @@ class Trainer:
         self.metrics.write_csv()
         self._faults.at("epoch", self.epoch)
         if pbar:
-            pbar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in rec.items() if k in ("epoch", "loss", "online_probe_acc", "knn_acc",
-                                                                 "backbone_rankme", "projector_rankme")))
+            pbar.write(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in rec.items()
+                    if k in ("epoch", "loss", "online_probe_acc", "knn_acc", "backbone_rankme", "projector_rankme")
+                )
+            )
         self.epoch += 1
         self.step_in_epoch = 0
         self.stats.reset()
@@ -458,29 +544,50 @@ class Trainer:
             stop = requested
             self._log({"kind": "signal", "signal": stop, "step": self.global_step, "epoch": self.epoch})
         every_steps = t["checkpoint_every_steps"]
-        if (self.epoch % t["checkpoint_every"] == 0 or self.epoch == t["epochs"] or stop is not None
-                or (every_steps and self.global_step % every_steps == 0)):
+        if (
+            self.epoch % t["checkpoint_every"] == 0
+            or self.epoch == t["epochs"]
+            or stop is not None
+            or (every_steps and self.global_step % every_steps == 0)
+        ):
             self.save()
         return stop
 
     def _finish(self, summary: Dict[str, Any]) -> Dict[str, Any]:
         cfg, t = self.cfg, self.cfg["train"]
         # Rank 0 alone evaluates: its record is the only one written.
-        if self.main and summary["finished"] and cfg["eval"]["final"] and self.test_ds is not None \
-                and self.train_ds.labels is not None:
-            res = evaluate_backbone(self.method.backbone, self.eval_train_ds, self.test_ds, device=self.device,
-                                    crop_size=self.crop_size, mean=self.mean, std=self.std,
-                                    projector=getattr(self.method, "projector", None),
-                                    batch_size=cfg["eval"]["batch_size"],
-                                    probe_epochs=cfg["eval"]["offline_epochs"], probe_lr=cfg["eval"]["offline_lr"],
-                                    label_fraction=cfg["eval"]["label_fraction"], knn_k=cfg["eval"]["knn_k"],
-                                    knn_t=cfg["eval"]["knn_t"], seed=cfg["seed"], progress=t["progress"])
+        if (
+            self.main
+            and summary["finished"]
+            and cfg["eval"]["final"]
+            and self.test_ds is not None
+            and self.train_ds.labels is not None
+        ):
+            res = evaluate_backbone(
+                self.method.backbone,
+                self.eval_train_ds,
+                self.test_ds,
+                device=self.device,
+                crop_size=self.crop_size,
+                mean=self.mean,
+                std=self.std,
+                projector=getattr(self.method, "projector", None),
+                batch_size=cfg["eval"]["batch_size"],
+                probe_epochs=cfg["eval"]["offline_epochs"],
+                probe_lr=cfg["eval"]["offline_lr"],
+                label_fraction=cfg["eval"]["label_fraction"],
+                knn_k=cfg["eval"]["knn_k"],
+                knn_t=cfg["eval"]["knn_t"],
+                seed=cfg["seed"],
+                progress=t["progress"],
+            )
             summary["final_eval"] = res
             atomic_write_text(self.run_dir / "final_eval.json", json.dumps(res, indent=2))
             self.metrics.log_final(self.global_step, res)
         self.metrics.close()
         if self.main and summary["finished"]:
             from ..report import write_report
+
             summary["report"] = str(write_report(self.run_dir))
         return summary
 

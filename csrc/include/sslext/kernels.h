@@ -18,14 +18,13 @@ namespace sslext::kernels {
 // Column statistics of z (N x D): writes centered = z - mean (opmath, N x D,
 // contiguous, may be a row-slice of a larger buffer) and returns
 // (mean, m2) with m2[d] = sum_n centered[n, d]^2, both opmath of length D.
-std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z,
-                                                      at::Tensor& centered);
+std::tuple<at::Tensor, at::Tensor> column_moments_cpu(const at::Tensor& z, at::Tensor& centered);
 // sum over all elements of (a - b)^2, as a 0-d float64 tensor.
 at::Tensor sum_sq_diff_cpu(const at::Tensor& a, const at::Tensor& b);
 // Batch-norm backward for a = centered * inv_std:
 // dz = inv_std * (da - mean_n(da) - a * mean_n(da * a)), in dtype out_dtype.
-at::Tensor bn_backward_cpu(const at::Tensor& da, const at::Tensor& a,
-                           const at::Tensor& inv_std, at::ScalarType out_dtype);
+at::Tensor bn_backward_cpu(const at::Tensor& da, const at::Tensor& a, const at::Tensor& inv_std,
+                           at::ScalarType out_dtype);
 
 // (sum_{i != j} m_ij^2, sum_i (m_ii - diag_target)^2) of a square opmath
 // matrix, as a length-2 float64 tensor, in one pass and without any temporary.
@@ -43,55 +42,42 @@ at::Tensor dot_f64_cpu(const at::Tensor& a, const at::Tensor& b);
 // w_inv = grad_terms[0] * inv_coeff + grad_terms[1], and so on: the weights are
 // formed inside the kernel, so the backward needs no host sync.
 at::Tensor vicreg_grad_cpu(const at::Tensor& z, const at::Tensor& z_other,
-                           const at::Tensor& centered, const at::Tensor& var,
-                           const at::Tensor& g, const at::Tensor& grad_terms,
-                           double inv_coeff, double var_coeff,
-                           double cov_coeff, double eps, double cov_scale,
-                           bool subtract_diag);
+                           const at::Tensor& centered, const at::Tensor& var, const at::Tensor& g,
+                           const at::Tensor& grad_terms, double inv_coeff, double var_coeff,
+                           double cov_coeff, double eps, double cov_scale, bool subtract_diag);
 
 // Row-wise L2 normalisation as F.normalize(z, dim=1, eps): returns
 // (zhat opmath N x D, norms opmath N).
-std::tuple<at::Tensor, at::Tensor> row_normalize_cpu(const at::Tensor& z,
-                                                     double eps);
+std::tuple<at::Tensor, at::Tensor> row_normalize_cpu(const at::Tensor& z, double eps);
 // Backward of row_normalize for the incoming gradient
 // g = w[0] * other + w[1] * proj (proj may be undefined), in dtype out_dtype.
-at::Tensor row_normalize_backward_cpu(const at::Tensor& other,
-                                      const at::Tensor& proj,
-                                      const at::Tensor& zhat,
-                                      const at::Tensor& norms,
-                                      const at::Tensor& w, double eps,
-                                      at::ScalarType out_dtype);
+at::Tensor row_normalize_backward_cpu(const at::Tensor& other, const at::Tensor& proj,
+                                      const at::Tensor& zhat, const at::Tensor& norms,
+                                      const at::Tensor& w, double eps, at::ScalarType out_dtype);
 
 #if defined(SSLEXT_WITH_CUDA) || defined(SSLEXT_EMULATE_CUDA)
-std::tuple<at::Tensor, at::Tensor> column_moments_cuda(const at::Tensor& z,
-                                                       at::Tensor& centered);
+std::tuple<at::Tensor, at::Tensor> column_moments_cuda(const at::Tensor& z, at::Tensor& centered);
 at::Tensor sum_sq_diff_cuda(const at::Tensor& a, const at::Tensor& b);
-at::Tensor bn_backward_cuda(const at::Tensor& da, const at::Tensor& a,
-                            const at::Tensor& inv_std, at::ScalarType out_dtype);
+at::Tensor bn_backward_cuda(const at::Tensor& da, const at::Tensor& a, const at::Tensor& inv_std,
+                            at::ScalarType out_dtype);
 at::Tensor offdiag_sums_cuda(const at::Tensor& m, double diag_target);
 at::Tensor dot_f64_cuda(const at::Tensor& a, const at::Tensor& b);
 at::Tensor vicreg_grad_cuda(const at::Tensor& z, const at::Tensor& z_other,
-                            const at::Tensor& centered, const at::Tensor& var,
-                            const at::Tensor& g, const at::Tensor& grad_terms,
-                            double inv_coeff, double var_coeff,
-                            double cov_coeff, double eps, double cov_scale,
-                            bool subtract_diag);
-std::tuple<at::Tensor, at::Tensor> row_normalize_cuda(const at::Tensor& z,
-                                                      double eps);
-at::Tensor row_normalize_backward_cuda(const at::Tensor& other,
-                                       const at::Tensor& proj,
-                                       const at::Tensor& zhat,
-                                       const at::Tensor& norms,
-                                       const at::Tensor& w, double eps,
-                                       at::ScalarType out_dtype);
+                            const at::Tensor& centered, const at::Tensor& var, const at::Tensor& g,
+                            const at::Tensor& grad_terms, double inv_coeff, double var_coeff,
+                            double cov_coeff, double eps, double cov_scale, bool subtract_diag);
+std::tuple<at::Tensor, at::Tensor> row_normalize_cuda(const at::Tensor& z, double eps);
+at::Tensor row_normalize_backward_cuda(const at::Tensor& other, const at::Tensor& proj,
+                                       const at::Tensor& zhat, const at::Tensor& norms,
+                                       const at::Tensor& w, double eps, at::ScalarType out_dtype);
 #endif
 
 // Without CUDA kernels the call text is dropped, so the _cuda symbols need not exist.
 #ifdef SSLEXT_WITH_CUDA
 #define SSLEXT_CUDA_OR_FAIL(call) return call
 #else
-#define SSLEXT_CUDA_OR_FAIL(call)                                        \
-  TORCH_CHECK(false,                                                     \
+#define SSLEXT_CUDA_OR_FAIL(call)                                          \
+  TORCH_CHECK(false,                                                       \
               "sslext was built without CUDA kernels; reinstall it where " \
               "nvcc is present (or with SSLEXT_FORCE_CUDA=1)")
 #endif
@@ -100,12 +86,12 @@ at::Tensor row_normalize_backward_cuda(const at::Tensor& other,
 // compiled as host C++, on CPU tensors: every call goes to the _cuda twin.
 #define SSLEXT_DISPATCH_DEVICE(t, name, ...) return name##_cuda(__VA_ARGS__)
 #else
-#define SSLEXT_DISPATCH_DEVICE(t, name, ...)    \
-  do {                                          \
-    if ((t).is_cuda()) {                        \
+#define SSLEXT_DISPATCH_DEVICE(t, name, ...)         \
+  do {                                               \
+    if ((t).is_cuda()) {                             \
       SSLEXT_CUDA_OR_FAIL(name##_cuda(__VA_ARGS__)); \
-    }                                           \
-    return name##_cpu(__VA_ARGS__);             \
+    }                                                \
+    return name##_cpu(__VA_ARGS__);                  \
   } while (0)
 #endif
 
@@ -116,8 +102,7 @@ inline std::tuple<at::Tensor, at::Tensor> column_moments(const at::Tensor& z,
 inline at::Tensor sum_sq_diff(const at::Tensor& a, const at::Tensor& b) {
   SSLEXT_DISPATCH_DEVICE(a, sum_sq_diff, a, b);
 }
-inline at::Tensor bn_backward(const at::Tensor& da, const at::Tensor& a,
-                              const at::Tensor& inv_std,
+inline at::Tensor bn_backward(const at::Tensor& da, const at::Tensor& a, const at::Tensor& inv_std,
                               at::ScalarType out_dtype) {
   SSLEXT_DISPATCH_DEVICE(da, bn_backward, da, a, inv_std, out_dtype);
 }
@@ -129,26 +114,20 @@ inline at::Tensor dot_f64(const at::Tensor& a, const at::Tensor& b) {
 }
 inline at::Tensor vicreg_grad(const at::Tensor& z, const at::Tensor& z_other,
                               const at::Tensor& centered, const at::Tensor& var,
-                              const at::Tensor& g, const at::Tensor& grad_terms,
-                              double inv_coeff, double var_coeff,
-                              double cov_coeff, double eps, double cov_scale,
+                              const at::Tensor& g, const at::Tensor& grad_terms, double inv_coeff,
+                              double var_coeff, double cov_coeff, double eps, double cov_scale,
                               bool subtract_diag) {
-  SSLEXT_DISPATCH_DEVICE(z, vicreg_grad, z, z_other, centered, var, g,
-                         grad_terms, inv_coeff, var_coeff, cov_coeff, eps,
-                         cov_scale, subtract_diag);
+  SSLEXT_DISPATCH_DEVICE(z, vicreg_grad, z, z_other, centered, var, g, grad_terms, inv_coeff,
+                         var_coeff, cov_coeff, eps, cov_scale, subtract_diag);
 }
-inline std::tuple<at::Tensor, at::Tensor> row_normalize(const at::Tensor& z,
-                                                        double eps) {
+inline std::tuple<at::Tensor, at::Tensor> row_normalize(const at::Tensor& z, double eps) {
   SSLEXT_DISPATCH_DEVICE(z, row_normalize, z, eps);
 }
-inline at::Tensor row_normalize_backward(const at::Tensor& other,
-                                         const at::Tensor& proj,
-                                         const at::Tensor& zhat,
-                                         const at::Tensor& norms,
+inline at::Tensor row_normalize_backward(const at::Tensor& other, const at::Tensor& proj,
+                                         const at::Tensor& zhat, const at::Tensor& norms,
                                          const at::Tensor& w, double eps,
                                          at::ScalarType out_dtype) {
-  SSLEXT_DISPATCH_DEVICE(zhat, row_normalize_backward, other, proj, zhat,
-                                norms, w, eps, out_dtype);
+  SSLEXT_DISPATCH_DEVICE(zhat, row_normalize_backward, other, proj, zhat, norms, w, eps, out_dtype);
 }
 
 }  // namespace sslext::kernels
