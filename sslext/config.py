@@ -57,6 +57,12 @@ DEFAULTS: Dict[str, Any] = {
         "std": None,
         "variant": "160px",
         "on_bad_image": "error",
+        # Streaming (sslext.data.folder / shards): issue 20.
+        "source": "memory",
+        "classes": None,
+        "workers": 4,
+        "prefetch": 2,
+        "verify_shards": True,
     },
     "augment": {"view1": dict(_VIEW), "view2": {**_VIEW, "solarize_prob": 0.2}},
     "optim": {
@@ -117,6 +123,7 @@ _NULLABLE = {
     "data.test_limit": int,
     "data.mean": list,
     "data.std": list,
+    "data.classes": list,
     "train.max_steps": int,
     "train.threads": int,
     "train.checkpoint_every_steps": int,
@@ -131,6 +138,7 @@ _CHOICES = {
     "data.dataset": ("cifar10", "cifar100", "fashion_mnist", "image_folder", "imagenette", "imagewoof", "synthetic"),
     "data.variant": ("full", "320px", "160px"),
     "data.on_bad_image": ("error", "skip"),
+    "data.source": ("memory", "stream", "shards"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.on_nonfinite": ("stop", "skip"),
     "eval.split": ("test", "val"),
@@ -159,6 +167,7 @@ _POSITIVE = {
     "data.test_limit",
     "eval.knn_train_limit",
     "train.threads",
+    "data.prefetch",
 }
 _NONNEG = {
     "optim.weight_decay",
@@ -167,6 +176,7 @@ _NONNEG = {
     "optim.warmup_start_factor",
     "optim.final_lr_factor",
     "seed",
+    "data.workers",
 }
 
 
@@ -190,6 +200,15 @@ MEANINGS: Dict[str, str] = {
     "data.std": "per-channel normalisation standard deviation (null: the dataset's standard statistics)",
     "data.variant": "Imagenette/Imagewoof archive: full, 320px or 160px",
     "data.on_bad_image": "an unreadable image file: stop with its path (error) or leave it out and report it (skip)",
+    "data.source": "image_folder: decode every image into memory once (memory), read the files lazily in "
+    "DataLoader workers (stream), or read the tar shards `sslext-shard` wrote (shards); see docs/data.md",
+    "data.classes": "image_folder: only these class folders (e.g. the ImageNet-100 list), labelled in sorted order "
+    "(null: every class folder)",
+    "data.workers": "stream/shards: DataLoader worker processes per rank that decode and crop (0: in the training "
+    "process)",
+    "data.prefetch": "stream/shards: batches each worker keeps ready (host memory per rank ~ workers x prefetch x "
+    "batch)",
+    "data.verify_shards": "shards: check every shard's size and sha256 against the manifest before training",
     "optim.name": "optimizer: lars, sgd, adam or adamw",
     "optim.batch_size": "global batch size, split over the processes of a distributed run",
     "optim.lr": "peak learning rate (after warm-up)",
@@ -465,6 +484,7 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     for k in ("label_fraction", "val_fraction"):
         if not 0 < cfg["eval"][k] <= 1:
             raise ConfigError(f"eval.{k}: expected in (0, 1], got {cfg['eval'][k]}")
+    _check_streaming(cfg)
     if cfg["eval"]["split"] == "val" and cfg["eval"]["val_fraction"] == 1:
         raise ConfigError("eval.val_fraction: 1 would leave no labelled training images to evaluate with")
     for k in ("method.projector",):
@@ -478,6 +498,27 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
             ):
                 raise ConfigError(f"{k}: expected a non-empty list of positive ints, got {v!r}")
     return cfg
+
+
+def _check_streaming(cfg: Dict[str, Any]) -> None:
+    d = cfg["data"]
+    if d["classes"] is not None and (
+        not d["classes"]
+        or not all(isinstance(c, str) and c for c in d["classes"])
+        or len(set(d["classes"])) != len(d["classes"])
+    ):
+        raise ConfigError(f"data.classes: expected a list of distinct class folder names, got {d['classes']!r}")
+    if d["classes"] is not None and d["dataset"] != "image_folder":
+        raise ConfigError(f"data.classes: selects class folders of an image_folder, not of {d['dataset']!r}")
+    if d["source"] == "memory":
+        return
+    what = f"data.source: {d['source']!r}"
+    if d["dataset"] != "image_folder":
+        raise ConfigError(f"{what} reads image folders; set data.dataset=image_folder (got {d['dataset']!r})")
+    if d["train_limit"] is not None:
+        raise ConfigError(f"data.train_limit: not supported with {what} (use data.classes or a smaller folder)")
+    if cfg["eval"]["split"] == "val":
+        raise ConfigError(f"eval.split: 'val' holds out in-memory training images; not supported with {what}")
 
 
 def _check_loggers(v: Any) -> None:

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, dump_config
+from ..data.stream import StreamLoader
 from ..distributed import convert_sync_batchnorm, get_rank, get_world_size, init_distributed, is_main_process, wrap_ddp
 from ..evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
 from ..optim import WarmupCosine, build_optimizer
@@ -134,7 +135,15 @@ class Trainer:
         self.forward = compile_forward(self.model, t["compile"])
         self.autocast_enabled, self.autocast_dtype = autocast_settings(self)
         self.scaler = make_scaler(self)
-        self.stage_batch = BatchStager(self.train_ds.images, self.probe_labels, self.local_batch, self.device)
+        self.stream: Optional[StreamLoader] = None  # issue 20: data.source stream/shards
+        if cfg["data"]["source"] != "memory":
+            d = cfg["data"]
+            self.stream = StreamLoader(
+                self.train_ds, self.batch_size, cfg["seed"], self.device, self.rank, self.world_size,
+                d["workers"], d["prefetch"],
+            )  # fmt: skip
+        else:
+            self.stage_batch = BatchStager(self.train_ds.images, self.probe_labels, self.local_batch, self.device)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.stats = EpochStats(self.device)
         self.metrics = MetricsLog(self.run_dir, self.main, t["loggers"])
@@ -189,6 +198,8 @@ class Trainer:
         }
         if rank_rng is not None and self.world_size > 1:
             out["rank_rng"] = rank_rng
+        if self.stream is not None:  # issue 20
+            out["data_position"] = self.stream.position(self.epoch, self.step_in_epoch)
         return out
 
     def save(self) -> None:
@@ -209,6 +220,8 @@ class Trainer:
         self.probe.load_state_dict(ckpt["probe"])
         self.probe_opt.load_state_dict(ckpt["probe_opt"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        if self.stream is not None:  # issue 20
+            self.stream.check_position(ckpt.get("data_position", {}), f"--resume: {path}")
         rng_note = restore_rng(
             ckpt, self.augment, self.device, self.rank, self.world_size, self.cfg["seed"], self.global_step, self.main
         )
@@ -345,6 +358,8 @@ class Trainer:
         t_start = time.time()
         while self.epoch < t["epochs"]:
             perm = self._epoch_order()
+            if self.stream is not None:  # issue 20: the same batches as perm's slices, from this step on
+                self.stream.start(self.epoch, self.step_in_epoch)
             t_epoch = time.time()
             while self.step_in_epoch < self.steps_per_epoch:
                 self.train_step(perm, pbar)
@@ -367,6 +382,8 @@ class Trainer:
                 break
         if pbar:
             pbar.close()
+        if self.stream is not None:
+            self.stream.close()
         return {
             "run_dir": str(self.run_dir),
             "global_step": self.global_step,
@@ -403,10 +420,14 @@ class Trainer:
         t = self.cfg["train"]
         # This rank's contiguous slice of the global batch: the global
         # batches are the same for any number of processes.
-        start = self.step_in_epoch * self.batch_size + self.rank * self.local_batch
-        idx = perm[start : start + self.local_batch]
-        x, y = self.stage_batch(idx)
-        views = self.augment(x)
+        if self.stream is not None:  # issue 20: the workers cropped this rank's slice of the global batch
+            x, y = self.stream.next_batch()
+            views = self.augment.after_crop(x)
+        else:
+            start = self.step_in_epoch * self.batch_size + self.rank * self.local_batch
+            idx = perm[start : start + self.local_batch]
+            x, y = self.stage_batch(idx)
+            views = self.augment(x)
         if t["channels_last"]:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         snap = self.nonfinite.snapshot(self.method)
