@@ -169,3 +169,23 @@ def test_class_selection_labels_in_sorted_order(tmp_path):
     assert ds.classes == ["c1", "c3"] and ds.labels.tolist() == [0, 0, 1, 1]
     with pytest.raises(DatasetError, match=r"data.classes.*'c9'"):
         StreamingImageFolder(root / "train", SPECS, classes=["c1", "c9"])
+
+
+def test_imagenet100_recipes_select_their_100_classes(tmp_path):
+    from PIL import Image
+
+    from sslext.config import resolve_config_path
+
+    cfgs = [
+        load_config(resolve_config_path(f"configs/{m}_resnet50_imagenet100.yaml"))
+        for m in ("vicreg", "barlow_twins", "vicreg_tico")
+    ]
+    wanted = cfgs[0]["data"]["classes"]
+    assert len(set(wanted)) == 100 and all(c["data"]["classes"] == wanted for c in cfgs)
+    assert all(c["data"]["source"] == "stream" and c["model"]["backbone"] == "resnet50" for c in cfgs)
+    # A folder with the 100 classes and two more: the selection keeps the 100, in sorted order.
+    for name in [*wanted, "n00000001", "n99999999"]:
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (10, 12), (1, 2, 3)).save(tmp_path / "train" / name / "a.JPEG")
+    ds = StreamingImageFolder(tmp_path / "train", SPECS, classes=wanted)
+    assert ds.classes == sorted(wanted) and len(ds) == 100 and ds.labels.tolist() == list(range(100))
