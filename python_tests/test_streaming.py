@@ -99,6 +99,11 @@ def test_trainer_resume_mid_epoch_sees_the_same_batches_and_losses(tmp_path):
     # The evaluation bank and the test split are decoded in memory; the probe trained on labels.
     final = [json.loads(line) for line in (tmp_path / "ref" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("knn_acc" in r for r in final if r["kind"] == "epoch")
+    # sslext-eval of a streamed run: the same in-memory bank (8 images) and test split (6 images).
+    from sslext.training.checkpoint_eval import evaluate_checkpoint
+
+    res = evaluate_checkpoint(tmp_path / "ref" / "run" / "last.pt", ["eval.offline_epochs=2"])
+    assert 0 <= res["knn_acc"] <= 100 and "linear_acc" in res
 
 
 def test_resume_refuses_a_changed_folder(tmp_path):
@@ -189,3 +194,14 @@ def test_imagenet100_recipes_select_their_100_classes(tmp_path):
         Image.new("RGB", (10, 12), (1, 2, 3)).save(tmp_path / "train" / name / "a.JPEG")
     ds = StreamingImageFolder(tmp_path / "train", SPECS, classes=wanted)
     assert ds.classes == sorted(wanted) and len(ds) == 100 and ds.labels.tolist() == list(range(100))
+
+
+def test_class_selection_applies_to_the_in_memory_path_too(tmp_path):
+    from sslext.data import build_dataset
+
+    root = write_folder(tmp_path / "f", classes=4, per_class=2)
+    write_folder(tmp_path / "f", classes=4, per_class=1, seed=1, split="val")
+    train = build_dataset("image_folder", "train", str(root), image_size=16, classes=["c2", "c0"])
+    test = build_dataset("image_folder", "test", str(root), image_size=16, classes=["c2", "c0"])
+    assert train.classes == test.classes == ["c0", "c2"]
+    assert train.labels.tolist() == [0, 0, 1, 1] and test.labels.tolist() == [0, 1]

@@ -153,14 +153,19 @@ class StreamingDataset(torch.utils.data.Dataset):
         """The images ``indices`` decoded in memory as the in-memory path stores them (short side resized,
         center-cropped): the labelled bank evaluation reads. Undecodable ones are left out."""
         arrs, labels = [], []
-        for i in indices:
+        for i in map(int, indices):
             try:
-                arrs.append(_decode(self._source(int(i)), image_size))
-            except DatasetError:
+                arrs.append(_decode(self._source(i), image_size))
+            except DatasetError as e:
                 if self.on_bad_image == "error":
-                    raise
+                    why = e.__cause__ or e
+                    raise DatasetError(
+                        f"{self.describe(i)}: cannot decode image ({type(why).__name__}: {why}); "
+                        "set data.on_bad_image=skip to leave such files out"
+                    ) from why
+                warn_skipped([self.describe(i)])
                 continue
-            labels.append(self._label(int(i)))
+            labels.append(self._label(i))
         if not arrs:
             raise DatasetError(f"{self.name}: none of the {len(indices)} images picked for evaluation decode")
         lab = None if self.labels is None else torch.tensor(labels, dtype=torch.int64)
