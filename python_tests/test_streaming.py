@@ -205,3 +205,22 @@ def test_class_selection_applies_to_the_in_memory_path_too(tmp_path):
     test = build_dataset("image_folder", "test", str(root), image_size=16, classes=["c2", "c0"])
     assert train.classes == test.classes == ["c0", "c2"]
     assert train.labels.tolist() == [0, 0, 1, 1] and test.labels.tolist() == [0, 1]
+
+
+def test_workers_outlive_a_stop_signal_sent_to_the_process_group(tmp_path):
+    # A scheduler's SIGTERM (or Ctrl-C's SIGINT) reaches the workers too; the trainer needs them
+    # until its step ends and it checkpoints. Sent here to the workers alone.
+    import os
+    import signal
+
+    ds = StreamingImageFolder(write_folder(tmp_path / "f") / "train", SPECS, seed=2)
+    ref = _epoch(StreamLoader(ds, 8, 2, torch.device("cpu"), workers=0), 0)
+    loader = StreamLoader(ds, 8, 2, torch.device("cpu"), workers=2, prefetch=1)
+    loader.start(0, 0)
+    got = [loader.next_batch()]
+    for w in loader._it._workers:
+        os.kill(w.pid, signal.SIGTERM)
+        os.kill(w.pid, signal.SIGINT)
+    got += [loader.next_batch() for _ in range(2)]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(ref, got))
+    loader.close()

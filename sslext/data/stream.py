@@ -8,6 +8,7 @@ shard index).
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,17 @@ from .folder import CropSpec, StreamingDataset, StreamingImageFolder, collate_vi
 from .sampler import GlobalBatchSampler
 
 __all__ = ["StreamLoader", "streaming_datasets", "evaluation_bank"]
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the training process.
+
+    A scheduler's SIGTERM (or a Ctrl-C) reaches the whole process group; the
+    trainer finishes its step, checkpoints and exits (``training.signals``),
+    which needs its workers alive until it lets them go. A worker killed by the
+    signal would instead fail the step in progress."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class StreamLoader:
@@ -55,7 +67,7 @@ class StreamLoader:
         self.sampler.set_position(epoch, step)
         kw: Dict[str, Any] = {}
         if self.workers:
-            kw = dict(prefetch_factor=self.prefetch, persistent_workers=False)
+            kw = dict(prefetch_factor=self.prefetch, persistent_workers=False, worker_init_fn=_ignore_stop_signals)
         loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
