@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, dump_config
+from ..data.sampler import epoch_permutation
 from ..data.stream import StreamLoader
 from ..distributed import convert_sync_batchnorm, get_rank, get_world_size, init_distributed, is_main_process, wrap_ddp
 from ..evaluate import collapse_diagnostics, evaluate_backbone, extract_features, knn_accuracy
@@ -396,9 +397,7 @@ class Trainer:
     def _epoch_order(self) -> torch.Tensor:
         # The data order is a pure function of (seed, epoch), so resuming
         # mid-epoch only needs the step index, not a saved permutation.
-        return torch.randperm(
-            len(self.train_ds), generator=torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + self.epoch)
-        )
+        return epoch_permutation(len(self.train_ds), self.cfg["seed"], self.epoch)  # issue 20: shared with streaming
 
     def _stop_after_step(self) -> Optional[str]:
         """ "max_steps" when train.max_steps is reached, else the signal that asked to stop, if any."""
