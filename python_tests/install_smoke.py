@@ -43,10 +43,10 @@ def main() -> int:
     torch.testing.assert_close(zb.grad, rb.grad)
 
     # Every subpackage made it into the wheel, and the commands start.
+    import sslext.app.methods
+    import sslext.app.training
     import sslext.data  # noqa: E401,F401
-    import sslext.methods
     import sslext.models
-    import sslext.training
     from sslext.train import Trainer  # noqa: F401
 
     bindir = Path(sys.executable).parent
@@ -94,7 +94,7 @@ def main() -> int:
                 sys.executable,
                 "-I",
                 "-m",
-                "sslext.demo",
+                "sslext.app.demo",
                 "--no-download",
                 "--set",
                 "data.root=fmnist",
@@ -117,7 +117,7 @@ def main() -> int:
             env=env,
         )
         assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    print("install smoke: `sslext-train --config smoke_synthetic` and `python -m sslext.demo` run outside the tree")
+    print("install smoke: `sslext-train --config smoke_synthetic` and `python -m sslext.app.demo` run outside the tree")
     return 0
 
 

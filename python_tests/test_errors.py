@@ -8,6 +8,7 @@ from fuzz_ops import build_valid
 import sslext
 import sslext.functional as F
 from sslext import ops
+from sslext._checks import STRATEGY_CODES
 
 
 def _cov_for(z):
@@ -171,7 +172,7 @@ def _vicreg_backward_args(grad_terms, **change):
         var_coeff=25.0,
         cov_coeff=1.0,
         eps=1e-4,
-        strategy=0,
+        strategy=STRATEGY_CODES["covariance"],
         output_mask=[True, True],
     )
     args.update(change)

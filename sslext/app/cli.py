@@ -7,14 +7,17 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from .config import ConfigError
+from .export import main as export_cli
+from .train import main as train_cli
+from .training import evaluate_checkpoint
+
 __all__ = ["train_main", "eval_main", "export_main"]
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """``sslext-train --config configs/<name>.yaml [--set key=value ...] [--resume]``."""
-    from .train import main
-
-    return main(argv)
+    return train_cli(argv)
 
 
 def eval_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -35,8 +38,6 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--output", help="JSON file for the results (default: <checkpoint>.eval.json)")
     args = p.parse_args(argv)
-    from .config import ConfigError
-    from .training import evaluate_checkpoint
 
     try:
         res = evaluate_checkpoint(args.checkpoint, args.overrides, args.output)
@@ -48,10 +49,8 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``sslext-export runs/<name> --out backbone.pt [--format torchvision|sslext]`` (see :mod:`sslext.export`)."""
-    from .export import main
-
-    return main(argv)
+    """``sslext-export runs/<name> --out backbone.pt [--format torchvision|sslext]`` (see :mod:`sslext.app.export`)."""
+    return export_cli(argv)
 
 
 if __name__ == "__main__":

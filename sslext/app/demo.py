@@ -2,7 +2,7 @@
 probe and kNN of the SSL backbone versus the same architecture at random
 initialisation.
 
-``python -m sslext.demo`` (``make demo``) finds Fashion-MNIST in ``data.root``,
+``python -m sslext.app.demo`` (``make demo``) finds Fashion-MNIST in ``data.root``,
 Debian's ``dataset-fashion-mnist`` or ``--data-dir`` (default ``data/``), and
 otherwise downloads it there with torchvision's checksummed downloader
 (``--no-download`` forbids that); no root rights needed. ``--method simclr`` (any registered
@@ -94,7 +94,7 @@ def find_fashion_mnist(root: Optional[str], data_dir: str, download: bool = True
     otherwise Debian's package (``None``), then ``data_dir``, then a download
     into ``data_dir`` through torchvision (md5-checked). Raises ``DatasetError``
     naming every way to get the data when none works."""
-    from .data import DatasetError, load_fashion_mnist
+    from ..data import DatasetError, load_fashion_mnist
 
     if root:
         load_fashion_mnist(root, "test")  # its error names the folder and what is missing
@@ -125,7 +125,7 @@ def find_fashion_mnist(root: Optional[str], data_dir: str, download: bool = True
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sslext.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sslext.app.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: %(default)s)")
     p.add_argument(
         "--method",
@@ -148,8 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     args = p.parse_args(argv)
 
+    from ..data import DatasetError
     from .config import ConfigError, apply_override, load_config
-    from .data import DatasetError
     from .methods import METHODS
 
     if args.method is not None and args.method not in METHODS:
@@ -170,8 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
 
-    from .evaluate import evaluate_backbone
-    from .models import build_backbone
+    from ..evaluate import evaluate_backbone
+    from ..models import build_backbone
     from .report import read_metrics
     from .training import Trainer
 

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from .data import atomic_save
-from .models import build_backbone
-from .models.io import backbone_record, torchvision_snippet, torchvision_state_dict
-from .models.timm_backbone import is_timm_backbone
+from ..data import atomic_save
+from ..models import build_backbone
+from ..models.io import backbone_record, torchvision_snippet, torchvision_state_dict
+from ..models.timm_backbone import is_timm_backbone
 from .training.checkpoint import load_checkpoint_file
 
 __all__ = ["FORMATS", "export_backbone", "main"]

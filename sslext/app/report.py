@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+import yaml
+
 __all__ = ["write_report", "read_metrics"]
 
 _TERM_SKIP = {"kind", "step", "epoch", "lr", "train_seconds", "images_per_second", "probe_loss"}
@@ -29,6 +31,7 @@ def _plot(path: Path, series: Dict[str, tuple], xlabel: str, title: str, logy: b
     series = {k: v for k, v in series.items() if v[0]}
     if not series:
         return False
+    # matplotlib costs a second of import time: loaded when a plot is drawn, not with the CLI.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,8 +97,6 @@ def write_report(run_dir: str | Path) -> Path:
     lines = [f"# Run report: {run_dir.name}", ""]
     cfgp = run_dir / "config.yaml"
     if cfgp.exists():
-        import yaml
-
         cfg = yaml.safe_load(cfgp.read_text())
         lines += [
             f"- method: `{cfg['method']['name']}`, backbone `{cfg['model']['backbone']}`, dataset "

@@ -38,10 +38,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from ..distributed import cleanup_distributed
 from .config import ConfigError, dump_config, load_config
-from .distributed import cleanup_distributed
 
-# The trainer's public names, importable from here as before the split into sslext.training.
+# The trainer's public names, re-exported by the public entry module sslext.train.
 from .training import (  # noqa: F401
     CHECKPOINT_VERSION,
     CheckpointMismatchError,

@@ -6,9 +6,9 @@ from typing import List
 
 import torch
 
-from ..contrastive import BYOLLoss
-from ..models.heads import PredictorHead, build_projector
-from ..models.momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
+from ...contrastive import BYOLLoss
+from ...models.heads import PredictorHead, build_projector
+from ...models.momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
 from ._common import check_positive_int, run_two_views
 from .base import Method, register_method
 

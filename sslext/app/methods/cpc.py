@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..pretext import ContextNetwork, bn_stats_frozen, cpc_infonce, patch_grid, single_view
+from ...pretext import ContextNetwork, bn_stats_frozen, cpc_infonce, patch_grid, single_view
 from .base import Method, register_method
 
 

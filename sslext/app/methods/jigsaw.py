@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.heads import MLP
-from ..pretext import (
+from ...models.heads import MLP
+from ...pretext import (
     bn_stats_frozen,
     check_widths,
     hamming_permutations,

@@ -8,11 +8,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..contrastive import InfoNCELoss, KeyQueue
-from ..distributed import get_world_size, is_distributed
-from ..models.heads import build_projector
-from ..models.momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
-from ..models.split_bn import convert_split_bn
+from ...contrastive import InfoNCELoss, KeyQueue
+from ...distributed import get_world_size, is_distributed
+from ...models.heads import build_projector
+from ...models.momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
+from ...models.split_bn import convert_split_bn
 from ._common import check_positive_int, run_two_views
 from .base import Method, register_method
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.heads import MLP
-from ..pretext import check_widths, rotation_batch, single_view
+from ...models.heads import MLP
+from ...pretext import check_widths, rotation_batch, single_view
 from .base import Method, register_method
 
 

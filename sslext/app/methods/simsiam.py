@@ -6,8 +6,8 @@ from typing import List
 
 import torch
 
-from ..contrastive import SimSiamLoss
-from ..models.heads import PredictorHead, build_projector
+from ...contrastive import SimSiamLoss
+from ...models.heads import PredictorHead, build_projector
 from ._common import check_positive_int, run_two_views
 from .base import Method, register_method
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..losses import TiCoLoss
-from ..models.heads import TiCoHead
+from ...losses import TiCoLoss
+from ...models.heads import TiCoHead
 from .base import Method, register_method
 
 

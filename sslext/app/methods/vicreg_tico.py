@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..losses import VICRegTiCoLoss
-from ..models.heads import build_projector
+from ...losses import VICRegTiCoLoss
+from ...models.heads import build_projector
 from .base import Method, register_method
 
 

@@ -12,11 +12,11 @@ from typing import Any, Dict
 
 import torch
 
+from ...data import DATASET_STATS, TwoViewAugment, build_dataset, first_on_local_rank_zero
+from ...evaluate import stratified_subset
+from ...models import build_backbone
 from ..config import ConfigError
-from ..data import DATASET_STATS, TwoViewAugment, build_dataset, first_on_local_rank_zero
-from ..evaluate import stratified_subset
 from ..methods import build_method
-from ..models import build_backbone
 
 __all__ = ["resolve_device", "cpu_has_native_bf16", "build_everything", "IGNORE_LABEL"]
 

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..data import atomic_save
-from ..distributed import all_gather_tensors
+from ...data import atomic_save
+from ...distributed import all_gather_tensors
 
 __all__ = [
     "CHECKPOINT_VERSION",

@@ -13,8 +13,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from ...evaluate import evaluate_backbone
 from ..config import apply_override, validate
-from ..evaluate import evaluate_backbone
 from .build import build_everything, resolve_device
 from .checkpoint import load_checkpoint_file
 from .metrics import atomic_write_text

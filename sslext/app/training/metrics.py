@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ...evaluate import singular_spectrum
+
 __all__ = ["MetricsLog", "LOGGERS", "json_num", "atomic_write_text"]
 
 # What train.loggers may list; metrics.jsonl is the run's own record (resume and
@@ -50,7 +52,7 @@ class MetricsLog:
         self.csv = "csv" in loggers
         self.tensorboard = None
         if main and "tensorboard" in loggers:
-            from .tensorboard import TensorBoardLog
+            from .tensorboard import TensorBoardLog  # optional dependency: imported only when asked for
 
             self.tensorboard = TensorBoardLog(run_dir)
 
@@ -77,8 +79,6 @@ class MetricsLog:
         """
         if self.tensorboard is None:
             return
-        from ..evaluate import singular_spectrum
-
         self.tensorboard.log_spectra(step, {k: singular_spectrum(v) for k, v in feats.items() if v is not None})
 
     def log_final(self, step: int, res: Dict[str, Any]) -> None:

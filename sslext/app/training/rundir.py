@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import torch
+
 __all__ = ["RunExistsError", "RUN_FILES", "describe_run", "prepare_run_dir"]
 
 # What sslext-train writes into a run directory; any one of them marks a run.
@@ -33,8 +35,6 @@ class RunExistsError(RuntimeError):
 
 def _checkpoint_position(path: Path) -> Optional[Dict[str, Any]]:
     try:
-        import torch
-
         # mmap: only the few scalars read below are paged in, not the weights.
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         cfg = ck.get("config", {}) if isinstance(ck, dict) else {}

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 
-from ..distributed import _comm_device
+from ...distributed import _comm_device
 
 __all__ = ["StopSignals"]
 
