@@ -51,7 +51,7 @@ def config_markdown() -> str:
     out = [
         "# Configuration keys",
         "",
-        "Generated from `sslext/app/config.py` and the methods' `DEFAULTS`/`HELP` by",
+        "Generated from `sslext/app/config_schema.py` and the methods' `DEFAULTS`/`HELP` by",
         "`python -m sslext.app.config --markdown > docs/config.md`; `make docs-check` fails when",
         "this page is stale. A config file is YAML shaped like these dotted keys; `--set KEY=VALUE`",
         "overrides one (the value parsed as YAML), `--print-config` prints the resolved config.",

@@ -1,4 +1,4 @@
-"""Self-supervised pretraining loop.
+"""The trainer's command line: ``sslext-train`` and ``python -m sslext.train`` (sslext/train.py re-exports it).
 
 ``python -m sslext.train --config configs/vicreg_resnet18_cifar10.yaml [--set k=v ...] [--resume]``
 
