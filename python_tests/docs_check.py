@@ -268,7 +268,7 @@ def config_page_problems(page: Path = REPO / "docs" / "config.md") -> List[str]:
     from sslext.app.config import config_markdown, missing_meanings
 
     out = [
-        f"config key without a meaning (sslext/app/config.py MEANINGS or the method's HELP): {k}"
+        f"config key without a meaning (sslext/app/config_schema.py MEANINGS or the method's HELP): {k}"
         for k in missing_meanings()
     ]
     if not page.is_file() or page.read_text() != config_markdown():
