@@ -179,7 +179,7 @@ docs-check: build
 # Fashion-MNIST: Debian's dataset-fashion-mnist if installed, else data/ (downloaded there
 # once by torchvision when the network is reachable); no root needed.
 demo: build
-	$(PY) -m sslext.demo --compare-precision
+	$(PY) -m sslext.app.demo --compare-precision
 
 clean:
 	rm -rf build build-cmake build-cmake.log build-emu build-emu.log dist sslext/*.so *.egg-info
