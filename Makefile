@@ -165,11 +165,11 @@ bench-lightly: build
 # the budget trend (benchmarks/results/science/study/).
 STUDY := configs/sweeps/seed_question_cpu
 science-report: build
-	for s in "" _tune_val _budget10 _budget30 _methods; do $(PY) -m sslext.sweep report $(STUDY)$$s.yaml; done
-	$(PY) -m sslext.study lr --tuning $(STUDY)_tune_val.yaml --test $(STUDY).yaml \
+	for s in "" _tune_val _budget10 _budget30 _methods; do $(PY) -m sslext.app.sweeps.run report $(STUDY)$$s.yaml; done
+	$(PY) -m sslext.app.sweeps.study lr --tuning $(STUDY)_tune_val.yaml --test $(STUDY).yaml \
 	  $$([ -f $(STUDY)_best_lr.yaml ] && echo --test $(STUDY)_best_lr.yaml) \
 	  --write-sweep $(STUDY)_best_lr.yaml --out benchmarks/results/science/study
-	$(PY) -m sslext.study budget --sweep 3=$(STUDY).yaml --sweep 10=$(STUDY)_budget10.yaml \
+	$(PY) -m sslext.app.sweeps.study budget --sweep 3=$(STUDY).yaml --sweep 10=$(STUDY)_budget10.yaml \
 	  --sweep 30=$(STUDY)_budget30.yaml --rows vicreg_tico_b09 vicreg_tico_b09_graph \
 	  --out benchmarks/results/science/study
 

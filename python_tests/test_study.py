@@ -1,4 +1,4 @@
-"""python -m sslext.study: the lr table (tuned on val, reported on test) and the budget trend, from records alone."""
+"""python -m sslext.app.sweeps.study: the lr table (tuned on val, reported on test) and the budget trend, from records alone."""
 
 import json
 
@@ -6,8 +6,8 @@ import pytest
 import yaml
 from test_sweep import TINY_BASE
 
-from sslext.study import budget_trend, lr_table, main, missing_test_sweep
-from sslext.sweep import load_sweep
+from sslext.app.sweeps.spec import load_sweep
+from sslext.app.sweeps.study import budget_trend, lr_table, main, missing_test_sweep
 
 VT = {"method.name": "vicreg_tico", "method.projector": [32, 32], "method.beta": 0.9}
 

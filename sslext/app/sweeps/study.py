@@ -1,6 +1,6 @@
 """The study across its sweeps: the learning-rate table and the budget trend.
 
-Reads finished cell records only (no training), like :mod:`sslext.sweep_report`,
+Reads finished cell records only (no training), like :mod:`sslext.app.sweeps.report`,
 but joins several sweeps:
 
 - ``lr``: from a tuning sweep scored on held-out training images
@@ -12,8 +12,8 @@ but joins several sweeps:
   each row's paired gap to the baseline (same seed, same CPU model) against the
   budget, with the rows' per-epoch backbone RankMe beside it.
 
-``python -m sslext.study lr --tuning T.yaml --test S.yaml [--test ...] --out DIR``
-``python -m sslext.study budget --sweep 3=A.yaml --sweep 10=B.yaml --rows R [R ...] --out DIR``
+``python -m sslext.app.sweeps.study lr --tuning T.yaml --test S.yaml [--test ...] --out DIR``
+``python -m sslext.app.sweeps.study budget --sweep 3=A.yaml --sweep 10=B.yaml --rows R [R ...] --out DIR``
 (``make science-report`` runs both for the committed study.)
 """
 
@@ -31,10 +31,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .config import ConfigError
-from .sweep import Sweep, load_sweep
-from .sweep_report import METRICS, collect, paired_differences
-from .training.metrics import atomic_write_text
+from ..config import ConfigError
+from ..training.metrics import atomic_write_text
+from .columns import METRICS
+from .report import collect, paired_differences
+from .spec import Sweep, load_sweep
 
 __all__ = ["tuning_table", "lr_table", "missing_test_sweep", "budget_trend", "main"]
 
@@ -289,7 +290,7 @@ def budget_markdown(trend: Dict[str, Any], labels: Dict[str, str]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sslext.study", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sslext.app.sweeps.study", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     lr = sub.add_parser("lr", help="the learning-rate table (tuned on val, reported on test)")
     lr.add_argument("--tuning", required=True, help="sweep file of the tuning cells (eval.split: val)")
