@@ -22,7 +22,7 @@ export CUDA_HOME
 # TORCH_CUDA_ARCH_LIST is left to setup.py: the visible GPU's arch, or without a GPU
 # 8.0;9.0+PTX (docs/install.md). Set it in the environment to build for other GPUs.
 
-.PHONY: venv build lint format test test-emulated fuzz fuzz-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
+.PHONY: venv build lint format science-report test test-emulated fuzz fuzz-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
 
 venv: $(VENV)/.deps-installed
 $(VENV)/.deps-installed: Makefile
@@ -160,13 +160,26 @@ bench-lightly: build
 	[ -d .bench-pkgs/lightly ] || $(PIP) install -q --no-deps --target .bench-pkgs 'lightly==1.6.*'
 	PYTHONPATH=.bench-pkgs $(PY) benchmarks/bench_lightly_compat.py --out benchmarks/results/cpu
 
+# The CPU study's tables and plots from its committed cell records (no training):
+# each sweep's own report, then the lr table (tuned on val, reported on test) and
+# the budget trend (benchmarks/results/science/study/).
+STUDY := configs/sweeps/seed_question_cpu
+science-report: build
+	for s in "" _tune_val _budget10 _budget30 _methods; do $(PY) -m sslext.app.sweeps.run report $(STUDY)$$s.yaml; done
+	$(PY) -m sslext.app.sweeps.study lr --tuning $(STUDY)_tune_val.yaml --test $(STUDY).yaml \
+	  $$([ -f $(STUDY)_best_lr.yaml ] && echo --test $(STUDY)_best_lr.yaml) \
+	  --write-sweep $(STUDY)_best_lr.yaml --out benchmarks/results/science/study
+	$(PY) -m sslext.app.sweeps.study budget --sweep 3=$(STUDY).yaml --sweep 10=$(STUDY)_budget10.yaml \
+	  --sweep 30=$(STUDY)_budget30.yaml --rows vicreg_tico_b09 vicreg_tico_b09_graph \
+	  --out benchmarks/results/science/study
+
 docs-check: build
 	$(PY) python_tests/docs_check.py
 
 # Fashion-MNIST: Debian's dataset-fashion-mnist if installed, else data/ (downloaded there
 # once by torchvision when the network is reachable); no root needed.
 demo: build
-	$(PY) -m sslext.demo --compare-precision
+	$(PY) -m sslext.app.demo --compare-precision
 
 clean:
 	rm -rf build build-cmake build-cmake.log build-emu build-emu.log dist sslext/*.so *.egg-info

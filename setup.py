@@ -155,7 +155,7 @@ class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
 class BuildPy(build_py):
     """Also copies configs/ (every recipe and sweep file) into the package as
     sslext/_configs, so an installed sslext runs a shipped config by name from
-    any folder (sslext.config.resolve_config_path); a source checkout reads
+    any folder (sslext.app.config.resolve_config_path); a source checkout reads
     configs/ itself."""
 
     def run(self):

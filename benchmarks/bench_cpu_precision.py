@@ -34,12 +34,12 @@ SETTINGS = {  # name: (channels_last, bf16 autocast)
 
 
 def main() -> None:
+    from sslext.app.methods import build_method
+    from sslext.app.training import cpu_has_native_bf16
     from sslext.data import DATASET_STATS, TwoViewAugment
     from sslext.data.augment import ViewAugment
-    from sslext.methods import build_method
     from sslext.models import build_backbone
     from sslext.optim import build_optimizer
-    from sslext.training import cpu_has_native_bf16
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet10")

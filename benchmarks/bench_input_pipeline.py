@@ -53,8 +53,8 @@ def main() -> None:
         return
     if a.threads:
         torch.set_num_threads(a.threads)
+    from sslext.app.methods import build_method
     from sslext.data import DATASET_STATS, TwoViewAugment, ViewAugment
-    from sslext.methods import build_method
     from sslext.models import build_backbone
 
     dev = torch.device(a.device)

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import sslext  # noqa: E402
 from sslext import functional as SF  # noqa: E402
 from sslext import reference as R  # noqa: E402
-from sslext.training.precision import cpu_model  # noqa: E402
+from sslext.app.training.precision import cpu_model  # noqa: E402
 
 LOSSES = ["vicreg", "barlow_twins", "tico", "vicreg_tico"]
 STATEFUL = {"tico", "vicreg_tico"}

@@ -5,7 +5,7 @@ Each backbone trains VICReg (LARS, online probe: the default recipe) from a
 config on synthetic CIFAR-sized images; the timed call is
 ``Trainer.train_step`` itself (batch indexing, augmentation, forward, loss,
 backward, non-finite check, optimizer, probe, statistics), on steps that do
-not log. One further step runs under ``sslext.training.dispatch_count``'s
+not log. One further step runs under ``sslext.app.training.dispatch_count``'s
 counter (not timed): ``syncs/step`` are the points where the host waits for
 the device, ``ops/step`` everything the host dispatches, ``optimizer ops``
 those of one ``optimizer.step()``.
@@ -66,7 +66,7 @@ def _sync(device):
 
 
 def build_trainer(args, backbone: str, out_dir: str):
-    from sslext.config import load_config
+    from sslext.app.config import load_config
     from sslext.train import Trainer
 
     data = (

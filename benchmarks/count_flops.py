@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sslext.config import load_config  # noqa: E402
-from sslext.methods import build_method  # noqa: E402
+from sslext.app.config import load_config  # noqa: E402
+from sslext.app.methods import build_method  # noqa: E402
 from sslext.models import build_backbone  # noqa: E402
 
 

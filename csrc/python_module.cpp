@@ -1,6 +1,6 @@
 // The Python entry point of sslext._C: importing it runs the static
 // TORCH_LIBRARY registrations; the module itself carries nothing. Kept apart
-// from ops.cpp so the CMake build links no Python.
+// from register_ops.cpp so the CMake build links no Python.
 #include <Python.h>
 
 extern "C" {

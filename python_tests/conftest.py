@@ -24,7 +24,7 @@ TOLERANCES = {
 HAS_CUDA = torch.cuda.is_available() and sslext.build_info()["with_cuda"]
 
 # Every Trainer a test builds names its device: train.device=auto raises
-# (sslext.training.build.resolve_device), in this process and in the
+# (sslext.app.training.build.resolve_device), in this process and in the
 # processes it starts (CLI runs, spawned ranks, sweep cells). Left at auto,
 # a test would train on CUDA on a GPU machine against CPU expectations.
 # Tests about auto itself are marked device_auto.

@@ -31,9 +31,9 @@ def write_fake_cifar10(root: Path) -> None:
 
 def download_worker(rank: int, world: int, init_file: str, out_dir: str, fail: bool) -> None:
     """build_everything with data.download=true and the downloader replaced by a counting fake."""
-    from sslext.config import load_config
+    from sslext.app.config import load_config
+    from sslext.app.training import build_everything
     from sslext.data import datasets as D
-    from sslext.training import build_everything
 
     out = Path(out_dir)
 
@@ -71,8 +71,8 @@ def precision_worker(rank: int, world: int, init_file: str, out_dir: str) -> Non
     not deadlock, and both ranks must take rank 0's precision."""
     import os
 
-    from sslext.config import load_config
-    from sslext.training import Trainer
+    from sslext.app.config import load_config
+    from sslext.app.training import Trainer
 
     out = Path(out_dir)
     os.environ["SSLEXT_CACHE_DIR"] = str(out / "cache")

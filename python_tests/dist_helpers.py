@@ -205,7 +205,7 @@ def method_overrides(method: str, out_dir: str) -> List[str]:
 def run_method_case(method: str, rank: int, world: int, out_dir: str) -> Dict[str, Any]:
     """One training step's gradients of a whole method (ResNet with BN, projector,
     loss) set up by the Trainer: SyncBN + DDP + gathered loss for world > 1."""
-    from sslext.config import load_config
+    from sslext.app.config import load_config
     from sslext.train import Trainer
 
     tr = Trainer(load_config(None, method_overrides(method, out_dir)))
@@ -265,7 +265,7 @@ def loss_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 
 def train_worker(rank: int, world: int, init_file: str, out_dir: str, overrides: List[str]) -> None:
-    from sslext.config import ConfigError, load_config
+    from sslext.app.config import ConfigError, load_config
     from sslext.train import Trainer
 
     out = Path(out_dir)
@@ -325,7 +325,7 @@ def run_ranks(fn: Callable, world: int, tmp: Path, *args: Any, timeout: float = 
 
 def signal_worker(rank: int, world: int, init_file: str, out_dir: str, overrides: List[str]) -> None:
     """Only rank 1 gets SIGTERM (after global step 3); both ranks must stop at that step together."""
-    from sslext.config import load_config
+    from sslext.app.config import load_config
     from sslext.train import Trainer
 
     out = Path(out_dir)
@@ -347,7 +347,7 @@ def signal_worker(rank: int, world: int, init_file: str, out_dir: str, overrides
 
 def moco_queue_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """Two MoCo v2 steps per rank on different rows; every rank must hold the same global queue."""
-    from sslext.methods import build_method
+    from sslext.app.methods import build_method
     from sslext.models import build_backbone
 
     with process_group(rank, world, init_file):

@@ -12,7 +12,7 @@ such as ``configs/`` work and nothing lands in the source tree:
   (torch is imported once);
 * ``bash`` blocks run under ``bash -euo pipefail`` with that interpreter first
   on ``PATH`` as ``python``, and ``sslext-train`` / ``sslext-eval`` commands
-  that call ``sslext.cli`` (so an in-place build needs no install).
+  that call ``sslext.app.cli`` (so an in-place build needs no install).
 
 It also reports relative links (outside code blocks) to files that do not exist.
 
@@ -133,7 +133,7 @@ def make_scratch(root: Path) -> Path:
     for name, func in (("sslext-train", "train_main"), ("sslext-eval", "eval_main"), ("sslext-export", "export_main")):
         script = bin_dir / name
         script.write_text(
-            f"#!{sys.executable}\nimport sys\nfrom sslext.cli import {func}\nsys.exit({func}(sys.argv[1:]))\n"
+            f"#!{sys.executable}\nimport sys\nfrom sslext.app.cli import {func}\nsys.exit({func}(sys.argv[1:]))\n"
         )
         script.chmod(0o755)
     # A wrapper, not a link: a link would lose the virtual environment's site-packages.
@@ -265,14 +265,16 @@ def check(files: Sequence[Path], verbose: bool = True) -> List[str]:
 
 def config_page_problems(page: Path = REPO / "docs" / "config.md") -> List[str]:
     """docs/config.md is generated from the config schema: stale or missing meanings fail."""
-    from sslext.config import config_markdown, missing_meanings
+    from sslext.app.config import config_markdown, missing_meanings
 
     out = [
-        f"config key without a meaning (sslext/config.py MEANINGS or the method's HELP): {k}"
+        f"config key without a meaning (sslext/app/config_schema.py MEANINGS or the method's HELP): {k}"
         for k in missing_meanings()
     ]
     if not page.is_file() or page.read_text() != config_markdown():
-        out.append(f"{page.name} is stale: regenerate it with `python -m sslext.config --markdown > docs/config.md`")
+        out.append(
+            f"{page.name} is stale: regenerate it with `python -m sslext.app.config --markdown > docs/config.md`"
+        )
     return out
 
 

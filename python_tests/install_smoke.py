@@ -43,10 +43,12 @@ def main() -> int:
     torch.testing.assert_close(zb.grad, rb.grad)
 
     # Every subpackage made it into the wheel, and the commands start.
+    import sslext.app.methods
+    import sslext.app.shard
+    import sslext.app.sweeps.run
+    import sslext.app.training
     import sslext.data  # noqa: E401,F401
-    import sslext.methods
     import sslext.models
-    import sslext.training
     from sslext.train import Trainer  # noqa: F401
 
     bindir = Path(sys.executable).parent
@@ -54,12 +56,15 @@ def main() -> int:
         [str(bindir / "sslext-train"), "--help"],
         [str(bindir / "sslext-eval"), "--help"],
         [str(bindir / "sslext-export"), "--help"],
+        [str(bindir / "sslext-sweep"), "--help"],
+        [str(bindir / "sslext-shard"), "--help"],
         [sys.executable, "-I", "-m", "sslext.train", "--help"],
     ):
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
         assert r.returncode == 0 and "usage" in r.stdout, (cmd, r.returncode, r.stderr[-2000:])
     print(
-        "install smoke: loss forward/backward matches the reference; sslext-train, sslext-eval, sslext-export and "
+        "install smoke: loss forward/backward matches the reference; sslext-train, sslext-eval, sslext-export, "
+        "sslext-sweep, sslext-shard and "
         "python -m sslext.train start"
     )
 
@@ -94,7 +99,7 @@ def main() -> int:
                 sys.executable,
                 "-I",
                 "-m",
-                "sslext.demo",
+                "sslext.app.demo",
                 "--no-download",
                 "--set",
                 "data.root=fmnist",
@@ -117,7 +122,7 @@ def main() -> int:
             env=env,
         )
         assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    print("install smoke: `sslext-train --config smoke_synthetic` and `python -m sslext.demo` run outside the tree")
+    print("install smoke: `sslext-train --config smoke_synthetic` and `python -m sslext.app.demo` run outside the tree")
     return 0
 
 

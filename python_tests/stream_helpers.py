@@ -69,7 +69,7 @@ def stream_rank_worker(rank: int, world: int, init_file: str, out_dir: str, over
     """Train a few streamed steps on ``world`` gloo ranks; save this rank's batches."""
     from dist_helpers import process_group
 
-    from sslext.config import load_config
+    from sslext.app.config import load_config
     from sslext.train import Trainer
 
     out = Path(out_dir)

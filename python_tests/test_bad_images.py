@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslext.config import ConfigError, load_config
+from sslext.app.config import ConfigError, load_config
 from sslext.data import DatasetError, load_image_folder
 
 

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 import torch
 
-from sslext.config import ConfigError, load_config
+from sslext.app.config import ConfigError, load_config
 from sslext.train import Trainer, load_checkpoint_file
 
 pytestmark = pytest.mark.cuda
@@ -228,8 +228,8 @@ def test_cuda_trainer_epoch_eval_and_final_eval(tmp_path):
 def test_cuda_ddp_one_process_nccl_matches_plain(tmp_path):
     import torch.distributed as dist
 
+    from sslext.app.methods import build_method
     from sslext.distributed import wrap_ddp
-    from sslext.methods import build_method
     from sslext.models import build_backbone
 
     if not dist.is_nccl_available():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslext.config import ConfigError, load_config
+from sslext.app.config import ConfigError, load_config
 from sslext.train import Trainer, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]

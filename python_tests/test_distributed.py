@@ -162,7 +162,7 @@ def _train_overrides():
 
 @pytest.fixture(scope="module")
 def train_results(tmp_path_factory):
-    from sslext.config import load_config
+    from sslext.app.config import load_config
     from sslext.train import Trainer
 
     tmp = tmp_path_factory.mktemp("ddp_train")
@@ -224,7 +224,7 @@ def test_two_process_resume_is_exact(train_results):
 
 
 def test_resume_two_process_checkpoint_on_one_process(train_results, tmp_path, capsys):
-    from sslext.config import load_config
+    from sslext.app.config import load_config
     from sslext.train import Trainer, load_checkpoint_file
 
     src, _ = train_results
@@ -241,7 +241,7 @@ def test_resume_two_process_checkpoint_on_one_process(train_results, tmp_path, c
 def test_two_process_training_equals_one_process(train_results, tmp_path):
     """With generator-independent views, 2 ranks x 16 images train like 1 process x 32:
     sharding, SyncBN, the gathered loss and DDP's gradient averaging together."""
-    from sslext.config import load_config
+    from sslext.app.config import load_config
     from sslext.train import Trainer
 
     src, (r0, _) = train_results
@@ -301,7 +301,7 @@ def test_torchrun_cli(tmp_path):
 
 def test_eval_loads_two_process_checkpoint(train_results, tmp_path):
     """SyncBatchNorm keeps BatchNorm's state_dict keys: sslext-eval reads a DDP checkpoint."""
-    from sslext.cli import eval_main
+    from sslext.app.cli import eval_main
 
     src, _ = train_results
     out = tmp_path / "ev.json"

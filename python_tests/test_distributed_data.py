@@ -8,7 +8,7 @@ import torch
 from dist_data_helpers import N_PER_BATCH, download_worker, precision_worker
 from dist_helpers import run_ranks
 
-from sslext.training import checkpoint as C
+from sslext.app.training import checkpoint as C
 
 WORLD = 2
 
@@ -95,8 +95,8 @@ def test_trainer_resume_logs_the_dropped_states(tmp_path, fake_gpus):
     """A run resumed where fewer GPUs are visible: its resume record says what happened to the extra states."""
     import json
 
-    from sslext.config import load_config
-    from sslext.training import Trainer
+    from sslext.app.config import load_config
+    from sslext.app.training import Trainer
 
     cfg = load_config(
         Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml",

@@ -111,10 +111,10 @@ def test_config_page_is_generated_from_the_schema_and_current(tmp_path):
 def test_every_config_key_has_a_meaning(monkeypatch):
     from docs_check import config_page_problems
 
-    import sslext.config as C
+    import sslext.app.config_schema as C
 
     monkeypatch.setitem(C.MEANINGS, "optim.lr", "")
     assert (
-        "config key without a meaning (sslext/config.py MEANINGS or the method's HELP): optim.lr"
+        "config key without a meaning (sslext/app/config_schema.py MEANINGS or the method's HELP): optim.lr"
         in config_page_problems()
     )

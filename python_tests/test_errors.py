@@ -8,6 +8,7 @@ from fuzz_ops import build_valid
 import sslext
 import sslext.functional as F
 from sslext import ops
+from sslext._checks import STRATEGY_CODES
 
 
 def _cov_for(z):
@@ -171,7 +172,7 @@ def _vicreg_backward_args(grad_terms, **change):
         var_coeff=25.0,
         cov_coeff=1.0,
         eps=1e-4,
-        strategy=0,
+        strategy=STRATEGY_CODES["covariance"],
         output_mask=[True, True],
     )
     args.update(change)
@@ -189,7 +190,7 @@ def _vicreg_backward_args(grad_terms, **change):
         (torch.ones(4), {"mean_a": torch.zeros(7)}, r"mean_a must have shape \[8\]"),
         (torch.ones(4), {"var_b": torch.zeros(8, dtype=torch.float64)}, r"var_b must be Float"),
         (torch.ones(4), {"mat_b": torch.zeros(4, 4)}, r"mat_b must have shape \[8, 8\].*strategy=0"),
-        (torch.ones(4), {"strategy": 1}, r"mat_a must have shape \[4, 4\].*strategy=1"),
+        (torch.ones(4), {"strategy": STRATEGY_CODES["gram"]}, r"mat_a must have shape \[4, 4\].*strategy=1"),
         (torch.ones(4), {"eps": float("nan")}, r"eps must be a finite non-negative number"),
         (torch.ones(4), {"output_mask": [True]}, r"output_mask must have 2 entries"),
     ],

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from sslext.config import load_config
-from sslext.export import export_backbone, main
+from sslext.app.config import load_config
+from sslext.app.export import export_backbone, main
 from sslext.models import BACKBONE_FORMAT, load_backbone
 from sslext.train import Trainer, load_checkpoint_file
 

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sslext  # noqa: F401  (registers the ops this test enumerates)
+from sslext._checks import STRATEGY_CODES
 
 CASES = int(os.environ.get("SSLEXT_FUZZ_CASES", "300"))
 
@@ -41,7 +42,7 @@ def cases(draw):
         "n": draw(st.integers(2, 9)),
         "d": draw(st.integers(1, 12)),
         "dtype": draw(st.sampled_from(DTYPES)),
-        "strategy": draw(st.integers(0, 1)),
+        "strategy": draw(st.sampled_from(sorted(STRATEGY_CODES.values()))),
         "proposal": draw(st.booleans()),
         "graph": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
@@ -77,7 +78,7 @@ def test_worker_reports_a_crash():
         "n": 3,
         "d": 2,
         "dtype": "float32",
-        "strategy": 0,
+        "strategy": STRATEGY_CODES["covariance"],
         "proposal": False,
         "seed": 0,
         "arg": None,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslext.config import ConfigError, load_config
+from sslext.app.config import ConfigError, load_config
 from sslext.data import DatasetError, build_dataset
 from sslext.data.imagenette import IMAGENETTE_CLASSES, IMAGEWOOF_CLASSES, load_imagenette
 from sslext.evaluate import stratified_subset
@@ -178,7 +178,7 @@ def test_recipe_holds_the_article_hyperparameters(path):
 
 
 def test_recipe_head_is_the_article_mlp():
-    from sslext.methods import build_method
+    from sslext.app.methods import build_method
     from sslext.models import build_backbone
 
     cfg = load_config(NETTE)
@@ -207,7 +207,7 @@ def _small(cfg, root, out, **extra):
         "train.log_every": 1,
     }
     over.update(extra)
-    from sslext.config import apply_override, validate
+    from sslext.app.config import apply_override, validate
 
     for k, v in over.items():
         apply_override(cfg, f"{k}={json.dumps(v) if not isinstance(v, str) else v}")
@@ -240,7 +240,7 @@ def test_recipe_trains_at_its_resolution_resumes_and_probes(tmp_path):
 
 
 def test_recipe_sees_images_at_128px(tmp_path, monkeypatch):
-    from sslext.methods.mocov2 import MoCoV2
+    from sslext.app.methods.mocov2 import MoCoV2
     from sslext.train import Trainer
 
     make_folder(tmp_path / "data", n_train=1, n_val=1)

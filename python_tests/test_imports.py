@@ -1,4 +1,5 @@
-"""The shape of the package: no import cycle anywhere in sslext/, and no module over 500 lines.
+"""The shape of the package: no import cycle anywhere in sslext/, no module over 500 lines,
+and the library never imports the application (sslext.app).
 
 Imports are read from the source (AST), function-level ones included, so a
 lazy import that closes a cycle is caught as well as a top-level one.
@@ -13,6 +14,10 @@ PKG = Path(__file__).resolve().parent.parent / "sslext"
 MAX_LINES = 500
 # Compiled by setup.py/CMake; a leaf that imports nothing from sslext.
 EXTENSION_MODULES = {"sslext._C"}
+APP = "sslext.app"
+# The trainer's public entry module: application code kept at the top so that
+# `python -m sslext.train` and `from sslext.train import Trainer` stay stable.
+APP_ENTRY_MODULES = {"sslext.train"}
 
 
 def _modules():
@@ -91,10 +96,10 @@ def _find_cycle(graph):
 
 def test_graph_reads_relative_and_absolute_imports():
     g = _graph()
-    assert "sslext.training.trainer" in g["sslext.training"]  # from .trainer import ... (package)
-    assert "sslext.training.checkpoint" in g["sslext.training.trainer"]  # from .checkpoint import ...
-    assert "sslext.evaluate" in g["sslext.training.trainer"]  # from ..evaluate import ...
-    assert "sslext.training" in g["sslext.train"]
+    assert "sslext.app.training.trainer" in g["sslext.app.training"]  # from .trainer import ... (package)
+    assert "sslext.app.training.checkpoint" in g["sslext.app.training.trainer"]  # from .checkpoint import ...
+    assert "sslext.evaluate" in g["sslext.app.training.evaluation"]  # from ...evaluate import ...
+    assert "sslext.app.train" in g["sslext.train"]  # from .app.train import ...
     assert "sslext" not in g["sslext.ops"]  # from . import _C: the extension
 
 
@@ -110,7 +115,29 @@ def test_no_import_cycle_in_sslext():
 
 def test_evaluate_does_not_import_the_trainer():
     g = _graph()
-    assert not {m for m in g["sslext.evaluate"] if m.startswith(("sslext.train", "sslext.training"))}
+    assert not {m for m in g["sslext.evaluate"] if m.startswith(("sslext.train", "sslext.app.training"))}
+
+
+def _is_app(name):
+    return name == APP or name.startswith(APP + ".") or name in APP_ENTRY_MODULES
+
+
+def test_library_does_not_import_the_application():
+    """ops, losses, references, compat, distributed, models, data, evaluation: usable
+    without configs or the trainer, so none of them imports sslext.app (lazy imports included)."""
+    g = _graph()
+    library = sorted(n for n in g if not _is_app(n))
+    assert "sslext.losses" in library and "sslext.app.config" in g  # the split is where the docs say
+    bad = {n: sorted(m for m in g[n] if _is_app(m)) for n in library}
+    bad = {n: ms for n, ms in bad.items() if ms}
+    assert not bad, f"library modules import the application: {bad}"
+
+
+def test_library_rule_sees_a_lazy_import(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from .app.config import load_config\n")
+    mods = _modules()
+    assert "sslext.app.config" in _imports("sslext.m", src, mods)
 
 
 @pytest.mark.parametrize("name", sorted(_modules()))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from test_train_e2e import _losses, tiny_cfg
 
 from sslext import BYOLLoss, InfoNCELoss, KeyQueue, NTXentLoss, SimSiamLoss
-from sslext.methods import build_method
+from sslext.app.methods import build_method
 from sslext.models import build_backbone
 from sslext.models.momentum import check_momentum, cosine_momentum, ema_update_, momentum_copy
 from sslext.models.split_bn import SplitBatchNorm2d, convert_split_bn
@@ -482,7 +482,7 @@ def test_resume_is_exact_for_momentum_methods(tmp_path, name):
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_demo_method_overrides_give_valid_configs(name):
     from sslext import demo
-    from sslext.config import load_config
+    from sslext.app.config import load_config
 
     cfg = load_config(demo.DEMO_CONFIG, demo.method_overrides(name))
     assert cfg["method"]["name"] == name and cfg["name"] == f"demo_fashion_mnist_{name}"

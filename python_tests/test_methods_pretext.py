@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from test_train_e2e import tiny_cfg
 
-from sslext.methods import build_method
+from sslext.app.methods import build_method
 from sslext.models import build_backbone
 from sslext.pretext import (
     ContextNetwork,
@@ -356,7 +356,7 @@ def test_cifar_configs_build_and_step(name):
     """The shipped CIFAR-10 recipes fit 32 px crops (grid sizes, steps ahead)."""
     from pathlib import Path
 
-    from sslext.config import load_config
+    from sslext.app.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}_resnet18_cifar10.yaml")
     mkw = {k: v for k, v in cfg["method"].items() if k != "name"}
@@ -371,10 +371,10 @@ def test_cifar_configs_build_and_step(name):
 
 @pytest.mark.parametrize("name", ["rotnet", "jigsaw", "cpc"])
 def test_demo_method_overrides_give_valid_configs(name):
-    # `python -m sslext.demo --method <name>` must resolve to a config that builds
+    # `python -m sslext.app.demo --method <name>` must resolve to a config that builds
     from sslext import demo
-    from sslext.config import load_config
-    from sslext.methods import build_method
+    from sslext.app.config import load_config
+    from sslext.app.methods import build_method
     from sslext.models import build_backbone
 
     cfg = load_config(demo.DEMO_CONFIG, demo.method_overrides(name))

@@ -7,7 +7,9 @@ from torch.library import opcheck
 import sslext
 from sslext import ops
 from sslext import reference as R
-from sslext._checks import resolve_strategy
+from sslext._checks import STRATEGY_CODES, resolve_strategy
+
+STRATEGIES = sorted(STRATEGY_CODES.values())  # the op-level codes: covariance, gram
 
 _ops = torch.ops.sslext
 
@@ -86,7 +88,7 @@ def _opcheck_samples(device="cpu", dtype=torch.float32):
         (_ops.off_diagonal_penalty, (randn(7, 7, device=device), 1.0, None)),
         (_ops.tico_ema_update_, (c.clone(), z_a.detach(), 0.9)),
     ]
-    for strategy in (0, 1):
+    for strategy in STRATEGIES:
         samples += [
             (_ops.vicreg_loss, (z_a, z_b, 25.0, 25.0, 1.0, 1e-4, strategy)),
             (_ops.barlow_twins_loss, (z_a, z_b, 0.0051, 1e-5, strategy)),
@@ -176,12 +178,12 @@ def test_opcheck_dtypes_and_grad_modes(dtype, grad_mode):
 
 
 @pytest.mark.parametrize("layout", ["transposed", "noncontiguous"])
-@pytest.mark.parametrize("strategy", [0, 1])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_opcheck_layouts(layout, strategy):
     """Transposed and strided inputs: the fakes must promise the strides the real
     ops return (contiguous gradients), forward and backward."""
     samples = _fused_samples(torch.float32, "both", layout, strategy)
-    if strategy == 0:
+    if strategy == STRATEGY_CODES["covariance"]:
         samples = samples[:N_FUSED]  # the low-level ops have no strategy: checked once
     else:
         samples += _fused_samples(torch.bfloat16, "a_only", layout, strategy)[:N_FUSED]
@@ -195,7 +197,7 @@ def _backward_samples(dtype, mask, layout="contiguous"):
     c = torch.eye(9, dtype=acc) / 9
     g4, g3 = randn(4, dtype=acc, seed=3), randn(3, dtype=acc, seed=4)
     samples = []
-    for strategy in (0, 1):
+    for strategy in STRATEGIES:
         out = _ops.vicreg_loss(z_a, z_b, 25.0, 25.0, 1.0, 1e-4, strategy)
         samples.append((_ops._vicreg_loss_backward, (g4, z_a, z_b, *out[1:], 25.0, 25.0, 1.0, 1e-4, strategy, mask)))
         out = _ops.barlow_twins_loss(z_a, z_b, 0.0051, 1e-5, strategy)
@@ -280,7 +282,7 @@ def test_backward_honours_needs_input_grad(name):
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.9])
-@pytest.mark.parametrize("strategy", [0, 1])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", ["tico_loss", "vicreg_tico_loss", "vicreg_tico_proposal"])
 def test_gradcheck_batch_cov_in_graph(name, strategy, beta):
     """With B in the graph finite differences see the whole C_new, centering and
@@ -303,7 +305,7 @@ def test_gradcheck_batch_cov_in_graph(name, strategy, beta):
     assert (ga - gd).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("strategy", [0, 1])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize(
     "name", ["vicreg_loss", "barlow_twins_loss", "tico_loss", "vicreg_tico_loss", "vicreg_tico_proposal"]
 )

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslext.config import ConfigError, apply_override, load_config
-from sslext.training import Precision, Trainer, resolve_precision
-from sslext.training import precision as P
+from sslext.app.config import ConfigError, apply_override, load_config
+from sslext.app.training import Precision, Trainer, resolve_precision
+from sslext.app.training import precision as P
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml"
 CUDA = torch.device("cuda")
@@ -170,7 +170,7 @@ def _tiny_cfg(tmp_path, amp):
 
 def test_measurement_leaves_the_run_untouched(tmp_path):
     cfg = _tiny_cfg(tmp_path, "false")
-    from sslext.training import build_everything
+    from sslext.app.training import build_everything
 
     method = build_everything(cfg, CPU)["method"]
     before = {k: v.clone() for k, v in method.state_dict().items()}

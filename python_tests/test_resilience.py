@@ -23,7 +23,7 @@ import pytest
 import torch
 from test_train_e2e import TINY
 
-from sslext.config import load_config
+from sslext.app.config import load_config
 from sslext.train import (
     EXIT_INTERRUPTED,
     CheckpointMismatchError,
@@ -328,7 +328,7 @@ def _craft(path, marker, fmt):
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy_torch", "raw_pickle"])
 def test_crafted_checkpoint_cannot_run_code(tmp_path, capsys, fmt):
-    from sslext.cli import eval_main
+    from sslext.app.cli import eval_main
 
     marker = tmp_path / "pwned"
     run = tmp_path / "run"

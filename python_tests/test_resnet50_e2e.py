@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslext.config import load_config
-from sslext.training import Trainer, evaluate_checkpoint, load_checkpoint_file
+from sslext.app.config import load_config
+from sslext.app.training import Trainer, evaluate_checkpoint, load_checkpoint_file
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "barlow_twins_resnet50_cifar10.yaml"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslext.config import load_config
+from sslext.app.config import load_config
+from sslext.app.training.rundir import RunExistsError, describe_run, prepare_run_dir
 from sslext.train import main, train
-from sslext.training.rundir import RunExistsError, describe_run, prepare_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

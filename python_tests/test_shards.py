@@ -1,4 +1,4 @@
-"""data.source=shards and sslext-shard: WebDataset-style tar shards with a checksummed manifest (issue 20)."""
+"""data.source=shards and sslext-shard: WebDataset-style tar shards with a checksummed manifest."""
 
 import json
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 from stream_helpers import TINY_STREAM, record_batches, write_folder
 
-from sslext.config import load_config
+from sslext.app.config import load_config
+from sslext.app.shard import main as shard_main
 from sslext.data import DatasetError
 from sslext.data.folder import CropSpec, StreamingImageFolder
 from sslext.data.shards import MANIFEST, ShardDataset, write_shards
 from sslext.data.stream import StreamLoader
-from sslext.shard import main as shard_main
 from sslext.train import Trainer
 
 SPECS = [CropSpec(16, 0.2, 1.0, 0.5), CropSpec(16, 0.2, 1.0, 0.5)]

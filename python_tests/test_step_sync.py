@@ -3,7 +3,7 @@
 Every read of a device value on the host (``item()``, ``float(t)``, ``if t``,
 data-dependent shapes, copies to the host) drains a CUDA queue; these tests
 count them per ``Trainer.train_step`` so a regression fails here, without a
-GPU. See sslext/training/dispatch_count.py for what counts.
+GPU. See sslext/app/training/dispatch_count.py for what counts.
 """
 
 import json
@@ -12,12 +12,12 @@ import pytest
 import torch
 from test_train_e2e import tiny_cfg
 
-from sslext.config import load_config
-from sslext.methods import METHODS
+from sslext.app.config import load_config
+from sslext.app.methods import METHODS
+from sslext.app.training.dispatch_count import DispatchCounter
+from sslext.app.training.step_stats import EpochStats
 from sslext.optim import LARS, param_groups
 from sslext.train import Trainer
-from sslext.training.dispatch_count import DispatchCounter
-from sslext.training.step_stats import EpochStats
 
 # ResNet-18/50 on 8 px crops of 4 images: the real networks (and so their
 # number of parameter tensors and of ops per step), at a cost tests afford.

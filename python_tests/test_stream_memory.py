@@ -1,4 +1,4 @@
-"""Host memory of the streaming path stays bounded by what is in flight, not by the dataset (issue 20).
+"""Host memory of the streaming path stays bounded by what is in flight, not by the dataset.
 
 A pass over 20,000 images through ``StreamLoader`` (2 workers, prefetch 2):
 the resident memory of the training process and its workers, sampled after

@@ -1,4 +1,4 @@
-"""data.source=stream: image folders read lazily by DataLoader workers (issue 20).
+"""data.source=stream: image folders read lazily by DataLoader workers.
 
 The global batches are a pure function of (seed, epoch, step): the same for 1
 and 2 processes and for any number of workers, and a run resumed mid-epoch
@@ -13,7 +13,7 @@ import torch
 from dist_helpers import run_ranks
 from stream_helpers import TINY_STREAM, record_batches, stream_rank_worker, write_folder
 
-from sslext.config import ConfigError, load_config
+from sslext.app.config import ConfigError, load_config
 from sslext.data import DatasetError
 from sslext.data.folder import CropSpec, StreamingImageFolder
 from sslext.data.sampler import GlobalBatchSampler, epoch_permutation
@@ -100,7 +100,7 @@ def test_trainer_resume_mid_epoch_sees_the_same_batches_and_losses(tmp_path):
     final = [json.loads(line) for line in (tmp_path / "ref" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("knn_acc" in r for r in final if r["kind"] == "epoch")
     # sslext-eval of a streamed run: the same in-memory bank (8 images) and test split (6 images).
-    from sslext.training.checkpoint_eval import evaluate_checkpoint
+    from sslext.app.training.checkpoint_eval import evaluate_checkpoint
 
     res = evaluate_checkpoint(tmp_path / "ref" / "run" / "last.pt", ["eval.offline_epochs=2"])
     assert 0 <= res["knn_acc"] <= 100 and "linear_acc" in res
@@ -179,7 +179,7 @@ def test_class_selection_labels_in_sorted_order(tmp_path):
 def test_imagenet100_recipes_select_their_100_classes(tmp_path):
     from PIL import Image
 
-    from sslext.config import resolve_config_path
+    from sslext.app.config import resolve_config_path
 
     cfgs = [
         load_config(resolve_config_path(f"configs/{m}_resnet50_imagenet100.yaml"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sslext.config import ConfigError
-from sslext.sweep import cell_status, load_sweep, main, run_cell, run_sweep
-from sslext.sweep_report import paired_differences, t_quantile_975, write_report
+from sslext.app.config import ConfigError
+from sslext.app.sweeps.report import paired_differences, t_quantile_975, write_report
+from sslext.app.sweeps.run import cell_status, load_sweep, main, run_cell, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

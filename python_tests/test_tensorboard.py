@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslext.config import ConfigError, load_config
+from sslext.app.config import ConfigError, load_config
 from sslext.train import train
 
 pytest.importorskip("tensorboard")
@@ -90,7 +90,7 @@ def test_missing_tensorboard_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match=r"train.loggers: 'tensorboard' needs .*pip install 'sslext\[tensorboard\]'"):
         load_config(SMOKE, [TB])
-    from sslext.training.tensorboard import require_tensorboard
+    from sslext.app.training.tensorboard import require_tensorboard
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"pip install 'sslext\[tensorboard\]'"):

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from sslext.config import load_config
-from sslext.export import export_backbone
+from sslext.app.config import load_config
+from sslext.app.export import export_backbone
 from sslext.models import build_backbone, load_backbone
 from sslext.train import Trainer
 

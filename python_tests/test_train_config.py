@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslext.config import ConfigError, load_config
-from sslext.methods import METHODS, build_method
+from sslext.app.config import ConfigError, load_config
+from sslext.app.methods import METHODS, build_method
 from sslext.models import build_backbone
 from sslext.optim import LARS, WarmupCosine, build_optimizer, param_groups
 

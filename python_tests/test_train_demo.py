@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sslext import demo
-from sslext.config import load_config
+from sslext.app.config import load_config
 
 
 def test_demo_config_is_cpu_sized():
@@ -166,7 +166,7 @@ def test_demo_without_data_or_network_names_every_way(tmp_path, monkeypatch, cap
 
 
 def test_shipped_configs_resolve_by_name():
-    from sslext.config import ConfigError, load_config, resolve_config_path
+    from sslext.app.config import ConfigError, load_config, resolve_config_path
 
     assert resolve_config_path("vicreg_resnet18_cifar10").name == "vicreg_resnet18_cifar10.yaml"
     assert resolve_config_path("sweeps/seed_question_cpu").name == "seed_question_cpu.yaml"

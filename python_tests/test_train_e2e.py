@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from sslext.config import load_config
-from sslext.methods import METHODS
+from sslext.app.config import load_config
+from sslext.app.methods import METHODS
 from sslext.train import NonFiniteLossError, Trainer, load_checkpoint_file, main, train
 
 TINY = [
@@ -158,7 +158,7 @@ def test_corrupt_checkpoint_clear_error(tmp_path):
 
 
 def test_eval_checkpoint_cli(tmp_path, capsys):
-    from sslext.cli import eval_main
+    from sslext.app.cli import eval_main
 
     train(tiny_cfg(tmp_path, "vicreg", "train.epochs=1", "eval.final=false"))
     ck = tmp_path / "run" / "last.pt"

@@ -3,16 +3,19 @@ GradScaler path (fp16 on GPUs without native bf16), the pinned batch staging
 and the augmentation's one non-blocking parameter copy."""
 
 import copy
+import dataclasses
 import types
 
 import pytest
 import torch
 
-from sslext.config import load_config
+from sslext.app.config import load_config
+from sslext.app.training.dispatch_count import DispatchCounter
+from sslext.app.training.parts import TrainerParts
+from sslext.app.training.step import BatchStager, autocast_settings, make_scaler
+from sslext.app.training.trainer import _Part
 from sslext.data import TwoViewAugment
 from sslext.train import Trainer
-from sslext.training.dispatch_count import DispatchCounter
-from sslext.training.step import BatchStager, autocast_settings, make_scaler
 
 SMALL = [
     "data.dataset=synthetic",
@@ -32,6 +35,16 @@ SMALL = [
 ]
 
 
+def test_trainer_exposes_every_part_and_nothing_else():
+    """Trainer's part attributes are exactly TrainerParts' fields, in order, and write through."""
+    parts = [n for n, v in vars(Trainer).items() if isinstance(v, _Part)]
+    assert parts == [f.name for f in dataclasses.fields(TrainerParts)]
+    tr = Trainer.__new__(Trainer)
+    tr.parts = types.SimpleNamespace(scaler=None)
+    tr.scaler = "s"
+    assert tr.parts.scaler == "s" and tr.scaler == "s"
+
+
 def _trainer(out, *extra):
     return Trainer(load_config(None, [*SMALL, f"train.out_dir={out}", *extra]))
 
@@ -42,7 +55,7 @@ def _params(tr):
 
 def test_compiled_method_gives_eager_loss_and_gradients():
     """What train.compile compiles (the method's forward and loss), against eager, on one batch."""
-    from sslext.methods import build_method
+    from sslext.app.methods import build_method
     from sslext.models import build_backbone
 
     torch.manual_seed(0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from sslext.config import load_config
-from sslext.training import build_everything, train
-from sslext.training.build import IGNORE_LABEL, _hold_out_val
+from sslext.app.config import load_config
+from sslext.app.training import build_everything, train
+from sslext.app.training.build import IGNORE_LABEL, _hold_out_val
 
 SMOKE = "configs/smoke_synthetic.yaml"
 
@@ -61,7 +61,7 @@ def test_training_with_val_split_evaluates_on_val(tmp_path):
 def test_bad_val_settings_are_named(tmp_path):
     import pytest
 
-    from sslext.config import ConfigError
+    from sslext.app.config import ConfigError
 
     for item, key in (
         ("eval.split=train", "eval.split"),

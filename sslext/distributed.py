@@ -25,6 +25,7 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 __all__ = [
     "init_distributed",
@@ -303,8 +304,6 @@ def wrap_ddp(module: nn.Module, device: torch.device, find_unused_parameters: bo
     synchronised once, at construction. torch >= 2.14 spells the option
     ``forward_sync_buffers`` (``broadcast_buffers`` warns there).
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     params = inspect.signature(DDP.__init__).parameters
     kw = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None

@@ -4,7 +4,7 @@ and collapse diagnostics (per-dimension std, RankMe effective rank, dead dims).
 All accuracies are on the *test* split. Probes run on frozen features that
 are standardised with statistics of the (labelled) training features. The
 offline evaluation of a saved run, which rebuilds its model, is
-:func:`sslext.training.evaluate_checkpoint` (``sslext-eval``).
+:func:`sslext.app.training.evaluate_checkpoint` (``sslext-eval``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data.augment import prepare_eval
 
 __all__ = [
     "extract_features",
@@ -62,8 +65,6 @@ def extract_features(
     Returns ``(features, embeddings)``; embeddings are ``projector(features)``
     when a projector is given, else ``None``. Train/eval mode is restored.
     """
-    from .data.augment import prepare_eval
-
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images: expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
     if batch_size <= 0:
@@ -76,8 +77,6 @@ def extract_features(
     feats, embs = [], []
     rng = range(0, images.shape[0], batch_size)
     if progress:
-        from tqdm import tqdm
-
         rng = tqdm(rng, desc="features", leave=False)
     try:
         for i in rng:

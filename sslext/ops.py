@@ -1,5 +1,5 @@
 """Typed wrappers of the ``torch.ops.sslext`` ops, with their fake kernels and
-autograd formulas (schemas: ``csrc/ops.cpp``).
+autograd formulas (schemas: ``csrc/register_ops.cpp``).
 
 The low-level ops are public; the fused loss ops are the engine of
 :mod:`sslext.functional` and are easier to use from there. The ops named with a

@@ -18,6 +18,8 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from .safe_pickle import UnsafePickleError, load_restricted
 
@@ -159,6 +161,7 @@ def _find_cifar_dir(root: Path, folder: str) -> Optional[Path]:
 def _download_cifar(root: Path, name: str) -> None:
     """Fetch and unpack the official archive through torchvision (md5-checked)."""
     try:
+        # Only a download needs torchvision.datasets (slow to import); a missing one is a clear error.
         import torchvision.datasets as tvd
         from torchvision.datasets.utils import download_and_extract_archive
     except ImportError as e:
@@ -330,8 +333,6 @@ def _list_folder(root: Path, classes: Optional[List[str]] = None):
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -421,8 +422,6 @@ def load_image_folder(
         except Exception:
             pass  # unreadable cache: rebuild it below rather than fail
     try:
-        from tqdm import tqdm
-
         it = tqdm(files, desc=f"decoding {root.name}", leave=False, disable=len(files) < 500)
     except ImportError:
         it = files

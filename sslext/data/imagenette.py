@@ -70,6 +70,7 @@ def _find_root(root: Path, folder: str) -> Optional[Path]:
 
 def _download_imagenette(root: Path, variant: str) -> None:
     try:
+        # Only a download needs torchvision.datasets (slow to import); a missing one is a clear error.
         import torchvision.datasets as tvd
     except ImportError as e:
         raise DatasetError(f"data.download: torchvision is needed to download imagenette ({e})") from e

@@ -12,6 +12,7 @@ global named.
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import pickle
@@ -41,8 +42,6 @@ def _np_frombuffer():
 
 
 def _codecs_encode():
-    import codecs
-
     return codecs.encode
 
 

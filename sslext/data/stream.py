@@ -26,7 +26,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers leave SIGTERM/SIGINT to the training process.
 
     A scheduler's SIGTERM (or a Ctrl-C) reaches the whole process group; the
-    trainer finishes its step, checkpoints and exits (``training.signals``),
+    trainer finishes its step, checkpoints and exits (``sslext.app.training.signals``),
     which needs its workers alive until it lets them go. A worker killed by the
     signal would instead fail the step in progress."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,6 +1,6 @@
 // Host functions of the sslext ops. Each is written once for CPU and CUDA: it
 // checks its arguments, runs GEMMs through ATen and its O(N D) passes through
-// the kernels of sslext/kernels.h. Schemas live in csrc/ops.cpp.
+// the kernels of sslext/kernels.h. Schemas live in csrc/register_ops.cpp.
 #pragma once
 
 #include <ATen/ATen.h>
