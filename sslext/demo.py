@@ -141,7 +141,7 @@ def _default_precision(cfg: Dict, runs: List) -> Dict:
     delta = {k: bf16["final_eval"][k] - fp32["final_eval"][k] for k in ("linear_acc", "knn_acc")}
     verdict = (
         f"train.amp={amp}{' (the default)' if amp == 'auto' else ''} with "
-        f"channels_last={cfg['train']['channels_last']} trains in {prec.name} on this machine ({prec.reason}). In the two runs above bf16 trained at {ratio:.2f}x "
+        f"channels_last={str(cfg['train']['channels_last']).lower()} trains in {prec.name} on this machine ({prec.reason}). In the two runs above bf16 trained at {ratio:.2f}x "
         f"float32's images/s and moved linear probe / kNN by {delta['linear_acc']:+.2f} / {delta['knn_acc']:+.2f} points."
     )
     return {
