@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sslext import demo
+from sslext.app import demo
 from sslext.app.config import load_config
 
 
