@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proof that the emulated suite catches broken CUDA kernels (docs/cuda.md):
+# Proof that the emulated suite catches broken CUDA kernels (docs/dev/emulator.md):
 #   bash benchmarks/mutate_cuda.sh WORKDIR
 # For each mutation below: a copy of csrc/cuda/ in WORKDIR gets the one edit,
 # the emulated build is compiled from the copy (into WORKDIR, never over
@@ -21,7 +21,7 @@ BIN=$(dirname "$PY")
 # The third one (block_reduce_sum's trailing barrier) is expected to survive:
 # the broadcast has its own scratch slot, so no thread touches a byte another
 # thread uses between the second barrier and the next call's first one, and
-# racecheck rightly finds no hazard (docs/cuda.md). MUTATIONS_ONLY=name,...
+# racecheck rightly finds no hazard (docs/dev/emulator.md). MUTATIONS_ONLY=name,...
 # runs a subset.
 MUTATIONS=(
   "drop-barrier-1|reduce.cuh|nth(s, '__syncthreads();', '', 1)|caught"

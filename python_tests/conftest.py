@@ -7,7 +7,7 @@ import torch
 
 import sslext  # noqa: F401  (loads the ops)
 
-# The emulated-CUDA suite (python_tests/emulated, docs/cuda.md) needs the
+# The emulated-CUDA suite (python_tests/emulated, docs/dev/emulator.md) needs the
 # emulated build loaded: make test-emulated runs it with SSLEXT_EMULATED=1.
 EMULATED = os.environ.get("SSLEXT_EMULATED") == "1"
 collect_ignore = [] if EMULATED else ["emulated"]

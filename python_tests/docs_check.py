@@ -14,7 +14,10 @@ such as ``configs/`` work and nothing lands in the source tree:
   on ``PATH`` as ``python``, and ``sslext-train`` / ``sslext-eval`` commands
   that call ``sslext.app.cli`` (so an in-place build needs no install).
 
-It also reports relative links (outside code blocks) to files that do not exist.
+It also reports relative links (outside code blocks) to files that do not exist,
+and links to a section (``page.md#section``, ``#section``) of a markdown page
+that has no heading with that anchor (GitHub's rule: lower case, punctuation
+but ``-`` and ``_`` dropped, spaces to ``-``, ``-1``, ``-2`` for repeats).
 
 Blocks of one file run in order in one scratch copy, so a block may use what
 an earlier block of the same page wrote (a run, then its evaluation). A
@@ -99,23 +102,59 @@ def extract_blocks(path: Path) -> List[Block]:
 
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$")
+HTML_ANCHOR = re.compile(r"<a\s+(?:name|id)=\"([^\"]+)\"")
 
 
-def broken_links(path: Path) -> List[str]:
-    """Relative links of a page (outside code) whose file does not exist, as ``file:line: target``."""
-    out: List[str] = []
+def _prose_lines(path: Path):
+    """(line number, line) of a page outside its fenced code blocks."""
     in_code = False
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if FENCE.match(line):
             in_code = not in_code
             continue
-        if in_code:
+        if not in_code:
+            yield n, line
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: markup and punctuation dropped, lower case, spaces to ``-``."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link keeps its text
+    text = re.sub(r"<[^>]+>", "", text).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set:
+    """Every section anchor of a markdown page (repeated headings get ``-1``, ``-2``...)."""
+    seen: dict = {}
+    out = set()
+    for _, line in _prose_lines(path):
+        out.update(HTML_ANCHOR.findall(line))
+        m = HEADING.match(line)
+        if not m:
             continue
+        base = slug(m.group(1))
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        out.add(base if k == 0 else f"{base}-{k}")
+    return out
+
+
+def broken_links(path: Path) -> List[str]:
+    """Relative links of a page (outside code) whose file, or whose section in a
+    markdown file, does not exist, as ``file:line: broken link target``."""
+    out: List[str] = []
+    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    for n, line in _prose_lines(path):
         for target in LINK.findall(line):
-            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
-                continue  # a URL, or an anchor on the same page
-            if not (path.parent / target.split("#", 1)[0]).exists():
-                out.append(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}:{n}: broken link {target}")
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):
+                continue  # a URL
+            file_part, _, anchor = target.partition("#")
+            dest = (path.parent / file_part) if file_part else path
+            if not dest.exists():
+                out.append(f"{where}:{n}: broken link {target}")
+            elif anchor and dest.suffix == ".md" and dest.is_file() and anchor not in anchors(dest):
+                out.append(f"{where}:{n}: broken link {target} (no section #{anchor} in {dest.name})")
     return out
 
 

@@ -85,13 +85,35 @@ def test_every_runnable_block_of_the_docs_runs():
 
 
 def test_link_check_finds_missing_files(tmp_path):
-    (tmp_path / "there.md").write_text("x\n")
+    (tmp_path / "there.md").write_text("# A\n")
     page = _page(
         tmp_path,
-        "[ok](there.md#a) [url](https://example.org) [anchor](#b)\n"
+        "# B\n[ok](there.md#a) [url](https://example.org) [anchor](#b)\n"
         "```bash\n[not a link](missing.md)\n```\n[bad](missing.md)\n",
     )
-    assert broken_links(page) == [f"{page}:5: broken link missing.md"]
+    assert broken_links(page) == [f"{page}:6: broken link missing.md"]
+
+
+def test_link_check_finds_missing_sections(tmp_path):
+    (tmp_path / "there.md").write_text(
+        "# The backbone on its own: `sslext-export`\n"
+        "## CPU throughput: bf16 and channels_last\n"
+        "## Results\n## Results\n"
+        "```bash\n# not a heading\n```\n"
+        '<a id="kept"></a>\n'
+    )
+    page = _page(
+        tmp_path,
+        "# Here\n"
+        "[a](there.md#the-backbone-on-its-own-sslext-export) [b](there.md#cpu-throughput-bf16-and-channels_last)\n"
+        "[c](there.md#results-1) [d](there.md#kept) [e](#here)\n"
+        "[f](there.md#results-2) [g](there.md#not-a-heading) [h](#nowhere)\n",
+    )
+    assert broken_links(page) == [
+        f"{page}:4: broken link there.md#results-2 (no section #results-2 in there.md)",
+        f"{page}:4: broken link there.md#not-a-heading (no section #not-a-heading in there.md)",
+        f"{page}:4: broken link #nowhere (no section #nowhere in page.md)",
+    ]
 
 
 def test_relative_links_of_the_docs_resolve():

@@ -481,7 +481,7 @@ def test_resume_is_exact_for_momentum_methods(tmp_path, name):
 
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_demo_method_overrides_give_valid_configs(name):
-    from sslext import demo
+    from sslext.app import demo
     from sslext.app.config import load_config
 
     cfg = load_config(demo.DEMO_CONFIG, demo.method_overrides(name))
@@ -495,7 +495,7 @@ def test_demo_method_overrides_give_valid_configs(name):
 
 
 def test_demo_unknown_method(capsys):
-    from sslext import demo
+    from sslext.app import demo
 
     assert demo.main(["--method", "nope"]) == 2
     assert "--method" in capsys.readouterr().err

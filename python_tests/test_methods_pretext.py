@@ -372,7 +372,7 @@ def test_cifar_configs_build_and_step(name):
 @pytest.mark.parametrize("name", ["rotnet", "jigsaw", "cpc"])
 def test_demo_method_overrides_give_valid_configs(name):
     # `python -m sslext.app.demo --method <name>` must resolve to a config that builds
-    from sslext import demo
+    from sslext.app import demo
     from sslext.app.config import load_config
     from sslext.app.methods import build_method
     from sslext.models import build_backbone

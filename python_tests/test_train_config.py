@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,20 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.ya
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg["method"]["name"] in METHODS
+
+
+ALL_CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_shipped_config_comments_match_what_the_keys_do(path):
+    # amp and channels_last apply on every device: `amp: true` (bf16 everywhere, CPU
+    # included) under a "GPU only" comment once made CPU runs slower than intended.
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        key, _, comment = line.partition("#")
+        if re.match(r"\s*(train\.)?(amp|channels_last):", key):
+            assert "gpu only" not in comment.lower(), f"{path.name}:{n}: {line.strip()}"
+            assert not re.match(r"\s*(train\.)?amp:\s*true\b", key), f"{path.name}:{n}: say bf16 or auto"
 
 
 def test_config_matrix_complete():

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sslext import demo
+from sslext.app import demo
 from sslext.app.config import load_config
 
 
@@ -74,15 +74,24 @@ def test_demo_compares_float32_with_bf16_channels_last(tmp_path, capsys):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert "float32" in out and "bf16 + channels_last" in out and "training images/s" in out
+    assert "float32 + channels_last" in out and "bf16 + channels_last" in out and "training images/s" in out
     import json
 
     res = json.loads((tmp_path / "demo_fashion_mnist_fp32" / "demo_result.json").read_text())
     runs = res["runs"]
-    assert set(runs) == {"float32", "bf16 + channels_last"} and runs["float32"]["amp"] is False
-    assert runs["float32"]["run_dir"] != runs["bf16 + channels_last"]["run_dir"]
-    for r in runs.values():
+    assert set(runs) == {"float32 + channels_last", "bf16 + channels_last"}
+    fp32, bf16 = runs["float32 + channels_last"], runs["bf16 + channels_last"]
+    assert fp32["amp"] is False and fp32["precision"] == "float32" and bf16["precision"] == "bf16"
+    assert fp32["run_dir"] != bf16["run_dir"]
+    # Like with like: the two runs differ in train.amp only, both in channels_last.
+    for r in (fp32, bf16):
         assert 0 <= r["ssl"]["linear_acc"] <= 100
+        assert load_config(Path(r["run_dir"]) / "config.yaml")["train"]["channels_last"] is True
+    # The conclusion is about the default, train.amp: auto, resolved on this machine.
+    d = res["default_precision"]
+    assert d["amp"] == "auto" and d["precision"] in ("float32", "bf16")
+    assert set(d["rates"]) == {"float32", "bf16"} and d["reason"].startswith("auto on ")
+    assert "train.amp=auto (the default)" in out and f"trains in {d['precision']}" in out
 
 
 def test_demo_stops_on_signal(tmp_path, capsys, monkeypatch):
@@ -114,7 +123,7 @@ def test_demo_stops_on_signal(tmp_path, capsys, monkeypatch):
     )
     assert rc == demo.EXIT_INTERRUPTED
     out, err = capsys.readouterr()
-    assert "stopped by SIGINT" in err and "float32 run" in err and "linear probe" not in out
+    assert "stopped by SIGINT" in err and "float32 + channels_last run" in err and "linear probe" not in out
     assert (tmp_path / "demo_fashion_mnist_fp32" / "last.pt").exists()
     assert not (tmp_path / "demo_fashion_mnist_bf16").exists()
 

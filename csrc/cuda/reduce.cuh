@@ -8,7 +8,7 @@
 
 // Every launch goes through SSLEXT_LAUNCH(grid, block, smem, stream, kernel)(args):
 // kernel<<<grid, block, smem, stream>>>(args) under nvcc, the emulator's
-// checked launch when the kernels are compiled as host C++ (docs/cuda.md).
+// checked launch when the kernels are compiled as host C++ (docs/dev/emulator.md).
 #ifndef SSLEXT_EMULATE_CUDA
 #define SSLEXT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #endif

@@ -3,7 +3,7 @@
 // __syncthreads, warp shuffles, __launch_bounds__ and the launch helper.
 // The runtime (csrc/emu/runtime.cpp) runs each block's threads as fibers and
 // checks barriers, shuffles, shared-memory races and global bounds; see
-// docs/cuda.md.
+// docs/dev/emulator.md.
 #pragma once
 
 #include <math.h>

@@ -1,5 +1,5 @@
 // The emulator's runtime: runs a kernel launch block by block, the threads of
-// a block as fibers, and checks what compute-sanitizer would (docs/cuda.md).
+// a block as fibers, and checks what compute-sanitizer would (docs/dev/emulator.md).
 //
 // Why fibers and not OS threads: a block's threads only need to interleave at
 // the points where CUDA makes them wait for each other (__syncthreads, warp

@@ -15,10 +15,10 @@ constexpr double kNormalizeEps = 1e-12;
 }  // namespace
 
 Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c, double beta,
-                              int64_t strategy) {
+                              Strategy strategy) {
   const double m = static_cast<double>(y.size(0));
   const auto cy = c.to(y.scalar_type());
-  if (to_strategy(strategy) == Strategy::kGram) {
+  if (strategy == Strategy::kGram) {
     // beta Y C + (1 - beta)/M (Y Y^T) Y: the only D x D matrix touched is C.
     auto p = at::empty_like(y).addmm_(y, cy, /*beta=*/0.0, beta);
     p.addmm_(at::mm(y, y.t()), y, 1.0, (1.0 - beta) / m);
@@ -29,9 +29,9 @@ Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c, double b
   return {p, c_new};
 }
 
-void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta, int64_t strategy) {
+void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta, Strategy strategy) {
   const double m = static_cast<double>(y.size(0));
-  if (to_strategy(strategy) == Strategy::kGram) {
+  if (strategy == Strategy::kGram) {
     p.addmm_(at::mm(y, y.t()), y, 1.0, (1.0 - beta) / m);
   } else {
     p.addmm_(y, at::mm(y.t(), y), 1.0, (1.0 - beta) / m);
@@ -44,16 +44,16 @@ Tensor7 tico_loss(const at::Tensor& z_a, const at::Tensor& z_b, const at::Tensor
   check_running_cov(c, z_a, "c", "z_a");
   check_beta(beta);
   check_finite(rho, "rho");
-  to_strategy(strategy);
+  const auto strat = to_strategy(strategy);
   const double n = static_cast<double>(z_a.size(0));
   auto [zhat_a, norm_a] = kernels::row_normalize(z_a.contiguous(), kNormalizeEps);
   auto [zhat_b, norm_b] = kernels::row_normalize(z_b.contiguous(), kNormalizeEps);
-  auto [proj, c_new] = tico_contrast_product(zhat_a, c, beta, strategy);
+  auto [proj, c_new] = tico_contrast_product(zhat_a, c, beta, strat);
   auto sim = kernels::dot_f64(zhat_a, zhat_b).div_(n);
   auto quad = kernels::dot_f64(zhat_a, proj).div_(n);
   // From here on proj is the backward's product, no longer the loss's.
   if (batch_cov_in_graph && beta != 1.0) {
-    add_batch_cov_grad_(proj, zhat_a, beta, strategy);
+    add_batch_cov_grad_(proj, zhat_a, beta, strat);
   }
   auto loss = (1.0 - sim).add_(quad, rho);
   auto terms = at::stack({loss, sim, quad}).to(zhat_a.scalar_type());

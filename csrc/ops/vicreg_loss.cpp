@@ -158,7 +158,7 @@ Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b, const at:
   check_running_cov(c, z_a, "c", "z_a");
   check_coeffs(inv_coeff, var_coeff, cov_coeff, eps);
   check_beta(beta);
-  to_strategy(strategy);
+  const auto strat = to_strategy(strategy);
   auto a = z_a.contiguous(), b = z_b.contiguous();
   const int64_t n = a.size(0), d = a.size(1);
   // Both centered branches stacked (2N x D), written in place by the moments
@@ -169,7 +169,7 @@ Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b, const at:
   auto [mean_b, var_b] = center_into(b, y.narrow(0, n, n));
   auto [inv, var] = invariance_and_variance(a, b, var_a, var_b, eps);
   auto rows = proposal ? y.narrow(0, 0, n) : y;
-  auto [proj, c_new] = tico_contrast_product(rows, c, beta, strategy);
+  auto [proj, c_new] = tico_contrast_product(rows, c, beta, strat);
   // Symmetric: per branch mean_i y_i^T C_new y_i / D, summed over branches.
   // Proposal: mean_i y_i^T C_new y_i over branch a, no /D.
   const double scale = proposal ? static_cast<double>(n) : static_cast<double>(n * d);
@@ -178,7 +178,7 @@ Tensor8 vicreg_tico_loss(const at::Tensor& z_a, const at::Tensor& z_b, const at:
   // centering adds nothing: each branch's rows have zero column mean, so
   // their product with any D x D matrix does too.
   if (batch_cov_in_graph && beta != 1.0) {
-    add_batch_cov_grad_(proj, rows, beta, strategy);
+    add_batch_cov_grad_(proj, rows, beta, strat);
   }
   auto terms = vicreg_terms(inv, var, cov, inv_coeff, var_coeff, cov_coeff, y.scalar_type());
   return {terms, rows, mean_a, mean_b, var_a, var_b, proj, c_new};

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/List.h>
+#include "sslext/common.h"
 
 #include <optional>
 #include <tuple>
@@ -75,13 +76,13 @@ Tensor2 tico_loss_backward(const at::Tensor& grad_terms, const at::Tensor& zhat_
 // empty on the Gram path; where it exists, the running-C update is a copy of it
 // instead of another rank-M GEMM.
 Tensor2 tico_contrast_product(const at::Tensor& y, const at::Tensor& c, double beta,
-                              int64_t strategy);
+                              Strategy strategy);
 
 // With the batch matrix B = Y^T Y / M inside the graph (batch_cov_in_graph),
 // the contrast sum_i y_i^T C_new y_i gains a second gradient term beside the
 // detached 2 Y C_new: 2 (1 - beta) Y B. Adds (1 - beta) Y B to P in place, so
 // that P then carries Y (C_new + (1 - beta) B) and the backwards, which scale
 // P by 2, need no other change. Same strategies as tico_contrast_product.
-void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta, int64_t strategy);
+void add_batch_cov_grad_(at::Tensor& p, const at::Tensor& y, double beta, Strategy strategy);
 
 }  // namespace sslext

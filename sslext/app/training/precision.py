@@ -5,7 +5,7 @@ natively (compute capability >= 8.0: A100, H100, ...), fp16 with a GradScaler
 below (T4, V100: they emulate bf16 slowly, and fp16 gradients underflow without
 loss scaling). On the CPU no fixed rule is right: bf16 + channels_last ran at
 0.95-1.07x float32 on one Intel Xeon and 2.23x on one AMD EPYC, both with
-AVX512-BF16 (docs/benchmarks.md). So ``auto`` times a few forward + backward
+AVX512-BF16 (docs/dev/benchmark_notes.md). So ``auto`` times a few forward + backward
 passes of the run's own model both ways, keeps the faster, and caches the
 answer per CPU model, torch version, thread count and workload in
 ``cpu_precision.json`` under the user's cache folder (``SSLEXT_CACHE_DIR``, else
