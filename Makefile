@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The GPU machine runs torch 2.11; this pin is the local and CI environment.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
-DEPS := numpy pytest hypothesis pyyaml tqdm matplotlib pillow ninja cmake setuptools wheel timm tensorboard \
+DEPS := numpy pytest hypothesis pyyaml tqdm matplotlib pillow ninja cmake setuptools wheel timm tensorboard webdataset \
 	ruff clang-format
 CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
 export CUDA_HOME

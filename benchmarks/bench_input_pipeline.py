@@ -5,6 +5,12 @@
 
 Reports images/s (one "image" = one source image turned into two views).
 Synthetic uint8 images are used so the benchmark needs no dataset.
+
+    python benchmarks/bench_input_pipeline.py --sources [--sizes 32 224] [--workers 0 1 2] [--out DIR]
+
+compares the data sources instead (``data.source``: memory vs stream, see
+``input_sources.py``): images/s each delivers to the training step, on this
+CPU, for each worker count, and what one GPU step would need.
 """
 
 from __future__ import annotations
@@ -30,7 +36,21 @@ def main() -> None:
     p.add_argument("--method", default="vicreg")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--sources", action="store_true", help="compare data.source memory vs stream (input_sources.py)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 224], help="--sources: training crop sizes")
+    p.add_argument("--workers", type=int, nargs="+", default=None, help="--sources: worker counts (0..cores)")
+    p.add_argument("--images", type=int, default=None, help="--sources: images per size (default 2048 / 384)")
+    p.add_argument("--out", default=None, help="--sources: folder for input_sources.{md,json}")
     a = p.parse_args()
+    if a.sources:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from input_sources import run_sources
+
+        run_sources(a)
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     from sslext.app.methods import build_method

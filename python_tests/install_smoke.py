@@ -44,6 +44,7 @@ def main() -> int:
 
     # Every subpackage made it into the wheel, and the commands start.
     import sslext.app.methods
+    import sslext.app.shard
     import sslext.app.sweeps.run
     import sslext.app.training
     import sslext.data  # noqa: E401,F401
@@ -56,13 +57,14 @@ def main() -> int:
         [str(bindir / "sslext-eval"), "--help"],
         [str(bindir / "sslext-export"), "--help"],
         [str(bindir / "sslext-sweep"), "--help"],
+        [str(bindir / "sslext-shard"), "--help"],
         [sys.executable, "-I", "-m", "sslext.train", "--help"],
     ):
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
         assert r.returncode == 0 and "usage" in r.stdout, (cmd, r.returncode, r.stderr[-2000:])
     print(
         "install smoke: loss forward/backward matches the reference; sslext-train, sslext-eval, sslext-export, "
-        "sslext-sweep and "
+        "sslext-sweep, sslext-shard and "
         "python -m sslext.train start"
     )
 

@@ -166,6 +166,7 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     for k in ("label_fraction", "val_fraction"):
         if not 0 < cfg["eval"][k] <= 1:
             raise ConfigError(f"eval.{k}: expected in (0, 1], got {cfg['eval'][k]}")
+    _check_streaming(cfg)
     if cfg["eval"]["split"] == "val" and cfg["eval"]["val_fraction"] == 1:
         raise ConfigError("eval.val_fraction: 1 would leave no labelled training images to evaluate with")
     for k in ("method.projector",):
@@ -179,6 +180,27 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
             ):
                 raise ConfigError(f"{k}: expected a non-empty list of positive ints, got {v!r}")
     return cfg
+
+
+def _check_streaming(cfg: Dict[str, Any]) -> None:
+    d = cfg["data"]
+    if d["classes"] is not None and (
+        not d["classes"]
+        or not all(isinstance(c, str) and c for c in d["classes"])
+        or len(set(d["classes"])) != len(d["classes"])
+    ):
+        raise ConfigError(f"data.classes: expected a list of distinct class folder names, got {d['classes']!r}")
+    if d["classes"] is not None and d["dataset"] != "image_folder":
+        raise ConfigError(f"data.classes: selects class folders of an image_folder, not of {d['dataset']!r}")
+    if d["source"] == "memory":
+        return
+    what = f"data.source: {d['source']!r}"
+    if d["dataset"] != "image_folder":
+        raise ConfigError(f"{what} reads image folders; set data.dataset=image_folder (got {d['dataset']!r})")
+    if d["train_limit"] is not None:
+        raise ConfigError(f"data.train_limit: not supported with {what} (use data.classes or a smaller folder)")
+    if cfg["eval"]["split"] == "val":
+        raise ConfigError(f"eval.split: 'val' holds out in-memory training images; not supported with {what}")
 
 
 def _check_loggers(v: Any) -> None:

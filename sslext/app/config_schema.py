@@ -36,6 +36,12 @@ DEFAULTS: Dict[str, Any] = {
         "std": None,
         "variant": "160px",
         "on_bad_image": "error",
+        # Streaming (sslext.data.folder / sslext.data.shards)
+        "source": "memory",
+        "classes": None,
+        "workers": 4,
+        "prefetch": 2,
+        "verify_shards": True,
     },
     "augment": {"view1": dict(_VIEW), "view2": {**_VIEW, "solarize_prob": 0.2}},
     "optim": {
@@ -96,6 +102,7 @@ NULLABLE = {
     "data.test_limit": int,
     "data.mean": list,
     "data.std": list,
+    "data.classes": list,
     "train.max_steps": int,
     "train.threads": int,
     "train.checkpoint_every_steps": int,
@@ -110,6 +117,7 @@ CHOICES = {
     "data.dataset": ("cifar10", "cifar100", "fashion_mnist", "image_folder", "imagenette", "imagewoof", "synthetic"),
     "data.variant": ("full", "320px", "160px"),
     "data.on_bad_image": ("error", "skip"),
+    "data.source": ("memory", "stream", "shards"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.on_nonfinite": ("stop", "skip"),
     "eval.split": ("test", "val"),
@@ -138,6 +146,7 @@ POSITIVE = {
     "data.test_limit",
     "eval.knn_train_limit",
     "train.threads",
+    "data.prefetch",
 }
 NONNEG = {
     "optim.weight_decay",
@@ -146,6 +155,7 @@ NONNEG = {
     "optim.warmup_start_factor",
     "optim.final_lr_factor",
     "seed",
+    "data.workers",
 }
 
 
@@ -169,6 +179,15 @@ MEANINGS: Dict[str, str] = {
     "data.std": "per-channel normalisation standard deviation (null: the dataset's standard statistics)",
     "data.variant": "Imagenette/Imagewoof archive: full, 320px or 160px",
     "data.on_bad_image": "an unreadable image file: stop with its path (error) or leave it out and report it (skip)",
+    "data.source": "image_folder: decode every image into memory once (memory), read the files lazily in "
+    "DataLoader workers (stream), or read the tar shards `sslext-shard` wrote (shards); see docs/data.md",
+    "data.classes": "image_folder: only these class folders (e.g. the ImageNet-100 list), labelled in sorted order "
+    "(null: every class folder)",
+    "data.workers": "stream/shards: DataLoader worker processes per rank that decode and crop (0: in the training "
+    "process)",
+    "data.prefetch": "stream/shards: batches each worker keeps ready (host memory per rank ~ workers x prefetch x "
+    "batch)",
+    "data.verify_shards": "shards: check every shard's size and sha256 against the manifest before training",
     "optim.name": "optimizer: lars, sgd, adam or adamw",
     "optim.batch_size": "global batch size, split over the processes of a distributed run",
     "optim.lr": "peak learning rate (after warm-up)",

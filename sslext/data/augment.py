@@ -177,9 +177,13 @@ class TwoViewAugment:
         ker = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
         return ker / ker.sum(1, keepdim=True)
 
-    def _draw(self, n: int, hgt: int, wid: int, v: ViewAugment) -> Tuple[Dict[str, torch.Tensor], List[int]]:
-        """Every random parameter of one view, drawn on the host in the generator's historical order."""
-        p: Dict[str, torch.Tensor] = {"theta": self._draw_crop_flip(n, hgt, wid, v)}
+    def _draw(
+        self, n: int, hgt: int, wid: int, v: ViewAugment, crop: bool = True
+    ) -> Tuple[Dict[str, torch.Tensor], List[int]]:
+        """Every random parameter of one view, drawn on the host in the generator's historical order.
+
+        ``crop=False`` (views cropped by the data loader's workers) draws no crop or flip."""
+        p: Dict[str, torch.Tensor] = {"theta": self._draw_crop_flip(n, hgt, wid, v)} if crop else {}
         order: List[int] = []
         if v.jitter_prob > 0:
             p["jitter"] = self._bern(n, v.jitter_prob).float()
@@ -257,12 +261,14 @@ class TwoViewAugment:
         y = F.conv2d(y, ker.view(n * c, 1, k, 1), groups=n * c)
         return torch.where(apply, y.view(n, c, hgt, wid), x)
 
-    def augment_view(self, x: torch.Tensor, v: ViewAugment) -> torch.Tensor:
-        """One augmented view in [0, 1] (not normalised) of a float batch in [0, 1]."""
+    def augment_view(self, x: torch.Tensor, v: ViewAugment, crop: bool = True) -> torch.Tensor:
+        """One augmented view in [0, 1] (not normalised) of a float batch in [0, 1].
+
+        ``crop=False``: ``x`` is already this view's random resized crop (and flip)."""
         n, _, hgt, wid = x.shape
-        p, order = self._draw(n, hgt, wid, v)
+        p, order = self._draw(n, hgt, wid, v, crop)
         p = self._to_device(p, x.device)
-        y = self._crop_flip(x, v, p["theta"])
+        y = self._crop_flip(x, v, p["theta"]) if crop else x
         if v.jitter_prob > 0:
             y = self._jitter(y, v, p, order)
         if v.gray_prob > 0:
@@ -296,6 +302,30 @@ class TwoViewAugment:
         x = images.float().div_(255.0)
         mean, std = self._stats_on(x.device)
         return [(self.augment_view(x, v) - mean) / std for v in self.views]
+
+    def after_crop(self, views: torch.Tensor) -> List[torch.Tensor]:
+        """The normalised float32 views of a uint8 ``(N, V, 3, S, S)`` batch whose views the data loader's
+        workers already cropped and flipped (streaming paths): the photometric rest of each view."""
+        nv = len(self.views)
+        if (
+            not isinstance(views, torch.Tensor)
+            or views.dtype != torch.uint8
+            or views.ndim != 5
+            or views.shape[1] != nv
+            or views.shape[2] != 3
+        ):
+            raise ValueError(
+                f"views: expected a uint8 tensor (N, {nv}, 3, S, S), got "
+                f"{getattr(views, 'dtype', type(views))} {tuple(getattr(views, 'shape', ()))}"
+            )
+        mean, std = self._stats_on(views.device)
+        out = []
+        for k, v in enumerate(self.views):
+            if views.shape[-1] != v.crop_size or views.shape[-2] != v.crop_size:
+                raise ValueError(f"views: view {k} is {tuple(views.shape[-2:])}, its crop_size is {v.crop_size}")
+            x = views[:, k].float().div_(255.0)
+            out.append((self.augment_view(x, v, crop=False) - mean) / std)
+        return out
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> Dict[str, torch.Tensor]:

@@ -297,8 +297,20 @@ def load_fashion_mnist(root: Optional[str | os.PathLike] = None, split: str = "t
 
 
 # --------------------------------------------------------------------------- image folders
-def _list_folder(root: Path):
+def _list_folder(root: Path, classes: Optional[List[str]] = None):
+    """(files, labels or None, class names) of a folder; ``classes`` keeps only those class folders.
+
+    Labels follow the sorted class names (the selection's, when one is
+    given), so every split of a dataset numbers its classes alike.
+    """
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is not None:
+        have = {p.name for p in subdirs}
+        missing = sorted(set(classes) - have)
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise DatasetError(f"data.classes: no class folder {missing[:5]}{more} under {root}")
+        subdirs = [p for p in subdirs if p.name in set(classes)]
     files: List[Path] = []
     labels: List[int] = []
     classes: List[str] = []
@@ -365,6 +377,7 @@ def load_image_folder(
     split: Optional[str] = None,
     cache_dir: Optional[str | os.PathLike] = None,
     on_bad_image: str = "error",
+    classes: Optional[List[str]] = None,
 ) -> ImageDataset:
     """Load ``root/<class>/*.jpg|png`` (or ``root/*.jpg`` unlabeled) into memory.
 
@@ -377,7 +390,8 @@ def load_image_folder(
 
     ``on_bad_image``: ``"error"`` stops at the first file that cannot be
     decoded, naming it; ``"skip"`` leaves such files out, warns once per file
-    and lists them in the returned dataset's ``skipped``.
+    and lists them in the returned dataset's ``skipped``. ``classes`` keeps
+    only those class folders (``data.classes``: ImageNet-100 from ImageNet).
     """
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
@@ -388,7 +402,7 @@ def load_image_folder(
         root = root / split
     if not root.is_dir():
         raise DatasetError(f"image folder: {root} is not a directory (expected root/<class>/*.jpg or root/*.jpg)")
-    files, labels, classes = _list_folder(root)
+    files, labels, classes = _list_folder(root, classes)
     if not files:
         raise DatasetError(f"image folder: no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
     skip = on_bad_image == "skip"

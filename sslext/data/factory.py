@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -36,11 +36,13 @@ def build_dataset(
     seed: int = 0,
     variant: str = "160px",
     on_bad_image: str = "error",
+    classes: Optional[List[str]] = None,
 ) -> ImageDataset:
     """Build a dataset by name (``DATASETS``); ``limit`` keeps a seeded random subset.
 
     ``variant`` selects the Imagenette/Imagewoof archive (``full``, ``320px``,
-    ``160px``); ``on_bad_image`` applies to the image-folder datasets.
+    ``160px``); ``on_bad_image`` applies to the image-folder datasets, ``classes``
+    (a selection of class folders) to ``image_folder``.
     """
     if name in ("cifar10", "cifar100"):
         ds = load_cifar(root or "data", name, split, download)
@@ -58,7 +60,7 @@ def build_dataset(
                 raise DatasetError(f"image folder: no 'val' or 'test' sub-folder under {root} for the test split")
         else:
             sub = "train" if Path(root, "train").is_dir() else None
-        ds = load_image_folder(root, image_size, sub, cache_dir, on_bad_image)
+        ds = load_image_folder(root, image_size, sub, cache_dir, on_bad_image, classes)
     elif name == "synthetic":
         ds = synthetic_dataset(256 if split == "train" else 128, 4, image_size, seed + (split == "test"))
     else:

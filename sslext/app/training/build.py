@@ -13,6 +13,8 @@ from typing import Any, Dict
 import torch
 
 from ...data import DATASET_STATS, TwoViewAugment, build_dataset, first_on_local_rank_zero
+from ...data.stream import evaluation_bank, streaming_datasets
+from ...distributed import get_rank
 from ...evaluate import stratified_subset
 from ...models import build_backbone
 from ..config import ConfigError
@@ -64,6 +66,13 @@ def _stats(cfg: Dict[str, Any]):
 
 def _datasets(cfg: Dict[str, Any], need_train_labels: bool):
     d = cfg["data"]
+    if d["source"] != "memory":  # the training split is read lazily, the test split decoded
+        a = cfg["augment"]
+        views = [a["view1"], a["view2"]]
+        return streaming_datasets(
+            d["source"], d["root"], views, d["image_size"], cfg["seed"], d["on_bad_image"], d["classes"],
+            d["verify_shards"], d["cache_dir"], d["test_limit"],
+        )  # fmt: skip
     kw = dict(
         root=d["root"],
         download=d["download"],
@@ -72,6 +81,7 @@ def _datasets(cfg: Dict[str, Any], need_train_labels: bool):
         seed=cfg["seed"],
         variant=d["variant"],
         on_bad_image=d["on_bad_image"],
+        classes=d["classes"],
     )
     train_ds = build_dataset(d["dataset"], "train", limit=d["train_limit"], **kw)
     try:
@@ -116,6 +126,10 @@ def build_everything(cfg: Dict[str, Any], device: torch.device, need_train_label
         raise ConfigError(
             f"augment.view2.crop_size: both views must use the same crop_size ({crop} vs {a['view2']['crop_size']})"
         )
+    if cfg["data"]["source"] != "memory":  # workers crop the method's views; rank 0 evaluates
+        train_ds.specs = train_ds.specs[:nv]
+        lim, size = cfg["eval"]["knn_train_limit"], cfg["data"]["image_size"]
+        eval_train_ds = evaluation_bank(train_ds, lim, size, cfg["seed"]) if get_rank() == 0 else None
     return dict(
         train_ds=train_ds,
         test_ds=test_ds,

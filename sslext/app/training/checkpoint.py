@@ -61,6 +61,9 @@ _RESUME_FREE = (
     "train.max_consecutive_skips",
     "data.root",
     "data.cache_dir",
+    "data.workers",  # streaming: the batches do not depend on the workers (seeded per sample)
+    "data.prefetch",
+    "data.verify_shards",
     "data.download",
     "eval.",
 )
@@ -75,6 +78,8 @@ _RESUME_MUST_MATCH = (
     "optim.batch_size",
     "data.dataset",
     "data.train_limit",
+    "data.source",  # streaming crops on the workers: another data path, another trajectory
+    "data.classes",
 )
 
 # Rank r > 0 seeds its augmentation generator with seed + r * stride, so

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ...data.sampler import epoch_permutation
 from .evaluation import epoch_eval
 
 # ``tr`` below is the :class:`~.trainer.Trainer` (not imported: the trainer imports this module).
@@ -21,9 +22,7 @@ def epoch_order(tr: Any) -> torch.Tensor:
 
     A pure function of (seed, epoch), so resuming mid-epoch only needs the
     step index, not a saved permutation."""
-    return torch.randperm(
-        len(tr.train_ds), generator=torch.Generator().manual_seed(tr.cfg["seed"] * 1_000_003 + tr.epoch)
-    )
+    return epoch_permutation(len(tr.train_ds), tr.cfg["seed"], tr.epoch)  # the streaming paths' order too
 
 
 def epoch_record(tr: Any) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ...data import ImageDataset, TwoViewAugment
+from ...data.stream import StreamLoader
 from ...distributed import convert_sync_batchnorm, wrap_ddp
 from ...optim import WarmupCosine, build_optimizer
 from ..config import ConfigError
@@ -36,9 +37,11 @@ class TrainerParts:
     """Every object a run trains with; :class:`~.trainer.Trainer` exposes each as an attribute."""
 
     # data (build.build_everything)
-    train_ds: ImageDataset
+    train_ds: ImageDataset  # a StreamingDataset (file list or shard index) when data.source streams
     test_ds: Optional[ImageDataset]
-    eval_train_ds: ImageDataset  # train_ds unless eval.split=val holds images out
+    # train_ds unless eval.split=val holds images out; streaming: a decoded sample
+    # of eval.knn_train_limit images on rank 0, None on the others
+    eval_train_ds: Optional[ImageDataset]
     probe_labels: Optional[torch.Tensor]  # train_ds.labels, held-out ones set to IGNORE_LABEL
     augment: TwoViewAugment
     mean: Any
@@ -49,7 +52,8 @@ class TrainerParts:
     local_batch: int
     steps_per_epoch: int
     total_steps: int
-    stage_batch: BatchStager
+    stage_batch: Optional[BatchStager]  # data.source=memory: the batch gathered from train_ds.images
+    stream: Optional[StreamLoader]  # data.source=stream/shards: the batch cropped by DataLoader workers
     # models: method / probe are the unwrapped modules (state_dict keys, hooks,
     # evaluation); model / probe_model are what the loop calls (DDP under torchrun)
     method: nn.Module
@@ -134,6 +138,12 @@ def build_trainer_parts(
         probe_model = wrap_ddp(probe, device)
     step_view = _PrecisionView(precision, device)
     autocast_enabled, autocast_dtype = autocast_settings(step_view)
+    d = cfg["data"]
+    stage_batch, stream = None, None
+    if d["source"] == "memory":
+        stage_batch = BatchStager(train_ds.images, data["probe_labels"], local_batch, device)
+    else:
+        stream = StreamLoader(train_ds, batch_size, cfg["seed"], device, rank, world_size, d["workers"], d["prefetch"])
     return TrainerParts(
         train_ds=train_ds,
         test_ds=data["test_ds"],
@@ -147,7 +157,8 @@ def build_trainer_parts(
         local_batch=local_batch,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
-        stage_batch=BatchStager(train_ds.images, data["probe_labels"], local_batch, device),
+        stage_batch=stage_batch,
+        stream=stream,
         method=method,
         model=model,
         forward=compile_forward(model, t["compile"]),

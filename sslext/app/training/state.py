@@ -44,6 +44,8 @@ def trainer_state_dict(tr: Any, rank_rng: Optional[List[Dict[str, torch.Tensor]]
     }
     if rank_rng is not None and tr.world_size > 1:
         out["rank_rng"] = rank_rng
+    if tr.stream is not None:
+        out["data_position"] = tr.stream.position(tr.epoch, tr.step_in_epoch)
     return out
 
 
@@ -67,6 +69,8 @@ def restore_trainer(tr: Any, path: Path) -> None:
     tr.probe.load_state_dict(ckpt["probe"])
     tr.probe_opt.load_state_dict(ckpt["probe_opt"])
     tr.epoch, tr.step_in_epoch, tr.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+    if tr.stream is not None:
+        tr.stream.check_position(ckpt.get("data_position", {}), f"--resume: {path}")
     rng_note = restore_rng(ckpt, tr.augment, tr.device, tr.rank, tr.world_size, tr.cfg["seed"], tr.global_step, tr.main)
     tr.stats.load_dict(ckpt["epoch_acc"])
     tr.nonfinite.consecutive_skips = int(ckpt.get("consecutive_skips", 0))

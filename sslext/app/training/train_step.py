@@ -56,12 +56,16 @@ def global_probe_stats(tr: Any, correct: torch.Tensor, probe_loss: torch.Tensor)
 def train_step(tr: Any, perm: torch.Tensor, pbar: Any = None) -> None:
     """One optimizer step on this rank's slice of the next global batch of ``perm`` (or a skipped step)."""
     t = tr.cfg["train"]
-    # This rank's contiguous slice of the global batch: the global
-    # batches are the same for any number of processes.
-    start = tr.step_in_epoch * tr.batch_size + tr.rank * tr.local_batch
-    idx = perm[start : start + tr.local_batch]
-    x, y = tr.stage_batch(idx)
-    views = tr.augment(x)
+    if tr.stream is not None:  # the workers cropped this rank's slice of the global batch
+        x, y = tr.stream.next_batch()
+        views = tr.augment.after_crop(x)
+    else:
+        # This rank's contiguous slice of the global batch: the global
+        # batches are the same for any number of processes.
+        start = tr.step_in_epoch * tr.batch_size + tr.rank * tr.local_batch
+        idx = perm[start : start + tr.local_batch]
+        x, y = tr.stage_batch(idx)
+        views = tr.augment(x)
     if t["channels_last"]:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     snap = tr.nonfinite.snapshot(tr.method)

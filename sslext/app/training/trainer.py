@@ -69,6 +69,7 @@ class Trainer:
     steps_per_epoch = _Part()
     total_steps = _Part()
     stage_batch = _Part()
+    stream = _Part()
     method = _Part()
     model = _Part()
     forward = _Part()
@@ -202,6 +203,8 @@ class Trainer:
         t_start = time.time()
         while self.epoch < t["epochs"]:
             perm = self._epoch_order()
+            if self.stream is not None:  # the same batches as perm's slices, from this step on
+                self.stream.start(self.epoch, self.step_in_epoch)
             t_epoch = time.time()
             while self.step_in_epoch < self.steps_per_epoch:
                 self.train_step(perm, pbar)
@@ -224,6 +227,8 @@ class Trainer:
                 break
         if pbar:
             pbar.close()
+        if self.stream is not None:
+            self.stream.close()
         return {
             "run_dir": str(self.run_dir),
             "global_step": self.global_step,
