@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sslext import sweep
+from sslext.app.sweeps import run as sweep
 from sslext.train import short_summary
 
 
