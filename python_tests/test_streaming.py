@@ -6,7 +6,12 @@ sees the batches (and losses) of an uninterrupted one.
 """
 
 import json
+import multiprocessing
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +25,7 @@ from sslext.data.sampler import GlobalBatchSampler, epoch_permutation
 from sslext.data.stream import StreamLoader
 from sslext.train import Trainer
 
+ROOT = Path(__file__).resolve().parents[1]
 SPECS = [CropSpec(16, 0.2, 1.0, 0.5), CropSpec(16, 0.2, 1.0, 0.5)]
 
 
@@ -137,8 +143,49 @@ def _with_bad(tmp_path):
 def test_bad_file_stops_with_its_name(tmp_path):
     ds = StreamingImageFolder(_with_bad(tmp_path) / "train", SPECS)
     for workers in (0, 1):
+        loader = StreamLoader(ds, 25, 0, torch.device("cpu"), workers=workers)
         with pytest.raises(DatasetError, match=r"zz_broken\.jpg.*cannot decode image.*on_bad_image=skip"):
-            _epoch(StreamLoader(ds, 25, 0, torch.device("cpu"), workers=workers), 0)
+            _epoch(loader, 0)
+        # The error let its workers go at once: the traceback pytest keeps must not hold them.
+        assert loader._it is None and multiprocessing.active_children() == []
+
+
+def test_trainer_error_stops_the_workers(tmp_path):
+    cfg = _cfg(_with_bad(tmp_path), tmp_path / "runs", "data.workers=1")
+    tr = Trainer(cfg)
+    with pytest.raises(DatasetError, match="zz_broken"):
+        tr.fit()
+    assert tr.stream._it is None and multiprocessing.active_children() == []
+
+
+# A process that leaves a loader mid-epoch and exits. Before the exit hooks closed open loaders,
+# and while workers ignored SIGTERM, multiprocessing's exit waited for the workers for ever.
+_EXIT_SCRIPT = """
+import sys, torch
+from sslext.data import stream
+from sslext.data.folder import CropSpec, StreamingImageFolder
+stream.STOP_GRACE_S = 2
+ds = StreamingImageFolder(sys.argv[1], [CropSpec(16, 0.2, 1.0, 0.5)] * 2, seed=2)
+loader = stream.StreamLoader(ds, 8, 2, torch.device("cpu"), workers=2, prefetch=1)
+loader.start(0, 0)
+loader.next_batch()
+if sys.argv[2] == "unhooked":  # as if the exit hook had not run: multiprocessing's SIGTERM alone
+    stream._OPEN.discard(loader)
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["hooked", "unhooked"])
+def test_exit_with_a_loader_mid_epoch_does_not_hang(tmp_path, how):
+    root = write_folder(tmp_path / "f") / "train"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    try:  # the timeout only detects a hang; a healthy exit takes seconds (2 s of grace when unhooked)
+        proc = subprocess.run(
+            [sys.executable, "-c", _EXIT_SCRIPT, str(root), how], env=env, capture_output=True, text=True, timeout=240
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the process hung at exit ({how}): its DataLoader workers were never stopped")
+    assert proc.returncode == 0 and "exiting" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_bad_file_skipped_is_replaced_and_reported(tmp_path):
@@ -209,8 +256,7 @@ def test_class_selection_applies_to_the_in_memory_path_too(tmp_path):
 
 def test_workers_outlive_a_stop_signal_sent_to_the_process_group(tmp_path):
     # A scheduler's SIGTERM (or Ctrl-C's SIGINT) reaches the workers too; the trainer needs them
-    # until its step ends and it checkpoints. Sent here to the workers alone.
-    import os
+    # until its step ends and it checkpoints (SIGTERM: for STOP_GRACE_S). Sent here to the workers alone.
     import signal
 
     ds = StreamingImageFolder(write_folder(tmp_path / "f") / "train", SPECS, seed=2)

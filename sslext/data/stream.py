@@ -8,7 +8,9 @@ shard index).
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -22,15 +24,41 @@ from .sampler import GlobalBatchSampler
 __all__ = ["StreamLoader", "streaming_datasets", "evaluation_bank"]
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGINT to the training process.
+# How long a worker keeps serving after a SIGTERM: the training process needs it until its
+# step ends and the checkpoint is written (seconds), and must not wait on it for ever.
+STOP_GRACE_S = 120
+
+
+def _on_sigterm(signum, frame) -> None:
+    earlier = signal.alarm(STOP_GRACE_S)
+    if earlier:  # already counting down: keep the first deadline
+        signal.alarm(earlier)
+
+
+def _defer_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT to the training process and outlive SIGTERM by a grace period.
 
     A scheduler's SIGTERM (or a Ctrl-C) reaches the whole process group; the
     trainer finishes its step, checkpoints and exits (``sslext.app.training.signals``),
-    which needs its workers alive until it lets them go. A worker killed by the
-    signal would instead fail the step in progress."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    which needs its workers alive until it lets them go: a worker killed by the
+    signal would fail the step in progress. SIGTERM is not ignored outright:
+    ``multiprocessing`` stops leftover workers at interpreter exit with SIGTERM and
+    then waits for them, so a worker immune to it would hang the exit. It dies
+    ``STOP_GRACE_S`` seconds later instead (SIGALRM's default action)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# Loaders whose workers may still run. Closed at interpreter exit, before torch's own exit
+# hook (registered earlier, so run later) turns DataLoader's worker shutdown into a no-op and
+# multiprocessing's terminates the workers the hard way.
+_OPEN: "weakref.WeakSet[StreamLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_loaders() -> None:
+    for loader in list(_OPEN):
+        loader.close()
 
 
 class StreamLoader:
@@ -60,6 +88,7 @@ class StreamLoader:
         self.workers, self.prefetch = workers, prefetch
         self._it: Optional[Iterator] = None
         self._seen_bad: set = set()
+        _OPEN.add(self)
 
     def start(self, epoch: int, step: int) -> None:
         """Begin (or resume) ``epoch`` at ``step``; the batches that follow are a pure function of both."""
@@ -67,7 +96,7 @@ class StreamLoader:
         self.sampler.set_position(epoch, step)
         kw: Dict[str, Any] = {}
         if self.workers:
-            kw = dict(prefetch_factor=self.prefetch, persistent_workers=False, worker_init_fn=_ignore_stop_signals)
+            kw = dict(prefetch_factor=self.prefetch, persistent_workers=False, worker_init_fn=_defer_stop_signals)
         loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
@@ -82,7 +111,11 @@ class StreamLoader:
         """``(views uint8 (B, V, 3, S, S), labels)`` of the next step, on the device."""
         if self._it is None:
             raise RuntimeError("StreamLoader.next_batch: call start(epoch, step) first")
-        views, labels, bad = next(self._it)
+        try:
+            views, labels, bad = next(self._it)
+        except BaseException:  # a worker's error (a bad file) or the epoch's end: let the workers go now
+            self.close()
+            raise
         self.sampler.step += 1  # the position a checkpoint taken after this step records
         new = [b for b in bad if b not in self._seen_bad]
         if new:
@@ -111,8 +144,14 @@ class StreamLoader:
             )
 
     def close(self) -> None:
-        """Stop the workers of the current epoch (a new ``start`` or the end of the run)."""
-        self._it = None
+        """Stop the workers of the current epoch (a new ``start``, the end of the run, or an error).
+
+        Explicitly, not by dropping the iterator: an exception's traceback can keep it
+        (and its worker processes) alive until the interpreter exits."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-worker iterator
+        if shutdown is not None:
+            shutdown()
 
 
 def streaming_datasets(

@@ -189,6 +189,8 @@ class Trainer:
             summary = self._fit_loop()
         finally:
             self._restore_signal_handlers()
+            if self.stream is not None:  # also on an error: its workers must not outlive the run
+                self.stream.close()
         summary["skipped_images"] = sum(len(ds.skipped) for ds in (self.train_ds, self.test_ds) if ds is not None)
         if self.moved_aside is not None:
             summary["moved_aside"] = str(self.moved_aside)
@@ -227,8 +229,6 @@ class Trainer:
                 break
         if pbar:
             pbar.close()
-        if self.stream is not None:
-            self.stream.close()
         return {
             "run_dir": str(self.run_dir),
             "global_step": self.global_step,
