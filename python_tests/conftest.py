@@ -1,5 +1,6 @@
 """Shared fixtures, markers and the per-dtype tolerance table."""
 
+import multiprocessing
 import os
 
 import pytest
@@ -108,3 +109,18 @@ if EMULATED:
         script = _HERE / "emulated" / "parity_cases.py"
         subprocess.run([sys.executable, str(script), str(out)], cwd=_HERE.parent, env=env, check=True)
         return torch.load(out)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A child process left running (a DataLoader worker, a spawned rank) can keep the interpreter
+    from exiting after the summary: CI then waits until its time limit, with no test named.
+    Stop such children here and fail the session, naming them."""
+    left = multiprocessing.active_children()
+    if not left:
+        return
+    for p in left:
+        p.kill()
+        p.join(timeout=10)
+    names = ", ".join(f"{p.name} (pid {p.pid})" for p in left)
+    print(f"\nconftest: child processes outlived the tests and were killed: {names}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
