@@ -325,6 +325,9 @@ def main():
     p.add_argument("--no-plot", action="store_true", help="write no losses.png")
     p.add_argument("--memory-only", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    # A command a shell started in the background inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt: gpu_check.sh's `timeout --signal=INT` must still stop us with our rows.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
