@@ -32,6 +32,7 @@ from .config import ConfigError, apply_override, load_config, shipped_configs_di
 from .methods import METHODS
 from .report import read_metrics
 from .training import Trainer
+from .training.evaluation import eval_settings
 from .training.precision import trainer_precision
 
 __all__ = ["main", "DEMO_CONFIG", "DEMO_METHODS", "method_overrides"]
@@ -250,14 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         crop_size=trainer.crop_size,
         mean=trainer.mean,
         std=trainer.std,
-        batch_size=ev["batch_size"],
-        probe_epochs=ev["offline_epochs"],
-        probe_lr=ev["offline_lr"],
-        label_fraction=ev["label_fraction"],
-        knn_k=ev["knn_k"],
-        knn_t=ev["knn_t"],
-        seed=cfg["seed"],
-        progress=cfg["train"]["progress"],
+        **eval_settings(cfg),
     )
     total = time.time() - t0
     pct = int(round(ev["label_fraction"] * 100))

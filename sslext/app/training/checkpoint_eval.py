@@ -17,6 +17,7 @@ from ...evaluate import evaluate_backbone
 from ..config import apply_override, validate
 from .build import build_everything, resolve_device
 from .checkpoint import load_checkpoint_file
+from .evaluation import eval_settings
 from .metrics import atomic_write_text
 
 __all__ = ["evaluate_checkpoint", "evaluate_parts"]
@@ -27,7 +28,7 @@ def evaluate_parts(
 ) -> Dict[str, Any]:
     """``evaluate_backbone`` of a built method (``build_everything``'s parts) with
     the ``eval`` settings and seed of ``cfg``."""
-    m, ev = parts["method"], cfg["eval"]
+    m = parts["method"]
     return evaluate_backbone(
         m.backbone,
         parts["eval_train_ds"],
@@ -37,14 +38,7 @@ def evaluate_parts(
         mean=parts["mean"],
         std=parts["std"],
         projector=getattr(m, "projector", None),
-        batch_size=ev["batch_size"],
-        probe_epochs=ev["offline_epochs"],
-        probe_lr=ev["offline_lr"],
-        label_fraction=ev["label_fraction"],
-        knn_k=ev["knn_k"],
-        knn_t=ev["knn_t"],
-        seed=cfg["seed"],
-        progress=cfg["train"]["progress"] if progress is None else progress,
+        **eval_settings(cfg, progress),
     )
 
 

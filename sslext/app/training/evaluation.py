@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -52,11 +52,26 @@ def epoch_eval(tr: Any) -> Dict[str, float]:
     return out
 
 
+def eval_settings(cfg: Dict[str, Any], progress: Optional[bool] = None) -> Dict[str, Any]:
+    """``evaluate_backbone``'s keyword arguments that a run's config sets (its ``eval``
+    section and seed): every offline evaluation of a run (the final one, a checkpoint's,
+    the demo's random-backbone baseline) measures with the same settings."""
+    ev = cfg["eval"]
+    return dict(
+        batch_size=ev["batch_size"],
+        probe_epochs=ev["offline_epochs"],
+        probe_lr=ev["offline_lr"],
+        label_fraction=ev["label_fraction"],
+        knn_k=ev["knn_k"],
+        knn_t=ev["knn_t"],
+        seed=cfg["seed"],
+        progress=cfg["train"]["progress"] if progress is None else progress,
+    )
+
+
 def final_eval(tr: Any) -> Dict[str, Any]:
     """Linear probe, kNN and collapse diagnostics of the frozen backbone (eval.final), written
     to final_eval.json and the metrics log; rank 0 alone calls it (its record is the one written)."""
-    cfg = tr.cfg
-    ev = cfg["eval"]
     res = evaluate_backbone(
         tr.method.backbone,
         tr.eval_train_ds,
@@ -66,14 +81,7 @@ def final_eval(tr: Any) -> Dict[str, Any]:
         mean=tr.mean,
         std=tr.std,
         projector=getattr(tr.method, "projector", None),
-        batch_size=ev["batch_size"],
-        probe_epochs=ev["offline_epochs"],
-        probe_lr=ev["offline_lr"],
-        label_fraction=ev["label_fraction"],
-        knn_k=ev["knn_k"],
-        knn_t=ev["knn_t"],
-        seed=cfg["seed"],
-        progress=cfg["train"]["progress"],
+        **eval_settings(tr.cfg),
     )
     atomic_write_text(tr.run_dir / "final_eval.json", json.dumps(res, indent=2))
     tr.metrics.log_final(tr.global_step, res)
