@@ -161,14 +161,15 @@ bench-lightly: build
 	PYTHONPATH=.bench-pkgs $(PY) benchmarks/bench_lightly_compat.py --out benchmarks/results/cpu
 
 # The CPU study's tables and plots from its committed cell records (no training):
-# each sweep's own report, then the lr table (tuned on val, reported on test) and
-# the budget trend (benchmarks/results/science/study/).
+# each sweep's own report, then the lr table (tuned on val, reported on test), the
+# compare.pairs table and the budget trend (benchmarks/results/science/study/).
 STUDY := configs/sweeps/seed_question_cpu
 science-report: build
 	for s in "" _tune_val _budget10 _budget30 _methods; do $(PY) -m sslext.app.sweeps.run report $(STUDY)$$s.yaml; done
 	$(PY) -m sslext.app.sweeps.study lr --tuning $(STUDY)_tune_val.yaml --test $(STUDY).yaml \
 	  $$([ -f $(STUDY)_best_lr.yaml ] && echo --test $(STUDY)_best_lr.yaml) \
 	  --write-sweep $(STUDY)_best_lr.yaml --out benchmarks/results/science/study
+	$(PY) -m sslext.app.sweeps.study pairs --sweep $(STUDY).yaml --out benchmarks/results/science/study
 	$(PY) -m sslext.app.sweeps.study budget --sweep 3=$(STUDY).yaml --sweep 10=$(STUDY)_budget10.yaml \
 	  --sweep 30=$(STUDY)_budget30.yaml --rows vicreg_tico_b09 vicreg_tico_b09_graph \
 	  --out benchmarks/results/science/study

@@ -7,7 +7,7 @@ import yaml
 from test_sweep import TINY_BASE
 
 from sslext.app.sweeps.spec import load_sweep
-from sslext.app.sweeps.study import budget_trend, lr_table, main, missing_test_sweep
+from sslext.app.sweeps.study import budget_trend, lr_table, main, missing_test_sweep, pairs_table
 
 VT = {"method.name": "vicreg_tico", "method.projector": [32, 32], "method.beta": 0.9}
 
@@ -123,3 +123,32 @@ def test_budget_trend_pairs_seeds_within_one_cpu_and_writes_plot(tmp_path):
 def test_cli_names_a_bad_budget_argument(tmp_path, capsys):
     assert main(["budget", "--sweep", "ten=x.yaml", "--rows", "vt", "--out", str(tmp_path)]) == 2
     assert "--sweep: expected EPOCHS=SWEEP_FILE" in capsys.readouterr().err
+
+
+def test_pairs_table_gives_each_pair_and_the_gap_to_the_baseline(tmp_path):
+    rows = [
+        {"name": "vicreg", "label": "VICReg"},
+        {"name": "vt", "label": "VT detached", "set": VT},
+        {"name": "vt_graph", "label": "VT graph", "set": {**VT, "method.batch_cov_in_graph": True}},
+        {"name": "vt_bc", "label": "VT bias-corrected", "set": {**VT, "method.bias_correction": True}},
+    ]
+    compare = {"baseline": "vicreg", "pairs": [["vt_graph", "vt"], ["vt_bc", "vt"]]}
+    sweep = load_sweep(_sweep(tmp_path, "study", rows, [0, 1, 2], compare=compare))
+    for s in (0, 1, 2):
+        _record(sweep, "vicreg", s, 0.3, "test", {"linear_acc": 60.0 + s})
+        _record(sweep, "vt", s, 0.3, "test", {"linear_acc": 50.0 + s})
+        # seed 2 of the graph row ran on another CPU model: paired with neither row
+        _record(sweep, "vt_graph", s, 0.3, "test", {"linear_acc": 52.0 + 2 * s}, cpu="cpu B" if s == 2 else "cpu A")
+    table = pairs_table(sweep, "linear_acc")
+    graph, bc = table["rows"]
+    assert graph["row"] == "vt_graph" and graph["other"] == "vt" and graph["other_label"] == "VT detached"
+    assert graph["vs_other"]["per_seed"] == {0: 2.0, 1: 3.0} and graph["vs_other"]["cross_cpu_seeds"] == [2]
+    assert graph["vs_baseline"]["per_seed"] == {0: -8.0, 1: -7.0}
+    assert graph["value"]["n"] == 3 and graph["value"]["mean"] == pytest.approx(54.0)
+    assert bc["vs_other"] == {"n": 0} and bc["value"] == {"n": 0}  # never run: kept, not dropped
+    out = tmp_path / "pairs"
+    assert main(["pairs", "--sweep", str(sweep.path), "--out", str(out)]) == 0
+    md = (out / "pairs.md").read_text()
+    assert "| VT graph | VT detached | +2.50 [" in md and "(n=2) | -7.50 [" in md
+    assert "| VT bias-corrected | VT detached | not run | not run | not run |" in md
+    assert json.loads((out / "pairs.json").read_text())["rows"][0]["row"] == "vt_graph"

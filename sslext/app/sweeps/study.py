@@ -11,10 +11,14 @@ but joins several sweeps:
 - ``budget``: for sweeps of one recipe at several budgets (``EPOCHS=SWEEP``),
   each row's paired gap to the baseline (same seed, same CPU model) against the
   budget, with the rows' per-epoch backbone RankMe beside it.
+- ``pairs``: one sweep's ``compare.pairs`` (a variant against the reading it
+  changes, e.g. B in the graph against B detached), each row also against the
+  sweep's baseline: both paired gaps and the row's own value, in one table.
 
 ``python -m sslext.app.sweeps.study lr --tuning T.yaml --test S.yaml [--test ...] --out DIR``
 ``python -m sslext.app.sweeps.study budget --sweep 3=A.yaml --sweep 10=B.yaml --rows R [R ...] --out DIR``
-(``make science-report`` runs both for the committed study.)
+``python -m sslext.app.sweeps.study pairs --sweep S.yaml --out DIR``
+(``make science-report`` runs all three for the committed study.)
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ import yaml
 from ..config import ConfigError
 from ..training.metrics import atomic_write_text
 from .columns import METRICS
-from .report import collect, paired_differences
+from .report import aggregate, collect, pair_differences, paired_differences
 from .spec import Sweep, load_sweep
 
-__all__ = ["tuning_table", "lr_table", "missing_test_sweep", "budget_trend", "main"]
+__all__ = ["tuning_table", "lr_table", "missing_test_sweep", "budget_trend", "pairs_table", "main"]
 
 _LR_ROW = re.compile(r"^(?P<prefix>.+)-lr(?P<lr>[0-9.eE+-]+)$")
 
@@ -182,6 +186,29 @@ def budget_trend(budgets: Dict[int, Sweep], baseline: str, rows: Sequence[str], 
     return out
 
 
+def pairs_table(sweep: Sweep, metric: str) -> Dict[str, Any]:
+    """Per ``compare.pairs`` entry [row, other]: the row's paired gap to ``other`` and to the
+    sweep's baseline (same seed, same CPU model), and the row's mean ± std."""
+    records = collect(sweep)
+    agg = aggregate(sweep, records)
+    to_base = paired_differences(sweep, records, sweep.baseline, metrics=(metric,))
+    out: Dict[str, Any] = {"baseline": sweep.baseline, "metric": metric, "rows": []}
+    for pair in pair_differences(sweep, records, metrics=(metric,)):
+        row = pair["row"]
+        out["rows"].append(
+            {
+                "row": row,
+                "label": agg[row]["label"],
+                "other": pair["baseline"],
+                "other_label": agg[pair["baseline"]]["label"],
+                "vs_other": pair["metrics"].get(metric, {"n": 0}),
+                "vs_baseline": to_base.get(row, {}).get(metric, {"n": 0}),
+                "value": agg[row]["metrics"].get(metric, {"n": 0}),
+            }
+        )
+    return out
+
+
 def _rankme_curves(budgets: Dict[int, Sweep], names: Sequence[str]) -> Dict[str, Dict[int, List[List[float]]]]:
     """Row -> budget -> per seed, the backbone RankMe after each epoch."""
     curves: Dict[str, Dict[int, List[List[float]]]] = {}
@@ -289,6 +316,32 @@ def budget_markdown(trend: Dict[str, Any], labels: Dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gap(d: Dict[str, Any]) -> str:
+    if not d.get("n"):
+        return "not run"
+    if d["n"] == 1:
+        return f"{d['mean']:+.2f} (n=1)"
+    return f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']})"
+
+
+def pairs_markdown(table: Dict[str, Any]) -> str:
+    b = table["baseline"]
+    lines = [
+        f"{METRICS.get(table['metric'])}: each row minus the row it is compared with, and minus {b}, "
+        "seed by seed: mean [95 % t-interval] (n seeds; pairs only within one CPU model); the row's own "
+        "mean ± std.",
+        "",
+        f"| row | compared with | − that row | − {b} | row (mean ± std) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in table["rows"]:
+        lines.append(
+            f"| {r['label']} | {r['other_label']} | {_gap(r['vs_other'])} | {_gap(r['vs_baseline'])} | "
+            f"{_fmt(r['value'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sslext.app.sweeps.study", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -307,6 +360,10 @@ def _parser() -> argparse.ArgumentParser:
     bu.add_argument("--baseline", default="vicreg", help="row every gap is measured from")
     bu.add_argument("--metric", default="linear_acc", choices=sorted(METRICS))
     bu.add_argument("--out", required=True, help="folder for budget.md, budget.json and plot_budget.png")
+    pa = sub.add_parser("pairs", help="a sweep's compare.pairs, each row also against the baseline")
+    pa.add_argument("--sweep", required=True, help="sweep file with compare.pairs")
+    pa.add_argument("--metric", default="linear_acc", choices=sorted(METRICS))
+    pa.add_argument("--out", required=True, help="folder for pairs.md and pairs.json")
     return p
 
 
@@ -348,6 +405,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     atomic_write_text(dest, yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
                     print(f"wrote {dest}: {len(spec['rows'])} rows x {len(seeds)} seeds")
             print((out / "lr.md").read_text())
+        elif args.cmd == "pairs":
+            table = pairs_table(load_sweep(args.sweep), args.metric)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "pairs.md", pairs_markdown(table))
+            atomic_write_text(out / "pairs.json", json.dumps(table, indent=1, default=float))
+            print((out / "pairs.md").read_text())
         else:
             budgets = _budgets(args.sweep)
             trend = budget_trend(budgets, args.baseline, args.rows, args.metric)
