@@ -131,16 +131,20 @@ def test_pairs_table_gives_each_pair_and_the_gap_to_the_baseline(tmp_path):
         {"name": "vt", "label": "VT detached", "set": VT},
         {"name": "vt_graph", "label": "VT graph", "set": {**VT, "method.batch_cov_in_graph": True}},
         {"name": "vt_bc", "label": "VT bias-corrected", "set": {**VT, "method.bias_correction": True}},
+        {"name": "vt_hot", "label": "VT lr 10", "set": {**VT, "optim.lr": 10.0}},
     ]
-    compare = {"baseline": "vicreg", "pairs": [["vt_graph", "vt"], ["vt_bc", "vt"]]}
+    compare = {"baseline": "vicreg", "pairs": [["vt_graph", "vt"], ["vt_bc", "vt"], ["vt_hot", "vt"]]}
     sweep = load_sweep(_sweep(tmp_path, "study", rows, [0, 1, 2], compare=compare))
     for s in (0, 1, 2):
         _record(sweep, "vicreg", s, 0.3, "test", {"linear_acc": 60.0 + s})
         _record(sweep, "vt", s, 0.3, "test", {"linear_acc": 50.0 + s})
         # seed 2 of the graph row ran on another CPU model: paired with neither row
         _record(sweep, "vt_graph", s, 0.3, "test", {"linear_acc": 52.0 + 2 * s}, cpu="cpu B" if s == 2 else "cpu A")
+    for s in (0, 1):
+        rec = sweep.record_path(next(c for c in sweep.cells if c.name == f"vt_hot-s{s}"))
+        rec.write_text(json.dumps({"status": "diverged", "cell": f"vt_hot-s{s}", "row": "vt_hot", "seed": s}))
     table = pairs_table(sweep, "linear_acc")
-    graph, bc = table["rows"]
+    graph, bc, hot = table["rows"]
     assert graph["row"] == "vt_graph" and graph["other"] == "vt" and graph["other_label"] == "VT detached"
     assert graph["vs_other"]["per_seed"] == {0: 2.0, 1: 3.0} and graph["vs_other"]["cross_cpu_seeds"] == [2]
     assert graph["vs_baseline"]["per_seed"] == {0: -8.0, 1: -7.0}
@@ -151,4 +155,5 @@ def test_pairs_table_gives_each_pair_and_the_gap_to_the_baseline(tmp_path):
     md = (out / "pairs.md").read_text()
     assert "| VT graph | VT detached | +2.50 [" in md and "(n=2) | -7.50 [" in md
     assert "| VT bias-corrected | VT detached | not run | not run | not run |" in md
+    assert hot["n_diverged"] == 2 and "| VT lr 10 | VT detached | not run | not run | diverged 2 of 3 |" in md
     assert json.loads((out / "pairs.json").read_text())["rows"][0]["row"] == "vt_graph"

@@ -204,6 +204,8 @@ def pairs_table(sweep: Sweep, metric: str) -> Dict[str, Any]:
                 "vs_other": pair["metrics"].get(metric, {"n": 0}),
                 "vs_baseline": to_base.get(row, {}).get(metric, {"n": 0}),
                 "value": agg[row]["metrics"].get(metric, {"n": 0}),
+                "n_diverged": agg[row]["n_diverged"],
+                "n_cells": agg[row]["n_cells"],
             }
         )
     return out
@@ -335,9 +337,11 @@ def pairs_markdown(table: Dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in table["rows"]:
+        value = _fmt(r["value"])
+        if r["n_diverged"]:  # a diverged cell has no value: "not run" would hide it
+            value = f"{value if r['value'].get('n') else ''}; diverged {r['n_diverged']} of {r['n_cells']}".lstrip("; ")
         lines.append(
-            f"| {r['label']} | {r['other_label']} | {_gap(r['vs_other'])} | {_gap(r['vs_baseline'])} | "
-            f"{_fmt(r['value'])} |"
+            f"| {r['label']} | {r['other_label']} | {_gap(r['vs_other'])} | {_gap(r['vs_baseline'])} | {value} |"
         )
     return "\n".join(lines) + "\n"
 
