@@ -1,6 +1,7 @@
 """sslext-sweep: run a grid of cells resumably, record failures, aggregate into tables and plots."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -389,3 +390,26 @@ def test_gpu_sweep_dry_run_on_the_cpu(tmp_path):
         assert rec["cpu"] and rec["cpu"] != "unrecorded" and rec["machine"]  # pairs join cells of one CPU model
         assert rec["config"]["model"]["backbone"] == ("resnet50" if c.row.startswith("r50") else "resnet18")
     assert "r50_vicreg_tico_proposal" in write_report(sweep).read_text()
+
+
+_NICE_SCRIPT = """
+import os, subprocess, sys
+from sslext.app.sweeps.run import keep_niceness
+os.nice(7)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+try:
+    keep_niceness(child.pid)
+    print(open(f"/proc/{child.pid}/autogroup").read().strip())
+finally:
+    child.kill()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="the kernel has no scheduler autogroups")
+def test_a_niced_runner_keeps_its_cells_niced_across_their_sessions():
+    # Each cell is its own session, so its own autogroup: there nice alone would not yield the CPU.
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", _NICE_SCRIPT], capture_output=True, text=True, timeout=120, cwd=root, check=True
+    ).stdout
+    assert out.strip().endswith("nice 7"), out

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -161,6 +162,25 @@ def _tail(path: Path, start: int = 0, n: int = 4000) -> str:
         return ""
 
 
+def keep_niceness(pid: int) -> None:
+    """Give a cell's session the runner's niceness as a scheduling group.
+
+    A cell runs in a session of its own, so that a signal to the runner's process
+    group does not reach it mid-step. Where Linux groups processes by session for
+    the scheduler (autogroups), niceness only ranks processes within a group:
+    under ``nice -n 19 sslext-sweep`` each cell would still take a fair share of
+    the CPU from the user's other sessions. Best effort: without autogroups, or
+    without permission, nothing changes."""
+    nice = os.nice(0)
+    if nice <= 0:
+        return
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass
+
+
 def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress: bool = True) -> Dict[str, int]:
     """Run every unfinished cell (or the cells of ``only``); returns counts by final status."""
     if jobs < 1:
@@ -206,6 +226,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: Optional[str] = None, progress:
                     f.flush()
                     start = f.tell()
                     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                keep_niceness(proc.pid)
                 running[c.name] = (proc, c, log, start)
                 if bar:
                     bar.set_postfix_str(", ".join(running))
