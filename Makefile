@@ -125,9 +125,8 @@ test-install: wheel
 # SSLEXT_FORCE_CUDA=1), and run the core op tests on the CPU, so the first GPU run cannot
 # fail on a build or API difference. PyPI's torch 2.11 wheel is the CUDA 13.0 build, so it
 # matches nvcc 13. The build runs in a copy of the sources: its .so must not replace the
-# one `make build` put into the source tree. Not a prerequisite of `test`: on the 2-core
-# build machine under load it took 17 min (venv 2.5 min once, build 14.7, tests 1.7);
-# run it before a GPU session.
+# one `make build` put into the source tree. Not a prerequisite of `test` (.ci/run runs it
+# after); 290 s in a fresh clone on the 2-core build machine (docs/dev/testing.md).
 VENV211 ?= .venv-torch211
 TORCH211_PIN := torch==2.11.0
 TORCH211_ARCHS ?= 9.0
