@@ -275,6 +275,15 @@ def _fmt(d: Dict[str, Any]) -> str:
     return f"{d['mean']:.2f} ± {d['std']:.2f} (n={d['n']})"
 
 
+def _gap(d: Dict[str, Any]) -> str:
+    """A paired difference: mean [95 % t-interval] (n seeds)."""
+    if not d.get("n"):
+        return "not run"
+    if d["n"] == 1:
+        return f"{d['mean']:+.2f} (n=1)"
+    return f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']})"
+
+
 def lr_markdown(table: Dict[str, Any], lrs: Sequence[float]) -> str:
     b, blr = table["baseline"], table["baseline_lr"]
     head = "".join(f" val @ {_lr_text(lr)} |" for lr in lrs)
@@ -305,25 +314,9 @@ def budget_markdown(trend: Dict[str, Any], labels: Dict[str, str]) -> str:
         "|---|" + "---|" * len(epochs),
     ]
     for row, per in trend["rows"].items():
-        cells = []
-        for e in epochs:
-            d = per.get(e, {})
-            if not d.get("n"):
-                cells.append("not run")
-            elif d["n"] == 1:
-                cells.append(f"{d['mean']:+.2f} (n=1)")
-            else:
-                cells.append(f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']})")
+        cells = [_gap(per.get(e, {})) for e in epochs]
         lines.append(f"| {labels.get(row, row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _gap(d: Dict[str, Any]) -> str:
-    if not d.get("n"):
-        return "not run"
-    if d["n"] == 1:
-        return f"{d['mean']:+.2f} (n=1)"
-    return f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (n={d['n']})"
 
 
 def pairs_markdown(table: Dict[str, Any]) -> str:
