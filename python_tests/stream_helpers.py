@@ -79,7 +79,7 @@ def stream_rank_worker(rank: int, world: int, init_file: str, out_dir: str, over
             cfg = load_config(None, [*TINY_STREAM, *overrides, f"train.out_dir={out / f'w{world}'}"])
             t = Trainer(cfg)
             res["batches"] = record_batches(t)
-            t.fit()
+            res["summary"] = t.fit()
         except Exception as e:  # reported to the test process
             res["error"] = f"{type(e).__name__}: {e}"
             raise

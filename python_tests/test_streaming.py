@@ -134,6 +134,19 @@ def test_same_global_batches_on_one_and_two_processes(tmp_path):
     assert glob[0].shape == (8, 2, 3, 16, 16) and res[0]["batches"][0]["views"].shape[0] == 4
 
 
+def test_every_rank_counts_the_files_any_rank_skipped(tmp_path):
+    # The broken file falls in one rank's slice of one batch; the other rank never decodes it.
+    root = _with_bad(tmp_path)
+    over = [f"data.root={root}", "data.on_bad_image=skip", "train.epochs=1", "eval.online_probe=false"]
+    for world in (1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the skip warning of the one rank that met the file
+            run_ranks(stream_rank_worker, world, tmp_path, str(tmp_path), over, timeout=240)
+        res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+        assert all("error" not in r for r in res), res
+        assert [r["summary"]["skipped_images"] for r in res] == [1] * world
+
+
 def _with_bad(tmp_path):
     root = write_folder(tmp_path / "f")
     (root / "train" / "c1" / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -191,10 +191,23 @@ class Trainer:
             self._restore_signal_handlers()
             if self.stream is not None:  # also on an error: its workers must not outlive the run
                 self.stream.close()
-        summary["skipped_images"] = sum(len(ds.skipped) for ds in (self.train_ds, self.test_ds) if ds is not None)
+        summary["skipped_images"] = self._skipped_images()
         if self.moved_aside is not None:
             summary["moved_aside"] = str(self.moved_aside)
         return self._finish(summary)
+
+    def _skipped_images(self) -> int:
+        """Distinct images skipped (``data.on_bad_image: skip``) in the run, counted alike on every rank.
+
+        A streamed rank decodes only its own slices of each batch, so it meets only
+        the bad files there: the ranks' lists are gathered (every rank ends ``fit``
+        after the same step, so all of them reach this collective)."""
+        train = list(self.train_ds.skipped)
+        if self.stream is not None and self.world_size > 1:
+            every: List[Any] = [None] * self.world_size
+            torch.distributed.all_gather_object(every, train)
+            train = sorted({f for rank_files in every for f in rank_files})
+        return len(train) + (len(self.test_ds.skipped) if self.test_ds is not None else 0)
 
     def _fit_loop(self) -> Dict[str, Any]:
         t = self.cfg["train"]
