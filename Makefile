@@ -1,6 +1,7 @@
 # make test   set up a fresh machine (venv, pinned torch, build) and run the tests
 # make demo   the embedded default: SSL pretraining on Fashion-MNIST on the CPU
 # make bench  the CPU loss microbenchmarks (writes benchmarks/results/cpu/)
+# make science-sweep  train every cell of the CPU study still missing (hours; resumable), then science-report
 # make docs-check  run the runnable code blocks of README.md and docs/*.md (make test runs them too)
 # make cmake  build the ops with CMake into build-cmake/ and load them
 # make wheel  build the wheel (dist/), check its CUDA archs and PTX
@@ -22,7 +23,7 @@ export CUDA_HOME
 # TORCH_CUDA_ARCH_LIST is left to setup.py: the visible GPU's arch, or without a GPU
 # 8.0;9.0+PTX (docs/install.md). Set it in the environment to build for other GPUs.
 
-.PHONY: venv build lint format science-report test test-emulated fuzz fuzz-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
+.PHONY: venv build lint format science-sweep science-report test test-emulated fuzz fuzz-emulated emulated cmake bench bench-lightly demo docs-check clean wheel test-install test-torch211
 
 venv: $(VENV)/.deps-installed
 $(VENV)/.deps-installed: Makefile
@@ -159,10 +160,23 @@ bench-lightly: build
 	[ -d .bench-pkgs/lightly ] || $(PIP) install -q --no-deps --target .bench-pkgs 'lightly==1.6.*'
 	PYTHONPATH=.bench-pkgs $(PY) benchmarks/bench_lightly_compat.py --out benchmarks/results/cpu
 
+STUDY := configs/sweeps/seed_question_cpu
+
+# The whole CPU study, resumable: finished cells are skipped, so a stopped run picks up
+# where it left off. Order matters: the tuning must finish before the best-lr sweep can
+# be written (study lr --write-sweep refuses while tuning cells are left). Hours of CPU:
+# run it under `nice -n 19` in the background (cells inherit the niceness; docs/sweeps.md).
+science-sweep: build
+	for s in "" _tune_val _methods; do $(PY) -m sslext.app.sweeps.run run $(STUDY)$$s.yaml --no-report || exit 1; done
+	$(PY) -m sslext.app.sweeps.study lr --tuning $(STUDY)_tune_val.yaml --test $(STUDY).yaml \
+	  --write-sweep $(STUDY)_best_lr.yaml --out benchmarks/results/science/study
+	[ ! -f $(STUDY)_best_lr.yaml ] || $(PY) -m sslext.app.sweeps.run run $(STUDY)_best_lr.yaml --no-report
+	for s in _budget10 _budget30; do $(PY) -m sslext.app.sweeps.run run $(STUDY)$$s.yaml --no-report || exit 1; done
+	$(MAKE) science-report
+
 # The CPU study's tables and plots from its committed cell records (no training):
 # each sweep's own report, then the lr table (tuned on val, reported on test), the
 # compare.pairs table and the budget trend (benchmarks/results/science/study/).
-STUDY := configs/sweeps/seed_question_cpu
 science-report: build
 	for s in "" _tune_val _budget10 _budget30 _methods; do $(PY) -m sslext.app.sweeps.run report $(STUDY)$$s.yaml; done
 	$(PY) -m sslext.app.sweeps.study lr --tuning $(STUDY)_tune_val.yaml --test $(STUDY).yaml \
