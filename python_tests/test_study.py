@@ -90,6 +90,40 @@ def test_lr_table_picks_each_best_lr_on_val_and_reports_test_cells_at_both(tmp_p
     assert table["rows"]["vt"]["at"]["own_lr"]["mean"] == pytest.approx(59.0)
 
 
+def test_best_lr_waits_for_the_whole_grid_and_never_picks_a_diverged_lr(tmp_path, capsys):
+    rows = [{"name": f"vt-lr{lr}", "label": f"VT, lr {lr}", "set": {**VT, "optim.lr": lr}} for lr in (0.1, 0.3, 1.0)]
+    rows.insert(0, {"name": "vicreg-lr0.3", "set": {"optim.lr": 0.3}})
+    path = _sweep(tmp_path, "tune", rows, [0], set={"eval.split": "val"})
+    tune = load_sweep(path)
+    test = _sweep(tmp_path, "study", [{"name": "vicreg"}], [0])
+    _record(tune, "vicreg-lr0.3", 0, 0.3, "val", {"linear_acc_10pct": 45.0})
+    _record(tune, "vt-lr0.1", 0, 0.1, "val", {"linear_acc_10pct": 40.0})
+    # Two of vt's three cells are missing: the best of what exists is not the grid's best.
+    vt = lr_table(tune, [], "vicreg", "linear_acc_10pct", "linear_acc")["rows"]["vt"]
+    assert vt["best_lr"] is None and vt["pending"] == 2
+    out, sweep_file = tmp_path / "study_out", tmp_path / "best.yaml"
+    args = ["lr", "--tuning", str(path), "--test", str(test), "--out", str(out), "--write-sweep", str(sweep_file)]
+    assert main(args) == 0
+    assert "| VT | 40.00 | - | - | pending (2 cells left) |" in (out / "lr.md").read_text()
+    assert not sweep_file.exists() and "the tuning is not finished (2 cells left" in capsys.readouterr().out
+    # lr 1.0 diverges, lr 0.3 finishes below 0.1: the grid is settled, 0.1 is the best, 1.0 is shown as diverged,
+    # and the diverged cell does not hold back the best-lr sweep.
+    cell = next(c for c in tune.cells if c.name == "vt-lr1.0-s0")
+    tune.record_path(cell).write_text(
+        json.dumps({"status": "diverged", "cell": cell.name, "row": "vt-lr1.0", "seed": 0})
+    )
+    _record(tune, "vt-lr0.3", 0, 0.3, "val", {"linear_acc_10pct": 38.0})
+    vt = lr_table(tune, [], "vicreg", "linear_acc_10pct", "linear_acc")["rows"]["vt"]
+    assert vt["best_lr"] == 0.1 and vt["diverged_lrs"] == [1.0] and vt["pending"] == 0
+    assert main(args) == 0
+    assert "| VT | 40.00 | 38.00 | diverged | 0.1 |" in (out / "lr.md").read_text()
+    assert [r["name"] for r in yaml.safe_load(sweep_file.read_text())["rows"]] == [
+        "vicreg-lr0.3",
+        "vt-lr0.3",
+        "vt-lr0.1",
+    ]
+
+
 def test_tuning_cells_scored_on_test_are_refused(tmp_path):
     rows = [{"name": "vicreg-lr0.3", "set": {"optim.lr": 0.3}}]
     tune = load_sweep(_sweep(tmp_path, "tune", rows, [0]))

@@ -66,15 +66,27 @@ def tuning_table(tuning: Sweep, metric: str) -> Dict[str, Dict[str, Any]]:
     """Per method row (the name before ``-lr``): the metric at each lr tried and the best lr.
 
     Only cells scored on held-out data count: a tuning cell evaluated on test
-    would choose the lr on the data the table reports.
+    would choose the lr on the data the table reports. A method's best lr is
+    named only once each of its cells has finished or diverged: the best of a
+    partial grid is not the grid's best. A diverged lr is listed, never chosen.
     """
     out: Dict[str, Dict[str, Any]] = {}
     for r in tuning.rows:
         m = _LR_ROW.match(r["name"])
         if m is None:
             raise ConfigError(f"{tuning.path}: tuning row {r['name']!r} is not named <row>-lr<lr>")
-        out.setdefault(m["prefix"], {"by_lr": {}, "set": {}, "label": r.get("label", r["name"])})
-    for rec in _done(collect(tuning)):
+        out.setdefault(
+            m["prefix"], {"by_lr": {}, "set": {}, "label": r.get("label", r["name"]), "diverged_lrs": [], "pending": 0}
+        )
+    records = collect(tuning)
+    for cell in tuning.cells:
+        status = records.get(cell.name, {}).get("status")
+        entry = out[_LR_ROW.match(cell.row)["prefix"]]
+        if status == "diverged":
+            entry["diverged_lrs"].append(_lr_of_row(tuning, cell.row))
+        elif status != "done":
+            entry["pending"] += 1
+    for rec in _done(records):
         if _split(rec) != "val":
             raise ConfigError(f"{tuning.path}: cell {rec['cell']} was scored on {_split(rec)!r}, not on val")
         prefix = _LR_ROW.match(rec["row"])["prefix"]
@@ -87,8 +99,13 @@ def tuning_table(tuning: Sweep, metric: str) -> Dict[str, Dict[str, Any]]:
     for entry in out.values():
         means = {lr: sum(v) / len(v) for lr, v in entry["by_lr"].items()}
         entry["by_lr"] = dict(sorted(means.items()))
-        entry["best"] = max(means, key=means.get) if means else None
+        entry["diverged_lrs"] = sorted(set(entry["diverged_lrs"]))
+        entry["best"] = max(means, key=means.get) if means and not entry["pending"] else None
     return out
+
+
+def _lr_of_row(tuning: Sweep, row: str) -> float:
+    return float(next(r for r in tuning.rows if r["name"] == row)["set"]["optim.lr"])
 
 
 def test_values(tests: Sequence[Sweep], prefix: str, lr: float, metric: str) -> Dict[int, float]:
@@ -117,6 +134,8 @@ def lr_table(tuning: Sweep, tests: Sequence[Sweep], baseline: str, tune_metric: 
             "label": re.sub(r",? lr [0-9.eE+-]+$", "", t["label"]),
             "val": t["by_lr"],
             "best_lr": t["best"],
+            "diverged_lrs": t["diverged_lrs"],
+            "pending": t["pending"],
             "at": {},
         }
         for which, lr in (("baseline_lr", base_lr), ("own_lr", t["best"])):
@@ -295,8 +314,14 @@ def lr_markdown(table: Dict[str, Any], lrs: Sequence[float]) -> str:
         "|---|" + "---|" * (len(lrs) + 3),
     ]
     for row in table["rows"].values():
-        vals = "".join(f" {row['val'][lr]:.2f} |" if lr in row["val"] else " - |" for lr in lrs)
-        best = _lr_text(row["best_lr"]) if row["best_lr"] is not None else "-"
+        vals = "".join(
+            f" {row['val'][lr]:.2f} |" if lr in row["val"] else " diverged |" if lr in row["diverged_lrs"] else " - |"
+            for lr in lrs
+        )
+        if row["pending"]:
+            best = f"pending ({row['pending']} cells left)"
+        else:
+            best = _lr_text(row["best_lr"]) if row["best_lr"] is not None else "-"
         at = row["at"]
         lines.append(
             f"| {row['label']} |{vals} {best} | {_fmt(at.get('baseline_lr', {}))} | {_fmt(at.get('own_lr', {}))} |"
@@ -383,11 +408,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tuning = load_sweep(args.tuning)
             tests = [load_sweep(t) for t in args.test]
             table = lr_table(tuning, tests, args.baseline, args.tune_metric, args.metric)
-            lrs = sorted({lr for r in table["rows"].values() for lr in r["val"]})
+            lrs = sorted({_lr_of_row(tuning, r["name"]) for r in tuning.rows})
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "lr.md", lr_markdown(table, lrs))
             atomic_write_text(out / "lr.json", json.dumps(table, indent=1, default=float))
-            unfinished = [c.name for c in tuning.cells if collect(tuning).get(c.name, {}).get("status") != "done"]
+            # A diverged tuning cell is a finished result (that lr is unusable), not a missing one.
+            records = collect(tuning)
+            unfinished = [
+                c.name for c in tuning.cells if records.get(c.name, {}).get("status") not in ("done", "diverged")
+            ]
             if args.write_sweep and unfinished:
                 print(
                     f"--write-sweep: the tuning is not finished ({len(unfinished)} cells left, e.g. "
