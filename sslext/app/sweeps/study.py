@@ -105,7 +105,8 @@ def tuning_table(tuning: Sweep, metric: str) -> Dict[str, Dict[str, Any]]:
 
 
 def _lr_of_row(tuning: Sweep, row: str) -> float:
-    return float(next(r for r in tuning.rows if r["name"] == row)["set"]["optim.lr"])
+    # The resolved config, not the row's own `set`: the lr may come from the base or a nested mapping.
+    return float(tuning.config(next(c for c in tuning.cells if c.row == row))["optim"]["lr"])
 
 
 def test_values(tests: Sequence[Sweep], prefix: str, lr: float, metric: str) -> Dict[int, float]:
